@@ -1,0 +1,162 @@
+// Package model is the agent's single in-memory view of what to program: L4 services
+// (one per frontend address, port and protocol), the backends chosen for each, and the
+// errors found in the input. Kubernetes semantics (dual-stack, port names, endpoint
+// conditions, KEP-1669 terminating fallback, session affinity) are resolved here, once;
+// sources write a Snapshot, reconcilers only read it. It imports no other package of
+// this module.
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+)
+
+// Protocol is an IP protocol number, as the datapath sees it.
+type Protocol uint8
+
+// Protocols sockmesh load-balances.
+const (
+	TCP Protocol = 6
+	UDP Protocol = 17
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// ServiceName names a Kubernetes Service.
+type ServiceName struct {
+	Namespace string
+	Name      string
+}
+
+func (n ServiceName) String() string { return n.Namespace + "/" + n.Name }
+
+// Frontend is what a client dials: a virtual address, port and protocol. It identifies an
+// L4 service in the datapath.
+type Frontend struct {
+	Addr     netip.Addr
+	Port     uint16
+	Protocol Protocol
+}
+
+func (f Frontend) String() string {
+	return netip.AddrPortFrom(f.Addr, f.Port).String() + "/" + f.Protocol.String()
+}
+
+// Backend is one endpoint address and port behind a frontend, with its EndpointSlice
+// conditions already defaulted (ready nil = true, serving nil = ready, terminating nil =
+// false).
+type Backend struct {
+	Addr        netip.Addr
+	Port        uint16
+	Weight      uint16 // relative share of new connections, >= 1
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+}
+
+// AddrPort is the backend's socket address.
+func (b Backend) AddrPort() netip.AddrPort { return netip.AddrPortFrom(b.Addr, b.Port) }
+
+// Service is one L4 service: a frontend of a Kubernetes Service (one per cluster IP and
+// port) and all the endpoints known for it.
+type Service struct {
+	Name     ServiceName
+	PortName string
+	Frontend Frontend
+	// AffinityTimeout is the ClientIP session affinity timeout; zero means no affinity.
+	AffinityTimeout time.Duration
+	// Backends holds every known endpoint for this frontend, sorted by address and port,
+	// whatever its conditions. Selected says which of them take new connections.
+	Backends []Backend
+}
+
+// Selected returns the backends that take new connections, following KEP-1669: the ready
+// ones; when none is ready, the ones that are serving and terminating; else none.
+func (s *Service) Selected() []Backend {
+	var ready, terminating []Backend
+	for _, b := range s.Backends {
+		switch {
+		case b.Ready:
+			ready = append(ready, b)
+		case b.Serving && b.Terminating:
+			terminating = append(terminating, b)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return terminating
+}
+
+// DisplayName is how logs, errors and the CLI name this L4 service, e.g.
+// "default/web:http 10.96.0.10:80/TCP".
+func (s *Service) DisplayName() string {
+	n := s.Name.String()
+	if s.PortName != "" {
+		n += ":" + s.PortName
+	}
+	return n + " " + s.Frontend.String()
+}
+
+// ObjectError says why one input object (or a whole input) could not be used.
+type ObjectError struct {
+	Kind      string // "Service", "EndpointSlice", "File", ...
+	Namespace string
+	Name      string
+	Reason    string // a short machine-friendly class, used as a metric label
+	Message   string // the human sentence
+}
+
+func (e ObjectError) Error() string {
+	obj := e.Kind
+	if e.Name != "" {
+		obj += " " + e.Namespace + "/" + e.Name
+		if e.Namespace == "" {
+			obj = e.Kind + " " + e.Name
+		}
+	}
+	return obj + ": " + e.Message
+}
+
+// Snapshot is the whole desired state at one moment. Reconcilers treat it as read-only.
+type Snapshot struct {
+	Services map[Frontend]*Service
+	// Errors lists the objects that were rejected or only partly used in this snapshot.
+	Errors []ObjectError
+}
+
+// NewSnapshot returns an empty snapshot.
+func NewSnapshot() *Snapshot { return &Snapshot{Services: map[Frontend]*Service{}} }
+
+// SortedServices returns the services ordered by frontend, for stable output and for
+// deterministic admission when a map is near full.
+func (s *Snapshot) SortedServices() []*Service {
+	out := make([]*Service, 0, len(s.Services))
+	for _, svc := range s.Services {
+		out = append(out, svc)
+	}
+	sort.Slice(out, func(i, j int) bool { return FrontendLess(out[i].Frontend, out[j].Frontend) })
+	return out
+}
+
+// FrontendLess orders frontends by address, port, then protocol.
+func FrontendLess(a, b Frontend) bool {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c < 0
+	}
+	if a.Port != b.Port {
+		return a.Port < b.Port
+	}
+	return a.Protocol < b.Protocol
+}
