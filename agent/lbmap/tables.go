@@ -1,0 +1,39 @@
+// Package lbmap owns the contents of the socket-LB maps: it turns a model snapshot into
+// the entries the datapath reads (services, slots, backends, names) and reconciles the
+// kernel maps to them by diff, never by flush, so a restart or a bad input never disturbs
+// what is already programmed.
+package lbmap
+
+import (
+	"github.com/sockmesh/sockmesh/bpf"
+)
+
+// Table is one map as the writer uses it. bpf.Table implements it on a real map; tests
+// use an in-memory fake that can fail on demand.
+type Table[K comparable, V comparable] interface {
+	Name() string
+	MaxEntries() int
+	Dump() (map[K]V, error)
+	// Update writes entries and returns how many leading ones were written.
+	Update(keys []K, vals []V) (int, error)
+	// Delete removes entries and returns how many leading ones were removed.
+	Delete(keys []K) (int, error)
+}
+
+// Tables are the maps the writer programs.
+type Tables struct {
+	Services Table[bpf.SvcKey, bpf.SvcValue]
+	Slots    Table[bpf.SlotKey, uint32]
+	Backends Table[uint32, bpf.BackendValue]
+	Names    Table[uint32, bpf.SvcName]
+}
+
+// BPFTables wraps the loaded (or pinned) kernel maps.
+func BPFTables(m *bpf.Maps) Tables {
+	return Tables{
+		Services: bpf.NewTable[bpf.SvcKey, bpf.SvcValue](m.SmServices),
+		Slots:    bpf.NewTable[bpf.SlotKey, uint32](m.SmSlots),
+		Backends: bpf.NewTable[uint32, bpf.BackendValue](m.SmBackends),
+		Names:    bpf.NewTable[uint32, bpf.SvcName](m.SmSvcNames),
+	}
+}

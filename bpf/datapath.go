@@ -1,0 +1,252 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Limits sizes the maps that hold programmed state.
+type Limits struct {
+	MaxServices int // frontends (VIP, port, protocol)
+	MaxBackends int // backend entries and slots
+}
+
+// DefaultLimits match Cilium's defaults for the service and backend tables.
+var DefaultLimits = Limits{MaxServices: 65536, MaxBackends: 262144}
+
+// Datapath is the loaded socket-LB programs and their maps, pinned under a bpffs dir.
+type Datapath struct {
+	dir  string
+	objs socklbObjects
+	// Features the kernel lacks and what sockmesh does instead, for the start-up log.
+	Degraded []string
+}
+
+// Maps returns the loaded maps.
+func (d *Datapath) Maps() *Maps { return &Maps{socklbMaps: d.objs.socklbMaps} }
+
+// Load loads the programs and maps. Maps are pinned by name in dir: existing pins are
+// adopted with their contents, so a restarted agent sees what the last one programmed.
+func Load(dir string, lim Limits) (*Datapath, error) {
+	if err := EnsureBPFFS(dir); err != nil {
+		return nil, err
+	}
+	spec, err := loadSocklb()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
+	}
+	spec.Maps[socklbMapSmServices].MaxEntries = uint32(lim.MaxServices)
+	spec.Maps[socklbMapSmSvcNames].MaxEntries = uint32(lim.MaxServices)
+	spec.Maps[socklbMapSmBackends].MaxEntries = uint32(lim.MaxBackends)
+	spec.Maps[socklbMapSmSlots].MaxEntries = uint32(lim.MaxBackends)
+
+	d := &Datapath{dir: dir}
+	if err := features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval); err == nil {
+		if err := spec.Variables["have_set_retval"].Set(uint8(1)); err != nil {
+			return nil, err
+		}
+	} else {
+		d.Degraded = append(d.Degraded, "bpf_set_retval unavailable (kernel < 5.18): connects to a service without backends fail with EPERM instead of ECONNREFUSED")
+	}
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			if err := checkPinned(filepath.Join(dir, name), m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load socket-LB programs: %+v", verr)
+		}
+		return nil, fmt.Errorf("load socket-LB programs: %w", err)
+	}
+	return d, nil
+}
+
+// checkPinned turns cilium/ebpf's generic incompatibility error into one that says which
+// pin and what to do: a size change needs an explicit cleanup, never a silent flush.
+func checkPinned(path string, spec *ebpf.MapSpec) error {
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pinned map %s: %w", path, err)
+	}
+	defer m.Close()
+	if err := spec.Compatible(m); err != nil {
+		return fmt.Errorf("pinned map %s does not match this agent (%v); a changed --max-* flag needs `sockmesh cleanup` first, which drops programmed services", path, err)
+	}
+	return nil
+}
+
+// Close releases the agent's handles. Pinned maps and links stay: services keep working.
+func (d *Datapath) Close() error { return d.objs.Close() }
+
+// hook is one cgroup attachment: a program and the pin name of its link.
+type hook struct {
+	name   string
+	attach ebpf.AttachType
+	prog   *ebpf.Program
+}
+
+func (d *Datapath) hooks() []hook {
+	p := d.objs.socklbPrograms
+	return []hook{
+		{"connect4", ebpf.AttachCGroupInet4Connect, p.Sock4Connect},
+		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, p.Sock4Sendmsg},
+		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, p.Sock4Recvmsg},
+		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, p.Sock4Getpeername},
+		{"connect6", ebpf.AttachCGroupInet6Connect, p.Sock6Connect},
+		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, p.Sock6Sendmsg},
+		{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, p.Sock6Recvmsg},
+		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, p.Sock6Getpeername},
+	}
+}
+
+// LinksDir is where the attachments' bpf_links are pinned.
+func LinksDir(dir string) string { return filepath.Join(dir, "links") }
+
+// Attach attaches every program to the cgroup with a pinned bpf_link. A link pinned by an
+// earlier agent on the same cgroup is updated in place (atomically, no gap in service);
+// one pinned for another cgroup is replaced.
+func (d *Datapath) Attach(cgroupPath string) error {
+	cgID, err := CgroupID(cgroupPath)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(LinksDir(d.dir), 0o700); err != nil {
+		return err
+	}
+	for _, h := range d.hooks() {
+		if err := attachOne(h, cgroupPath, cgID, filepath.Join(LinksDir(d.dir), h.name)); err != nil {
+			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroupPath, err)
+		}
+	}
+	return nil
+}
+
+func attachOne(h hook, cgroupPath string, cgID uint64, pin string) error {
+	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := old.Info()
+		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
+			defer old.Close()
+			return old.Update(h.prog)
+		}
+		// Pinned for another cgroup (the --cgroup flag changed): detach it.
+		if err := old.Unpin(); err != nil {
+			old.Close()
+			return err
+		}
+		old.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pinned link %s: %w", pin, err)
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	return l.Pin(pin)
+}
+
+// CgroupID returns the cgroup v2 id (the directory's inode number).
+func CgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return 0, fmt.Errorf("cgroup %s: not a cgroup v2 directory", path)
+	}
+	return st.Ino, nil
+}
+
+// Cleanup removes every link (detaching the programs) and map sockmesh pinned in dir,
+// then dir itself. It works without a running agent.
+func Cleanup(dir string) error {
+	var errs []error
+	links, _ := os.ReadDir(LinksDir(dir))
+	for _, e := range links {
+		pin := filepath.Join(LinksDir(dir), e.Name())
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pinned link %s: %w", pin, err))
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+		l.Close()
+	}
+	if err := os.Remove(LinksDir(dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, name := range MapNames() {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove %s (not empty?): %w", dir, err))
+	}
+	return errors.Join(errs...)
+}
+
+// MapNames lists the pinned maps by name.
+func MapNames() []string {
+	return []string{socklbMapSmServices, socklbMapSmSlots, socklbMapSmBackends, socklbMapSmAffinity,
+		socklbMapSmRevnat, socklbMapSmSvcNames, socklbMapSmCounters}
+}
+
+// EnsureBPFFS makes sure dir can hold pins: it mounts bpffs on /sys/fs/bpf when a fresh
+// machine has none there, and creates dir.
+func EnsureBPFFS(dir string) error {
+	const root = "/sys/fs/bpf"
+	if isBPFFS(root) != nil && isUnder(dir, root) {
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("bpffs", root, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs on %s: %w", root, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("bpffs dir %s: %w", dir, err)
+	}
+	if err := isBPFFS(dir); err != nil {
+		return fmt.Errorf("--bpffs %s: %w", dir, err)
+	}
+	return nil
+}
+
+func isBPFFS(path string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return err
+	}
+	if fs.Type != unix.BPF_FS_MAGIC {
+		return errors.New("not on a bpf filesystem")
+	}
+	return nil
+}
+
+func isUnder(path, root string) bool {
+	rel, err := filepath.Rel(root, path)
+	return err == nil && rel != ".." && !filepath.IsAbs(rel) && (len(rel) < 3 || rel[:3] != "../")
+}

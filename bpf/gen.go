@@ -1,0 +1,6 @@
+// Package bpf owns sockmesh's kernel datapath: the C programs in this folder, their
+// bpf2go bindings (generated, committed) and typed Go access to the pinned maps.
+package bpf
+
+// Debian's clang builds the objects; -type exports every struct shared with C.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -tags linux -type svc_key -type svc_value -type slot_key -type backend_value -type affinity_key -type affinity_value -type revnat_key -type revnat_value -type svc_name -type counter_id -type lb_addr socklb sock_lb.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror

@@ -1,0 +1,125 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// Maps are the socket-LB maps, loaded by the agent or opened from pins by the CLI.
+type Maps struct {
+	socklbMaps
+}
+
+// OpenPinned opens the maps an agent pinned in dir, for readers such as `sockmesh lb
+// list` that must work while the agent is down.
+func OpenPinned(dir string) (*Maps, error) {
+	var m Maps
+	targets := map[string]**ebpf.Map{
+		socklbMapSmServices: &m.SmServices, socklbMapSmSlots: &m.SmSlots,
+		socklbMapSmBackends: &m.SmBackends, socklbMapSmAffinity: &m.SmAffinity,
+		socklbMapSmRevnat: &m.SmRevnat, socklbMapSmSvcNames: &m.SmSvcNames,
+		socklbMapSmCounters: &m.SmCounters,
+	}
+	for name, dst := range targets {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("open pinned map %s (is the agent set up with --bpffs %s?): %w", name, dir, err)
+		}
+		*dst = mp
+	}
+	return &m, nil
+}
+
+// Close closes every open map handle.
+func (m *Maps) Close() error {
+	var errs []error
+	for _, mp := range []*ebpf.Map{m.SmServices, m.SmSlots, m.SmBackends, m.SmAffinity, m.SmRevnat, m.SmSvcNames, m.SmCounters} {
+		if mp != nil {
+			errs = append(errs, mp.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Counters sums the per-CPU datapath counters.
+func (m *Maps) Counters() ([NumCounters]uint64, error) {
+	var out [NumCounters]uint64
+	for i := range out {
+		var perCPU []uint64
+		if err := m.SmCounters.Lookup(uint32(i), &perCPU); err != nil {
+			return out, fmt.Errorf("read counter %s: %w", CounterNames[i], err)
+		}
+		for _, v := range perCPU {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// Table is typed, batched access to one hash map.
+type Table[K comparable, V comparable] struct {
+	m *ebpf.Map
+}
+
+// NewTable wraps a hash map whose key and value types are K and V.
+func NewTable[K comparable, V comparable](m *ebpf.Map) *Table[K, V] { return &Table[K, V]{m: m} }
+
+// Name is the map's name in the kernel.
+func (t *Table[K, V]) Name() string {
+	info, err := t.m.Info()
+	if err != nil {
+		return "?"
+	}
+	return info.Name
+}
+
+// MaxEntries is the map's capacity.
+func (t *Table[K, V]) MaxEntries() int { return int(t.m.MaxEntries()) }
+
+// Dump reads every entry.
+func (t *Table[K, V]) Dump() (map[K]V, error) {
+	out := map[K]V{}
+	var k K
+	var v V
+	it := t.m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	return out, it.Err()
+}
+
+// Update writes entries, in batches where the kernel supports it. It returns how many of
+// the leading entries were written; on error, keys[n] is the one that failed.
+func (t *Table[K, V]) Update(keys []K, vals []V) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	n, err := t.m.BatchUpdate(keys, vals, nil)
+	if err == nil {
+		return n, nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) && n >= len(keys) {
+		return n, err
+	}
+	// Fall back entry by entry from where the batch stopped, to name the failing key.
+	for i := n; i < len(keys); i++ {
+		if err := t.m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
+			return i, err
+		}
+	}
+	return len(keys), nil
+}
+
+// Delete removes entries; a key that is already gone counts as deleted.
+func (t *Table[K, V]) Delete(keys []K) (int, error) {
+	for i, k := range keys {
+		if err := t.m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return i, err
+		}
+	}
+	return len(keys), nil
+}

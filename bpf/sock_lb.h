@@ -1,0 +1,104 @@
+/* Structs and maps shared by sockmesh's socket-layer programs. Every struct here reaches
+ * Go through `bpf2go -type`; never mirror them by hand. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define ECONNREFUSED 111
+
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+
+/* An IPv4 address lives in addr[0] with the rest zero; an IPv6 one fills all four words.
+ * All addresses and ports are in network byte order, as the kernel hands them over. */
+struct lb_addr {
+	__u32 addr[4];
+};
+
+/* What a client dials: the service map's key. */
+struct svc_key {
+	struct lb_addr vip;
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+struct svc_value {
+	__u32 id;               /* stable per frontend; keys slots, affinity and names */
+	__u32 count;            /* number of slots (1..count) to pick from; 0 = no backend */
+	__u32 affinity_timeout; /* ClientIP session affinity in seconds; 0 = none */
+	__u32 flags;
+};
+
+/* Slot n of service id: weighted random selection repeats a backend over several slots. */
+struct slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+/* Backend ids are unique per (service, address), so an entry exists exactly while the
+ * backend is selected for its service: a stale affinity entry cannot resurrect it. */
+struct backend_value {
+	struct lb_addr addr;
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+	__u32 svc_id;
+};
+
+/* ClientIP affinity: in socket-LB the client is a network namespace (a pod), named by
+ * its cookie, since the source address is not chosen yet at connect(). */
+struct affinity_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct affinity_value {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Reverse translation for getpeername() and UDP recvmsg(): per socket, backend → VIP. */
+struct revnat_key {
+	__u64 cookie;
+	struct lb_addr addr;
+	__u16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct revnat_value {
+	struct lb_addr vip;
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+	__u32 svc_id;
+};
+
+/* Human name of a service id, for `sockmesh lb list` while the agent is down. */
+struct svc_name {
+	char name[128];
+};
+
+enum counter_id {
+	CNT_XLATE_TCP4,
+	CNT_XLATE_TCP6,
+	CNT_XLATE_UDP4,
+	CNT_XLATE_UDP6,
+	CNT_NO_BACKEND,
+	CNT_SLOT_MISS,
+	CNT_BACKEND_MISS,
+	CNT_AFFINITY_HIT,
+	CNT_REVNAT_HIT,
+	CNT_REVNAT_STALE,
+	CNT_REVNAT_UPDATE_FAIL,
+	CNT_MAX,
+};

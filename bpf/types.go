@@ -1,0 +1,107 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// The C structs, as bpf2go generated them, under the names the rest of the agent uses.
+type (
+	SvcKey        = socklbSvcKey
+	SvcValue      = socklbSvcValue
+	SlotKey       = socklbSlotKey
+	BackendValue  = socklbBackendValue
+	AffinityKey   = socklbAffinityKey
+	AffinityValue = socklbAffinityValue
+	RevnatKey     = socklbRevnatKey
+	RevnatValue   = socklbRevnatValue
+	SvcName       = socklbSvcName
+	LbAddr        = socklbLbAddr
+	CounterID     = socklbCounterId
+)
+
+// Address families as the datapath stores them.
+const (
+	FamilyIPv4 = unix.AF_INET
+	FamilyIPv6 = unix.AF_INET6
+)
+
+// CounterNames names the datapath's per-CPU counters, indexed by CounterID.
+var CounterNames = [...]string{
+	socklbCounterIdCNT_XLATE_TCP4:         "xlate_tcp4",
+	socklbCounterIdCNT_XLATE_TCP6:         "xlate_tcp6",
+	socklbCounterIdCNT_XLATE_UDP4:         "xlate_udp4",
+	socklbCounterIdCNT_XLATE_UDP6:         "xlate_udp6",
+	socklbCounterIdCNT_NO_BACKEND:         "no_backend",
+	socklbCounterIdCNT_SLOT_MISS:          "slot_miss",
+	socklbCounterIdCNT_BACKEND_MISS:       "backend_miss",
+	socklbCounterIdCNT_AFFINITY_HIT:       "affinity_hit",
+	socklbCounterIdCNT_REVNAT_HIT:         "revnat_hit",
+	socklbCounterIdCNT_REVNAT_STALE:       "revnat_stale",
+	socklbCounterIdCNT_REVNAT_UPDATE_FAIL: "revnat_update_fail",
+}
+
+// NumCounters is the size of the counter array.
+const NumCounters = int(socklbCounterIdCNT_MAX)
+
+// AddrFrom lays an address out as the datapath keys it: the address bytes in network
+// order, IPv4 in the first word with the rest zero. Family says which one it is.
+func AddrFrom(a netip.Addr) (LbAddr, uint8) {
+	var out LbAddr
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		out.Addr[0] = binary.NativeEndian.Uint32(b[:])
+		return out, FamilyIPv4
+	}
+	b := a.As16()
+	for i := range out.Addr {
+		out.Addr[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return out, FamilyIPv6
+}
+
+// Addr turns a datapath address of the given family back into a netip.Addr.
+func (a LbAddr) ToAddr(family uint8) netip.Addr {
+	var b [16]byte
+	for i := range a.Addr {
+		binary.NativeEndian.PutUint32(b[4*i:], a.Addr[i])
+	}
+	if family == FamilyIPv4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// PortToNet returns a host-order port as the datapath stores it (network order in memory).
+func PortToNet(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// PortFromNet is the inverse of PortToNet.
+func PortFromNet(p uint16) uint16 { return PortToNet(p) }
+
+// NameFrom packs a display name into the fixed-size C buffer, truncating if needed.
+func NameFrom(s string) SvcName {
+	var n SvcName
+	for i := 0; i < len(s) && i < len(n.Name)-1; i++ {
+		n.Name[i] = int8(s[i])
+	}
+	return n
+}
+
+// String returns the name up to its NUL.
+func (n SvcName) String() string {
+	b := make([]byte, 0, len(n.Name))
+	for _, c := range n.Name {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
