@@ -123,3 +123,47 @@ func (t *Table[K, V]) Delete(keys []K) (int, error) {
 	}
 	return len(keys), nil
 }
+
+// MapFill is how full one map is.
+type MapFill struct {
+	Name       string
+	Entries    int
+	MaxEntries int
+}
+
+// Fill counts the entries of the maps that hold programmed state. Counting walks keys
+// only, which is cheap next to a scrape interval even at 100k entries.
+func (m *Maps) Fill() ([]MapFill, error) {
+	var out []MapFill
+	for _, mp := range []*ebpf.Map{m.SmServices, m.SmSlots, m.SmBackends, m.SmSvcNames, m.SmAffinity, m.SmRevnat} {
+		info, err := mp.Info()
+		if err != nil {
+			return out, err
+		}
+		n, err := countKeys(mp)
+		if err != nil {
+			return out, fmt.Errorf("count %s: %w", info.Name, err)
+		}
+		out = append(out, MapFill{Name: info.Name, Entries: n, MaxEntries: int(mp.MaxEntries())})
+	}
+	return out, nil
+}
+
+func countKeys(m *ebpf.Map) (int, error) {
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	n := 0
+	var prev any // nil starts the walk
+	for {
+		err := m.NextKey(prev, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+		copy(key, next)
+		prev = key
+	}
+}

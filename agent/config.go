@@ -1,0 +1,103 @@
+// Package agent is the sockmesh node agent: its configuration, the run loop that feeds
+// source snapshots to the reconcilers, metrics and the HTTP endpoints. Sources live in
+// agent/source, the model in agent/model, the LB map writer in agent/lbmap.
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/sockmesh/sockmesh/bpf"
+)
+
+// Config is everything `sockmesh agent` is told on its command line.
+type Config struct {
+	Source      string // "file:PATH" (or "kubernetes", not built yet)
+	NodeName    string
+	CgroupPath  string // cgroup v2 dir the socket hooks attach to
+	BPFFS       string // pin dir
+	HTTPListen  string // /metrics /healthz /readyz /debug/state
+	MaxServices int
+	MaxBackends int
+}
+
+// DefaultBPFFS is where the agent pins its maps and links.
+const DefaultBPFFS = "/sys/fs/bpf/sockmesh"
+
+// DefaultHTTPListen serves metrics and health on loopback only.
+const DefaultHTTPListen = "127.0.0.1:9964"
+
+// DefaultConfig returns the agent's defaults; the cgroup is found at start.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		NodeName:    host,
+		BPFFS:       DefaultBPFFS,
+		HTTPListen:  DefaultHTTPListen,
+		MaxServices: bpf.DefaultLimits.MaxServices,
+		MaxBackends: bpf.DefaultLimits.MaxBackends,
+	}
+}
+
+// FilePath returns PATH for a "file:PATH" source.
+func (c Config) FilePath() (string, bool) {
+	p, ok := strings.CutPrefix(c.Source, "file:")
+	return p, ok
+}
+
+// Validate checks the flags and fills in the cgroup default; every error names the flag.
+func (c *Config) Validate() error {
+	var errs []error
+	switch p, ok := c.FilePath(); {
+	case ok && p == "":
+		errs = append(errs, errors.New("--source file:PATH needs a path"))
+	case ok:
+	case c.Source == "kubernetes":
+		errs = append(errs, errors.New("--source kubernetes: not available in this build yet; use --source file:PATH"))
+	default:
+		errs = append(errs, fmt.Errorf("--source %q: want file:PATH or kubernetes", c.Source))
+	}
+	if c.MaxServices < 1 || c.MaxServices > 1<<24 {
+		errs = append(errs, fmt.Errorf("--max-services %d: want 1..%d", c.MaxServices, 1<<24))
+	}
+	if c.MaxBackends < 1 || c.MaxBackends > 1<<24 {
+		errs = append(errs, fmt.Errorf("--max-backends %d: want 1..%d", c.MaxBackends, 1<<24))
+	}
+	if c.HTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
+			errs = append(errs, fmt.Errorf("--http-listen %q: %v", c.HTTPListen, err))
+		}
+	}
+	if c.BPFFS == "" {
+		errs = append(errs, errors.New("--bpffs must not be empty"))
+	}
+	if c.CgroupPath == "" {
+		root, err := CgroupV2Root()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--cgroup not given and %v", err))
+		}
+		c.CgroupPath = root
+	}
+	return errors.Join(errs...)
+}
+
+// CgroupV2Root finds the cgroup2 mount (on hybrid systems, /sys/fs/cgroup/unified).
+func CgroupV2Root() (string, error) {
+	f, err := os.Open("/proc/mounts")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && fields[2] == "cgroup2" {
+			return fields[1], nil
+		}
+	}
+	return "", errors.New("no cgroup2 filesystem is mounted")
+}

@@ -1,0 +1,286 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sockmesh/sockmesh/agent"
+	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/bpf"
+)
+
+// The demo's service addresses: never routed anywhere, only translated.
+var (
+	ClusterIPv4 = netip.MustParseAddr("10.96.0.10")
+	ClusterIPv6 = netip.MustParseAddr("fd00:96::10")
+)
+
+// Ports of the demo's service and of its backends.
+const (
+	ServiceHTTPPort = 80
+	BackendTCPPort  = 8080
+	DNSPort         = 53
+)
+
+// ServiceYAML renders the demo's Service and EndpointSlices (one per family) for the
+// given backends, in the same format a user feeds `--source file:PATH`.
+func ServiceYAML(ns, name string, backends []*Host) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `apiVersion: v1
+kind: Service
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  type: ClusterIP
+  clusterIP: %[3]s
+  clusterIPs: [%[3]s, "%[4]s"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+  - {name: http, port: %[5]d, targetPort: %[6]d, protocol: TCP}
+  - {name: dns, port: %[7]d, targetPort: %[7]d, protocol: UDP}
+`, ns, name, ClusterIPv4, ClusterIPv6, ServiceHTTPPort, BackendTCPPort, DNSPort)
+	for _, fam := range []string{"IPv4", "IPv6"} {
+		fmt.Fprintf(&b, `---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: %[2]s-%[3]s
+  namespace: %[1]s
+  labels: {kubernetes.io/service-name: %[2]s}
+addressType: %[4]s
+ports:
+- {name: http, port: %[5]d, protocol: TCP}
+- {name: dns, port: %[6]d, protocol: UDP}
+endpoints:
+`, ns, name, strings.ToLower(fam), fam, BackendTCPPort, DNSPort)
+		for _, h := range backends {
+			addr := h.IPv4
+			if fam == "IPv6" {
+				addr = h.IPv6
+			}
+			fmt.Fprintf(&b, "- addresses: [\"%s\"]\n  conditions: {ready: true}\n", addr)
+		}
+	}
+	return b.String()
+}
+
+// Options tune the demo.
+type Options struct {
+	Requests int // TCP requests and DNS queries per family
+	Out      io.Writer
+	Log      *slog.Logger
+}
+
+// Run is `sockmesh demo`: it builds the namespaces, runs the agent on the generated YAML
+// against a cgroup of its own, sends real traffic to the ClusterIP from the client
+// namespace, prints where it went, and removes everything it made, also on failure.
+func Run(ctx context.Context, opt Options) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("the demo needs root (network namespaces, cgroups, BPF): run it with sudo")
+	}
+	prefix := fmt.Sprintf("smdemo%d", os.Getpid())
+	out := opt.Out
+	cleanup := []func() error{}
+	defer func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			err = errors.Join(err, cleanup[i]())
+		}
+	}()
+
+	env, err := NewEnv(prefix, "client", "backend-1", "backend-2")
+	if err != nil {
+		return err
+	}
+	cleanup = append(cleanup, env.Close)
+	backendHosts := []*Host{env.Host("backend-1"), env.Host("backend-2")}
+	for _, h := range backendHosts {
+		b, err := StartBackend(h, BackendTCPPort, DNSPort)
+		if err != nil {
+			return err
+		}
+		cleanup = append(cleanup, b.Close)
+	}
+	fmt.Fprintf(out, "namespaces: client %s, backends %s %s (no default routes)\n", env.Host("client").IPv4, backendHosts[0].IPv4, backendHosts[1].IPv4)
+
+	dir, err := os.MkdirTemp("", "sockmesh-demo-")
+	if err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() error { return os.RemoveAll(dir) })
+	yamlPath := filepath.Join(dir, "services.yaml")
+	if err := os.WriteFile(yamlPath, []byte(ServiceYAML("demo", "web", backendHosts)), 0o644); err != nil {
+		return err
+	}
+
+	root, err := agent.CgroupV2Root()
+	if err != nil {
+		return err
+	}
+	cg, err := NewCgroup(root, prefix)
+	if err != nil {
+		return err
+	}
+	cleanup = append(cleanup, cg.Close)
+	// The demo's own sockets are its client's: move this process into the demo cgroup.
+	if err := cg.EnterSelf(); err != nil {
+		return err
+	}
+
+	bpffs := filepath.Join("/sys/fs/bpf", prefix)
+	cfg := agent.DefaultConfig()
+	cfg.Source, cfg.CgroupPath, cfg.BPFFS, cfg.HTTPListen = "file:"+yamlPath, cg.Path, bpffs, ""
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- agent.Run(agentCtx, cfg, opt.Log) }()
+	cleanup = append(cleanup, func() error {
+		stopAgent()
+		return errors.Join(<-agentDone, bpf.Cleanup(bpffs))
+	})
+	fmt.Fprintf(out, "agent: --source file:%s --cgroup %s --bpffs %s\n", yamlPath, cg.Path, bpffs)
+	if err := waitProgrammed(ctx, bpffs, 4, agentDone); err != nil {
+		return err
+	}
+
+	client := env.Host("client")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nTRAFFIC\tTO\tANSWERS BY BACKEND\tSEEN PEER")
+	for _, vip := range []netip.Addr{ClusterIPv4, ClusterIPv6} {
+		tcp, peer, err := spreadTCP(client, netip.AddrPortFrom(vip, ServiceHTTPPort), opt.Requests)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(tw, "TCP connect+request\t%s\t%s\t%s\n", netip.AddrPortFrom(vip, ServiceHTTPPort), tcp, peer)
+		udp, from, err := spreadDNS(client, netip.AddrPortFrom(vip, DNSPort), opt.Requests)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(tw, "DNS query (UDP)\t%s\t%s\t%s\n", netip.AddrPortFrom(vip, DNSPort), udp, from)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printDatapath(out, bpffs)
+}
+
+// waitProgrammed polls the pinned maps until the agent has programmed n frontends.
+func waitProgrammed(ctx context.Context, bpffs string, n int, agentDone <-chan error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-agentDone:
+			return fmt.Errorf("agent exited: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		maps, err := bpf.OpenPinned(bpffs)
+		if err != nil {
+			continue
+		}
+		svcs, err := lbmap.List(lbmap.BPFTables(maps))
+		maps.Close()
+		if err == nil && len(svcs) >= n {
+			return nil
+		}
+	}
+	return errors.New("agent did not program the demo service within 10s")
+}
+
+func spreadTCP(client *Host, to netip.AddrPort, n int) (string, string, error) {
+	counts := map[string]int{}
+	peers := map[string]bool{}
+	err := client.Do(func() error {
+		for i := 0; i < n; i++ {
+			c, ans, err := DialTCP(to)
+			if err != nil {
+				return fmt.Errorf("TCP to %s: %w", to, err)
+			}
+			c.Close()
+			counts[ans.Backend]++
+			peers[ans.Peer.String()] = true
+		}
+		return nil
+	})
+	return formatCounts(counts), formatSet(peers), err
+}
+
+func spreadDNS(client *Host, to netip.AddrPort, n int) (string, string, error) {
+	counts := map[string]int{}
+	froms := map[string]bool{}
+	err := client.Do(func() error {
+		for i := 0; i < n; i++ {
+			ans, err := QueryDNS(to)
+			if err != nil {
+				return fmt.Errorf("DNS to %s: %w", to, err)
+			}
+			counts[ans.Backend]++
+			froms[ans.From.String()] = true
+		}
+		return nil
+	})
+	return formatCounts(counts), formatSet(froms), err
+}
+
+func printDatapath(out io.Writer, bpffs string) error {
+	maps, err := bpf.OpenPinned(bpffs)
+	if err != nil {
+		return err
+	}
+	defer maps.Close()
+	counts, err := maps.Counters()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\ndatapath counters:")
+	for i, v := range counts {
+		if v > 0 {
+			fmt.Fprintf(out, " %s=%d", bpf.CounterNames[i], v)
+		}
+	}
+	fmt.Fprintln(out)
+	svcs, err := lbmap.List(lbmap.BPFTables(maps))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "\nsockmesh lb list:")
+	for _, s := range svcs {
+		var bs []string
+		for _, b := range s.Backends {
+			bs = append(bs, b.Address.String())
+		}
+		fmt.Fprintf(out, "  %-16s %-22s -> %s\n", s.Name, s.Frontend, strings.Join(bs, ", "))
+	}
+	return nil
+}
+
+func formatCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func formatSet(m map[string]bool) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, " ")
+}

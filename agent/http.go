@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"encoding/json"
+	"net/http"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+)
+
+// state is what /readyz and /debug/state report.
+type state struct {
+	mu        sync.Mutex
+	ready     bool
+	snapshot  *model.Snapshot
+	mapErrors []model.ObjectError
+	lastError string
+}
+
+// DebugService is one frontend in /debug/state.
+type DebugService struct {
+	Name     string   `json:"name"`
+	Frontend string   `json:"frontend"`
+	Backends []string `json:"backends"`
+	Selected []string `json:"selected"`
+}
+
+// DebugState is the JSON body of /debug/state.
+type DebugState struct {
+	Ready          bool           `json:"ready"`
+	Services       []DebugService `json:"services"`
+	Errors         []string       `json:"errors"`
+	LastApplyError string         `json:"lastApplyError,omitempty"`
+}
+
+func (s *state) debug() DebugState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := DebugState{Ready: s.ready, LastApplyError: s.lastError, Services: []DebugService{}, Errors: []string{}}
+	if s.snapshot != nil {
+		for _, svc := range s.snapshot.SortedServices() {
+			ds := DebugService{Name: svc.Name.String(), Frontend: svc.Frontend.String(), Backends: []string{}, Selected: []string{}}
+			for _, b := range svc.Backends {
+				ds.Backends = append(ds.Backends, b.AddrPort().String())
+			}
+			for _, b := range svc.Selected() {
+				ds.Selected = append(ds.Selected, b.AddrPort().String())
+			}
+			out.Services = append(out.Services, ds)
+		}
+		for _, e := range s.snapshot.Errors {
+			out.Errors = append(out.Errors, e.Error())
+		}
+	}
+	for _, e := range s.mapErrors {
+		out.Errors = append(out.Errors, e.Error())
+	}
+	return out
+}
+
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		a.state.mu.Lock()
+		ready := a.state.ready
+		a.state.mu.Unlock()
+		if !ready {
+			http.Error(w, "not ready: no snapshot programmed yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/debug/state", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.state.debug())
+	})
+	return mux
+}

@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+	"github.com/sockmesh/sockmesh/bpf"
+)
+
+// Metrics are the agent's Prometheus metrics, all named sockmesh_*.
+type Metrics struct {
+	Registry          *prometheus.Registry
+	services          prometheus.Gauge
+	backends          prometheus.Gauge
+	mapOps            *prometheus.CounterVec
+	reconcileDuration prometheus.Histogram
+	reconcileErrors   prometheus.Counter
+	inputErrors       *prometheus.CounterVec
+	rejected          *prometheus.GaugeVec
+}
+
+// NewMetrics registers the agent's metrics; maps, when not nil, adds the collectors that
+// read the datapath's counters and map fill at scrape time.
+func NewMetrics(maps *bpf.Maps) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		services: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_services",
+			Help: "Service frontends (VIP, port, protocol) programmed in the datapath."}),
+		backends: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_backends",
+			Help: "Backend entries programmed in the datapath (one per service and selected endpoint)."}),
+		mapOps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sockmesh_map_ops_total",
+			Help: "BPF map entries written or deleted by the agent, by map, operation and result."}, []string{"map", "op", "result"}),
+		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sockmesh_reconcile_duration_seconds",
+			Help: "Time to bring the datapath maps to a new model snapshot.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_reconcile_errors_total",
+			Help: "Reconcile passes that stopped on a map write error (retried)."}),
+		inputErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sockmesh_input_errors_total",
+			Help: "Input objects rejected or only partly used, by kind and reason, counted when they appear."}, []string{"kind", "reason"}),
+		rejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_rejected_objects",
+			Help: "Input objects currently rejected or only partly used, by kind and reason."}, []string{"kind", "reason"}),
+	}
+	m.Registry.MustRegister(m.services, m.backends, m.mapOps, m.reconcileDuration, m.reconcileErrors,
+		m.inputErrors, m.rejected, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if maps != nil {
+		m.Registry.MustRegister(&datapathCollector{maps: maps})
+	}
+	return m
+}
+
+// MapOp implements lbmap.Observer.
+func (m *Metrics) MapOp(table, op string, n int, err error) {
+	m.mapOps.WithLabelValues(table, op, "ok").Add(float64(n))
+	if err != nil {
+		m.mapOps.WithLabelValues(table, op, "error").Inc()
+	}
+}
+
+// observeErrors counts errors new since the previous snapshot and sets the gauge.
+func (m *Metrics) observeErrors(prev, cur []model.ObjectError) {
+	seen := map[model.ObjectError]bool{}
+	for _, e := range prev {
+		seen[e] = true
+	}
+	m.rejected.Reset()
+	for _, e := range cur {
+		m.rejected.WithLabelValues(e.Kind, e.Reason).Inc()
+		if !seen[e] {
+			m.inputErrors.WithLabelValues(e.Kind, e.Reason).Inc()
+		}
+	}
+}
+
+var (
+	translationsDesc = prometheus.NewDesc("sockmesh_translations_total",
+		"Socket-LB translations of a service address to a backend, by protocol and family.", []string{"protocol"}, nil)
+	datapathEventsDesc = prometheus.NewDesc("sockmesh_datapath_events_total",
+		"Other socket-LB datapath events (no_backend = a connect refused for lack of backends).", []string{"event"}, nil)
+	mapEntriesDesc = prometheus.NewDesc("sockmesh_map_entries",
+		"Entries in a BPF map.", []string{"map"}, nil)
+	mapPressureDesc = prometheus.NewDesc("sockmesh_map_pressure",
+		"Fill ratio (entries / max entries) of a BPF map.", []string{"map"}, nil)
+	datapathErrDesc = prometheus.NewDesc("sockmesh_datapath_read_errors", "1 when the last scrape could not read the datapath maps.", nil, nil)
+)
+
+// datapathCollector reads the per-CPU counters and map fill from the kernel at scrape.
+type datapathCollector struct{ maps *bpf.Maps }
+
+func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- translationsDesc
+	ch <- datapathEventsDesc
+	ch <- mapEntriesDesc
+	ch <- mapPressureDesc
+	ch <- datapathErrDesc
+}
+
+func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := c.maps.Counters()
+	for i, v := range counts {
+		name := bpf.CounterNames[i]
+		if len(name) > 6 && name[:6] == "xlate_" {
+			ch <- prometheus.MustNewConstMetric(translationsDesc, prometheus.CounterValue, float64(v), name[6:])
+		} else {
+			ch <- prometheus.MustNewConstMetric(datapathEventsDesc, prometheus.CounterValue, float64(v), name)
+		}
+	}
+	fill, ferr := c.maps.Fill()
+	for _, f := range fill {
+		ch <- prometheus.MustNewConstMetric(mapEntriesDesc, prometheus.GaugeValue, float64(f.Entries), f.Name)
+		ch <- prometheus.MustNewConstMetric(mapPressureDesc, prometheus.GaugeValue, float64(f.Entries)/float64(f.MaxEntries), f.Name)
+	}
+	failed := 0.0
+	if errors.Join(err, ferr) != nil {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(datapathErrDesc, prometheus.GaugeValue, failed)
+}

@@ -1,0 +1,224 @@
+package harness
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Agent is `sockmesh agent` running as a subprocess against the env.
+type Agent struct {
+	cmd  *exec.Cmd
+	Addr string // where /metrics, /readyz and /debug/state are served
+	log  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var listenLine = regexp.MustCompile(`serving metrics and health"? addr=(\S+)`)
+
+// StartAgent runs the agent on the YAML file with the env's cgroup and pin dir and waits
+// until it is ready. The agent is stopped at cleanup if the test has not stopped it.
+func (e *Env) StartAgent(t testing.TB, yamlPath string, extra ...string) *Agent {
+	t.Helper()
+	a := e.launchAgent(t, yamlPath, extra...)
+	a.WaitReady(t)
+	return a
+}
+
+// launchAgent starts the agent without waiting for readiness.
+func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent {
+	t.Helper()
+	args := append([]string{"agent", "--source", "file:" + yamlPath, "--cgroup", e.Cgroup.Path,
+		"--bpffs", e.BPFFS, "--http-listen", "127.0.0.1:0"}, extra...)
+	a := &Agent{cmd: exec.Command(Binary(t), args...), log: &syncBuffer{}, done: make(chan error, 1)}
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	t.Cleanup(func() {
+		if a.cmd.ProcessState == nil {
+			_ = a.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-a.done:
+			case <-time.After(10 * time.Second):
+				_ = a.cmd.Process.Kill()
+				<-a.done
+			}
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.log.String())
+		}
+	})
+	return a
+}
+
+// WaitReady waits for /readyz, failing the test with the agent's log if it exits.
+func (a *Agent) WaitReady(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-a.done:
+			a.done <- err
+			t.Fatalf("agent exited before ready (%v):\n%s", err, a.log.String())
+		case <-time.After(25 * time.Millisecond):
+		}
+		if a.Addr == "" {
+			if m := listenLine.FindStringSubmatch(a.log.String()); m != nil {
+				a.Addr = m[1]
+			}
+			continue
+		}
+		resp, err := http.Get("http://" + a.Addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+	}
+	t.Fatalf("agent not ready after 20s:\n%s", a.log.String())
+}
+
+// Stop sends SIGTERM and waits; the agent must exit cleanly.
+func (a *Agent) Stop(t testing.TB) {
+	t.Helper()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-a.done:
+		if err != nil {
+			t.Fatalf("agent exited with %v:\n%s", err, a.log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("agent did not stop on SIGTERM:\n%s", a.log.String())
+	}
+}
+
+// Exited waits up to d for the agent to exit by itself and returns its error.
+func (a *Agent) Exited(d time.Duration) (bool, error) {
+	select {
+	case err := <-a.done:
+		a.done <- err
+		return true, err
+	case <-time.After(d):
+		return false, nil
+	}
+}
+
+// Log is everything the agent printed so far.
+func (a *Agent) Log() string { return a.log.String() }
+
+// Metrics scrapes /metrics.
+func (a *Agent) Metrics(t testing.TB) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + a.Addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fams
+}
+
+// Metric returns the sum of the samples of family name whose labels include want.
+func (a *Agent) Metric(t testing.TB, name string, want map[string]string) float64 {
+	t.Helper()
+	fam := a.Metrics(t)[name]
+	if fam == nil {
+		return 0
+	}
+	sum := 0.0
+	for _, m := range fam.Metric {
+		if !labelsMatch(m, want) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		}
+	}
+	return sum
+}
+
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
+	have := map[string]string{}
+	for _, l := range m.Label {
+		have[l.GetName()] = l.GetValue()
+	}
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitLog waits until the agent's log contains every substring.
+func (a *Agent) WaitLog(t testing.TB, substrs ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		log := a.log.String()
+		ok := true
+		for _, s := range substrs {
+			ok = ok && strings.Contains(log, s)
+		}
+		if ok {
+			return log
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("agent log never contained %q:\n%s", substrs, a.log.String())
+	return ""
+}
+
+// CLI runs a sockmesh verb with the env's pin flags and returns its output.
+func (e *Env) CLI(t testing.TB, args ...string) string {
+	t.Helper()
+	args = append(args, "--bpffs", e.BPFFS, "--cgroup", e.Cgroup.Path)
+	out, err := exec.Command(Binary(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sockmesh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// String helps failure messages.
+func (a *Agent) String() string { return fmt.Sprintf("agent(%s)", a.Addr) }

@@ -1,0 +1,189 @@
+package harness
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+
+	"github.com/sockmesh/sockmesh/agent/demo"
+)
+
+// childEnv carries a ClientRequest to a re-executed test binary (see MaybeRunChild).
+const childEnv = "SOCKMESH_TEST_CLIENT"
+
+// ClientRequest is what a client process does from inside a host's namespace.
+type ClientRequest struct {
+	Op    string // "tcp", "dns" or "hold"
+	NetNS string
+	To    netip.AddrPort
+	N     int
+}
+
+// ClientResult is one client process's findings; each attempt yields an answer or an
+// error string, so a test can count both.
+type ClientResult struct {
+	TCP    []demo.TCPAnswer
+	DNS    []demo.DNSAnswer
+	Errors []string
+}
+
+// MaybeRunChild must be the first thing in TestMain: in a re-executed child it runs the
+// request and exits; in the test process itself it returns at once.
+func MaybeRunChild() {
+	raw := os.Getenv(childEnv)
+	if raw == "" {
+		return
+	}
+	var req ClientRequest
+	if err := json.Unmarshal([]byte(raw), &req); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	host := &demo.Host{NetNS: req.NetNS}
+	err := host.Do(func() error { return runChild(req) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func runChild(req ClientRequest) error {
+	var res ClientResult
+	switch req.Op {
+	case "tcp":
+		for i := 0; i < req.N; i++ {
+			c, ans, err := demo.DialTCP(req.To)
+			if err != nil {
+				res.Errors = append(res.Errors, err.Error())
+				continue
+			}
+			c.Close()
+			res.TCP = append(res.TCP, ans)
+		}
+	case "dns":
+		for i := 0; i < req.N; i++ {
+			ans, err := demo.QueryDNS(req.To)
+			if err != nil {
+				res.Errors = append(res.Errors, err.Error())
+				continue
+			}
+			res.DNS = append(res.DNS, ans)
+		}
+	case "hold":
+		return hold(req.To)
+	default:
+		return fmt.Errorf("unknown op %q", req.Op)
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// hold keeps one connection open and asks on it once per stdin line.
+func hold(to netip.AddrPort) error {
+	c, ans, err := demo.DialTCP(to)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	enc := json.NewEncoder(os.Stdout)
+	if err := enc.Encode(ans); err != nil {
+		return err
+	}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		name, err := demo.Ask(c)
+		a := demo.TCPAnswer{Backend: name}
+		if err != nil {
+			a.Backend = "error: " + err.Error()
+		}
+		if err := enc.Encode(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// childCmd prepares a re-executed test binary that starts inside the env's cgroup.
+func (e *Env) childCmd(t testing.TB, req ClientRequest) *exec.Cmd {
+	t.Helper()
+	raw, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := e.Cgroup.FD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// Run runs a client process in host h's namespace and the env's cgroup.
+func (e *Env) Run(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n int) ClientResult {
+	t.Helper()
+	cmd := e.childCmd(t, ClientRequest{Op: op, NetNS: h.NetNS, To: to, N: n})
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("client %s %s: %v", op, to, err)
+	}
+	var res ClientResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("client output %q: %v", out, err)
+	}
+	return res
+}
+
+// Holder is a client process keeping one connection open.
+type Holder struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *json.Decoder
+	First demo.TCPAnswer
+}
+
+// Hold opens one long-lived connection from h to the service.
+func (e *Env) Hold(t testing.TB, h *demo.Host, to netip.AddrPort) *Holder {
+	t.Helper()
+	cmd := e.childCmd(t, ClientRequest{Op: "hold", NetNS: h.NetNS, To: to})
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	hd := &Holder{cmd: cmd, in: in, out: json.NewDecoder(out)}
+	t.Cleanup(func() { in.Close(); _ = cmd.Wait() })
+	if err := hd.out.Decode(&hd.First); err != nil {
+		t.Fatalf("hold %s: %v", to, err)
+	}
+	return hd
+}
+
+// Ask sends one request on the held connection and returns the backend's answer.
+func (hd *Holder) Ask(t testing.TB) string {
+	t.Helper()
+	if _, err := hd.in.Write([]byte("ask\n")); err != nil {
+		t.Fatal(err)
+	}
+	var a demo.TCPAnswer
+	if err := hd.out.Decode(&a); err != nil {
+		t.Fatal(err)
+	}
+	return a.Backend
+}
+
