@@ -45,7 +45,9 @@ func (c *Cgroup) EnterSelf() error {
 
 // FD opens the cgroup directory, for starting a child directly inside it
 // (SysProcAttr.UseCgroupFD).
-func (c *Cgroup) FD() (int, error) { return unix.Open(c.Path, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0) }
+func (c *Cgroup) FD() (int, error) {
+	return unix.Open(c.Path, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+}
 
 // Close moves this process back out if it entered, kills anything else left inside
 // (cgroup.kill), and removes the cgroup.

@@ -66,23 +66,38 @@ func (f *File) Run(ctx context.Context) error {
 	resync := time.NewTicker(or(f.Resync, DefaultResync))
 	defer resync.Stop()
 
+	// burst is when the first unread event arrived (zero: none pending). Each event
+	// pushes the read back by Debounce, but never past maxWaitFactor*Debounce after the
+	// first one, so a directory that is never quiet still gets the file read.
+	var burst time.Time
+	wait := or(f.Debounce, DefaultDebounce)
+	changed := func() {
+		now := time.Now()
+		if burst.IsZero() {
+			burst = now
+		}
+		debounce.Reset(min(wait, burst.Add(maxWaitFactor*wait).Sub(now)))
+	}
 	f.reload(path, w.sync())
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-w.events():
-			debounce.Reset(or(f.Debounce, DefaultDebounce))
+			changed()
 		case <-w.errors():
-			// The kernel dropped events (queue overflow): read again to be sure.
-			debounce.Reset(or(f.Debounce, DefaultDebounce))
+			changed() // the kernel dropped events (queue overflow): read again to be sure
 		case <-debounce.C:
+			burst = time.Time{}
 			f.reload(path, w.sync())
 		case <-resync.C:
 			f.reload(path, w.sync())
 		}
 	}
 }
+
+// maxWaitFactor bounds how long a stream of events can postpone a read, in Debounces.
+const maxWaitFactor = 10
 
 // reload reads the file and delivers a snapshot unless nothing changed since the last
 // delivery. Watching is synced before reading, so a change between the two is not lost.

@@ -269,3 +269,29 @@ func TestParse(t *testing.T) {
 		t.Errorf("missing file: no error")
 	}
 }
+
+// A directory that is never quiet (a log file beside the YAML) must not postpone the read
+// forever.
+func TestFileBusyDirectory(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "services.yaml")
+	write(t, path, contents("10.0.1.1"))
+	stop := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				_ = os.WriteFile(filepath.Join(dir, "noise.log"), []byte(fmt.Sprint(i)), 0o644)
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-stopped })
+	r := startFile(t, path)
+	r.waitFor(t, "first read", serving("[10.0.1.1:8080]"))
+	replaceByRename(t, path, contents("10.0.1.2"))
+	r.waitFor(t, "change amid noise", serving("[10.0.1.2:8080]"))
+}

@@ -186,4 +186,3 @@ func (hd *Holder) Ask(t testing.TB) string {
 	}
 	return a.Backend
 }
-
