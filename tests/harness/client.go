@@ -131,16 +131,25 @@ func (e *Env) childCmd(t testing.TB, req ClientRequest) *exec.Cmd {
 // Run runs a client process in host h's namespace and the env's cgroup.
 func (e *Env) Run(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n int) ClientResult {
 	t.Helper()
+	res, err := e.RunE(t, h, op, to, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// RunE is Run for use off the test goroutine: it reports failure as an error.
+func (e *Env) RunE(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n int) (ClientResult, error) {
 	cmd := e.childCmd(t, ClientRequest{Op: op, NetNS: h.NetNS, To: to, N: n})
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("client %s %s: %v", op, to, err)
+		return ClientResult{}, fmt.Errorf("client %s %s: %w", op, to, err)
 	}
 	var res ClientResult
 	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("client output %q: %v", out, err)
+		return ClientResult{}, fmt.Errorf("client output %q: %w", out, err)
 	}
-	return res
+	return res, nil
 }
 
 // Holder is a client process keeping one connection open.

@@ -1,0 +1,86 @@
+package tests
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/tests/harness"
+)
+
+func mapOps(t *testing.T, a *harness.Agent, op string) float64 {
+	return a.Metric(t, "sockmesh_map_ops_total", map[string]string{"op": op, "result": "ok"})
+}
+
+func pinnedJSON(t *testing.T, env *harness.Env) string {
+	t.Helper()
+	b, err := json.Marshal(env.PinnedServices(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
+	env := harness.NewEnv(t, "backend-1", "backend-2", "backend-3")
+	env.StartBackends(t, "backend-1", "backend-2", "backend-3")
+	path := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	client := env.Host("client")
+	first := env.StartAgent(t, path)
+	if mapOps(t, first, "update") == 0 {
+		t.Fatal("a cold start wrote no map entries: the restart checks below would prove nothing")
+	}
+
+	held := env.Hold(t, client, tcpTo(vip4))
+	first.Stop(t)
+
+	// Agent down: the open connection and new ones keep working, lb list still reads the maps.
+	if got := held.Ask(t); got != held.First.Backend {
+		t.Fatalf("held connection answered %q after the agent stopped, want %q", got, held.First.Backend)
+	}
+	res := env.Run(t, client, "tcp", tcpTo(vip4), 30)
+	if len(res.Errors) > 0 || len(res.TCP) != 30 {
+		t.Fatalf("new connections with the agent down: %d ok, errors %v", len(res.TCP), res.Errors)
+	}
+	if out := env.CLI(t, "lb", "list"); !strings.Contains(out, "demo/web:http") || !strings.Contains(out, "10.96.0.10:80/TCP") {
+		t.Fatalf("lb list with the agent down:\n%s", out)
+	}
+	before := pinnedJSON(t, env)
+
+	// Restart with nothing changed, under load: no entry rewritten, no connect fails.
+	load := make(chan harness.ClientResult, 1)
+	loadErr := make(chan error, 1)
+	go func() {
+		r, err := env.RunE(t, client, "tcp", tcpTo(vip4), 300)
+		load <- r
+		loadErr <- err
+	}()
+	second := env.StartAgent(t, path)
+	if u, d := mapOps(t, second, "update"), mapOps(t, second, "delete"); u != 0 || d != 0 {
+		t.Fatalf("restart with an unchanged file: %v entries updated, %v deleted; want 0 and 0", u, d)
+	}
+	if after := pinnedJSON(t, env); after != before {
+		t.Fatalf("maps changed across a no-op restart:\nbefore %s\nafter  %s", before, after)
+	}
+	lr, err := <-load, <-loadErr
+	if err != nil || len(lr.Errors) > 0 {
+		t.Fatalf("connections during the restart: %v, errors %v", err, lr.Errors)
+	}
+	second.Stop(t)
+
+	// Changed while down: exactly the changed entries are written on restart. One added
+	// endpoint on four frontends (TCP+UDP, v4+v6): a backend, a slot and the service's
+	// slot count each.
+	env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2", "backend-3")))
+	third := env.StartAgent(t, path)
+	if u, d := mapOps(t, third, "update"), mapOps(t, third, "delete"); u != 12 || d != 0 {
+		t.Fatalf("restart after adding one endpoint: %v updated, %v deleted; want 12 and 0", u, d)
+	}
+	if !hasBackend(web4, env.Host("backend-3").IPv4)(env.PinnedServices(t)) {
+		t.Fatal("the change made while the agent was down was not applied")
+	}
+	if got := held.Ask(t); got != held.First.Backend {
+		t.Fatalf("held connection answered %q after two restarts", got)
+	}
+}
