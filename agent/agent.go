@@ -40,6 +40,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	lock, err := bpf.LockPins(cfg.BPFFS)
+	if err != nil {
+		return fmt.Errorf("--bpffs %s: %w", cfg.BPFFS, err)
+	}
+	defer lock.Unlock()
 	dp, err := bpf.Load(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
 	if err != nil {
 		return err

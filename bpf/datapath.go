@@ -26,6 +26,9 @@ var DefaultLimits = Limits{MaxServices: 65536, MaxBackends: 262144}
 type Datapath struct {
 	dir  string
 	objs socklbObjects
+	// links stay open while the agent runs, so `sockmesh cleanup` can tell that an agent
+	// still holds the attachments; they are pinned, so closing them detaches nothing.
+	links []link.Link
 	// Features the kernel lacks and what sockmesh does instead, for the start-up log.
 	Degraded []string
 }
@@ -92,7 +95,14 @@ func checkPinned(path string, spec *ebpf.MapSpec) error {
 }
 
 // Close releases the agent's handles. Pinned maps and links stay: services keep working.
-func (d *Datapath) Close() error { return d.objs.Close() }
+func (d *Datapath) Close() error {
+	var errs []error
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	d.links = nil
+	return errors.Join(append(errs, d.objs.Close())...)
+}
 
 // hook is one cgroup attachment: a program and the pin name of its link.
 type hook struct {
@@ -107,11 +117,11 @@ func (d *Datapath) hooks() []hook {
 		{"connect4", ebpf.AttachCGroupInet4Connect, p.Sock4Connect},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, p.Sock4Sendmsg},
 		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, p.Sock4Recvmsg},
-		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, p.Sock4Getpeername},
+		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, p.Sock4Getpeer},
 		{"connect6", ebpf.AttachCGroupInet6Connect, p.Sock6Connect},
 		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, p.Sock6Sendmsg},
 		{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, p.Sock6Recvmsg},
-		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, p.Sock6Getpeername},
+		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, p.Sock6Getpeer},
 	}
 }
 
@@ -130,35 +140,43 @@ func (d *Datapath) Attach(cgroupPath string) error {
 		return err
 	}
 	for _, h := range d.hooks() {
-		if err := attachOne(h, cgroupPath, cgID, filepath.Join(LinksDir(d.dir), h.name)); err != nil {
+		l, err := attachOne(h, cgroupPath, cgID, filepath.Join(LinksDir(d.dir), h.name))
+		if err != nil {
 			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroupPath, err)
 		}
+		d.links = append(d.links, l)
 	}
 	return nil
 }
 
-func attachOne(h hook, cgroupPath string, cgID uint64, pin string) error {
+func attachOne(h hook, cgroupPath string, cgID uint64, pin string) (link.Link, error) {
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		info, ierr := old.Info()
 		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
-			defer old.Close()
-			return old.Update(h.prog)
+			if err := old.Update(h.prog); err != nil {
+				old.Close()
+				return nil, err
+			}
+			return old, nil
 		}
 		// Pinned for another cgroup (the --cgroup flag changed): detach it.
 		if err := old.Unpin(); err != nil {
 			old.Close()
-			return err
+			return nil, err
 		}
 		old.Close()
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("pinned link %s: %w", pin, err)
+		return nil, fmt.Errorf("pinned link %s: %w", pin, err)
 	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer l.Close()
-	return l.Pin(pin)
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // CgroupID returns the cgroup v2 id (the directory's inode number).
@@ -249,4 +267,45 @@ func isBPFFS(path string) error {
 func isUnder(path, root string) bool {
 	rel, err := filepath.Rel(root, path)
 	return err == nil && rel != ".." && !filepath.IsAbs(rel) && (len(rel) < 3 || rel[:3] != "../")
+}
+
+// AttachedLinks lists the names of sockmesh programs attached by bpf_link to the cgroup
+// at path, whether pinned or held open by a running agent.
+func AttachedLinks(cgroupPath string) ([]string, error) {
+	cgID, err := CgroupID(cgroupPath)
+	if err != nil {
+		return nil, err
+	}
+	return AttachedLinksByID(cgID)
+}
+
+// AttachedLinksByID is AttachedLinks for a cgroup id (the cgroup may be gone already).
+func AttachedLinksByID(cgID uint64) ([]string, error) {
+	ours := map[string]bool{}
+	for _, name := range programNames() {
+		ours[name] = true
+	}
+	var out []string
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, ierr := it.Link.Info()
+		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
+			if prog, perr := ebpf.NewProgramFromID(info.Program); perr == nil {
+				if pi, err := prog.Info(); err == nil && ours[pi.Name] {
+					out = append(out, pi.Name)
+				}
+				prog.Close()
+			}
+		}
+		it.Link.Close()
+	}
+	return out, it.Err()
+}
+
+// programNames are the kernel names of the socket-LB programs (each fits the kernel's
+// 15-byte name limit, so names read back from the kernel match).
+func programNames() []string {
+	return []string{"sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeer",
+		"sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeer"}
 }

@@ -332,7 +332,7 @@ SEC("cgroup/recvmsg4")
 int sock4_recvmsg(struct bpf_sock_addr *ctx) { rev4(ctx); return SYS_PROCEED; }
 
 SEC("cgroup/getpeername4")
-int sock4_getpeername(struct bpf_sock_addr *ctx) { rev4(ctx); return SYS_PROCEED; }
+int sock4_getpeer(struct bpf_sock_addr *ctx) { rev4(ctx); return SYS_PROCEED; }
 
 SEC("cgroup/connect6")
 int sock6_connect(struct bpf_sock_addr *ctx) { return xlate6(ctx); }
@@ -344,6 +344,6 @@ SEC("cgroup/recvmsg6")
 int sock6_recvmsg(struct bpf_sock_addr *ctx) { rev6(ctx); return SYS_PROCEED; }
 
 SEC("cgroup/getpeername6")
-int sock6_getpeername(struct bpf_sock_addr *ctx) { rev6(ctx); return SYS_PROCEED; }
+int sock6_getpeer(struct bpf_sock_addr *ctx) { rev6(ctx); return SYS_PROCEED; }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

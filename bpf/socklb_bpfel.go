@@ -107,23 +107,23 @@ type socklbSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	socklbMapSmAffinity        = "sm_affinity"
-	socklbMapSmBackends        = "sm_backends"
-	socklbMapSmCounters        = "sm_counters"
-	socklbMapSmRevnat          = "sm_revnat"
-	socklbMapSmServices        = "sm_services"
-	socklbMapSmSlots           = "sm_slots"
-	socklbMapSmSvcNames        = "sm_svc_names"
-	socklbProgSock4Connect     = "sock4_connect"
-	socklbProgSock4Getpeername = "sock4_getpeername"
-	socklbProgSock4Recvmsg     = "sock4_recvmsg"
-	socklbProgSock4Sendmsg     = "sock4_sendmsg"
-	socklbProgSock6Connect     = "sock6_connect"
-	socklbProgSock6Getpeername = "sock6_getpeername"
-	socklbProgSock6Recvmsg     = "sock6_recvmsg"
-	socklbProgSock6Sendmsg     = "sock6_sendmsg"
-	socklbVarHaveSetRetval     = "have_set_retval"
-	socklbVarUnusedCounterId   = "unused_counter_id"
+	socklbMapSmAffinity      = "sm_affinity"
+	socklbMapSmBackends      = "sm_backends"
+	socklbMapSmCounters      = "sm_counters"
+	socklbMapSmRevnat        = "sm_revnat"
+	socklbMapSmServices      = "sm_services"
+	socklbMapSmSlots         = "sm_slots"
+	socklbMapSmSvcNames      = "sm_svc_names"
+	socklbProgSock4Connect   = "sock4_connect"
+	socklbProgSock4Getpeer   = "sock4_getpeer"
+	socklbProgSock4Recvmsg   = "sock4_recvmsg"
+	socklbProgSock4Sendmsg   = "sock4_sendmsg"
+	socklbProgSock6Connect   = "sock6_connect"
+	socklbProgSock6Getpeer   = "sock6_getpeer"
+	socklbProgSock6Recvmsg   = "sock6_recvmsg"
+	socklbProgSock6Sendmsg   = "sock6_sendmsg"
+	socklbVarHaveSetRetval   = "have_set_retval"
+	socklbVarUnusedCounterId = "unused_counter_id"
 )
 
 // loadSocklb returns the embedded CollectionSpec for socklb.
@@ -168,14 +168,14 @@ type socklbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbProgramSpecs struct {
-	Sock4Connect     *ebpf.ProgramSpec `ebpf:"sock4_connect"`
-	Sock4Getpeername *ebpf.ProgramSpec `ebpf:"sock4_getpeername"`
-	Sock4Recvmsg     *ebpf.ProgramSpec `ebpf:"sock4_recvmsg"`
-	Sock4Sendmsg     *ebpf.ProgramSpec `ebpf:"sock4_sendmsg"`
-	Sock6Connect     *ebpf.ProgramSpec `ebpf:"sock6_connect"`
-	Sock6Getpeername *ebpf.ProgramSpec `ebpf:"sock6_getpeername"`
-	Sock6Recvmsg     *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
-	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
+	Sock4Connect *ebpf.ProgramSpec `ebpf:"sock4_connect"`
+	Sock4Getpeer *ebpf.ProgramSpec `ebpf:"sock4_getpeer"`
+	Sock4Recvmsg *ebpf.ProgramSpec `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg *ebpf.ProgramSpec `ebpf:"sock4_sendmsg"`
+	Sock6Connect *ebpf.ProgramSpec `ebpf:"sock6_connect"`
+	Sock6Getpeer *ebpf.ProgramSpec `ebpf:"sock6_getpeer"`
+	Sock6Recvmsg *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
 }
 
 // socklbMapSpecs contains maps before they are loaded into the kernel.
@@ -252,24 +252,24 @@ type socklbVariables struct {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbPrograms struct {
-	Sock4Connect     *ebpf.Program `ebpf:"sock4_connect"`
-	Sock4Getpeername *ebpf.Program `ebpf:"sock4_getpeername"`
-	Sock4Recvmsg     *ebpf.Program `ebpf:"sock4_recvmsg"`
-	Sock4Sendmsg     *ebpf.Program `ebpf:"sock4_sendmsg"`
-	Sock6Connect     *ebpf.Program `ebpf:"sock6_connect"`
-	Sock6Getpeername *ebpf.Program `ebpf:"sock6_getpeername"`
-	Sock6Recvmsg     *ebpf.Program `ebpf:"sock6_recvmsg"`
-	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
+	Sock4Connect *ebpf.Program `ebpf:"sock4_connect"`
+	Sock4Getpeer *ebpf.Program `ebpf:"sock4_getpeer"`
+	Sock4Recvmsg *ebpf.Program `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg *ebpf.Program `ebpf:"sock4_sendmsg"`
+	Sock6Connect *ebpf.Program `ebpf:"sock6_connect"`
+	Sock6Getpeer *ebpf.Program `ebpf:"sock6_getpeer"`
+	Sock6Recvmsg *ebpf.Program `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg *ebpf.Program `ebpf:"sock6_sendmsg"`
 }
 
 func (p *socklbPrograms) Close() error {
 	return _SocklbClose(
 		p.Sock4Connect,
-		p.Sock4Getpeername,
+		p.Sock4Getpeer,
 		p.Sock4Recvmsg,
 		p.Sock4Sendmsg,
 		p.Sock6Connect,
-		p.Sock6Getpeername,
+		p.Sock6Getpeer,
 		p.Sock6Recvmsg,
 		p.Sock6Sendmsg,
 	)

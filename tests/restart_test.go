@@ -2,10 +2,14 @@ package tests
 
 import (
 	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -82,5 +86,33 @@ func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	}
 	if got := held.Ask(t); got != held.First.Backend {
 		t.Fatalf("held connection answered %q after two restarts", got)
+	}
+}
+
+func TestCleanupRemovesEverythingAndRefusesWhileAnAgentRuns(t *testing.T) {
+	env := harness.NewEnv(t, "backend-1")
+	env.StartBackends(t, "backend-1")
+	path := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1")))
+	a := env.StartAgent(t, path)
+
+	out, err := exec.Command(harness.Binary(t), "cleanup", "--bpffs", env.BPFFS, "--cgroup", env.Cgroup.Path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is an agent running") {
+		t.Fatalf("cleanup with a running agent: err=%v %s", err, out)
+	}
+	a.Stop(t)
+	// Stopped: the datapath keeps serving from the pins until cleanup.
+	if res := env.Run(t, env.Host("client"), "tcp", tcpTo(vip4), 5); len(res.TCP) != 5 {
+		t.Fatalf("stopped agent: %+v", res)
+	}
+	env.CLI(t, "cleanup")
+	if names, err := bpf.AttachedLinks(env.Cgroup.Path); err != nil || len(names) != 0 {
+		t.Fatalf("after cleanup: attached %v (%v)", names, err)
+	}
+	if _, err := os.Stat(env.BPFFS); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after cleanup the pin dir is still there (%v)", err)
+	}
+	res := env.Run(t, env.Host("client"), "tcp", tcpTo(vip4), 1)
+	if len(res.Errors) != 1 || !strings.Contains(res.Errors[0], "network is unreachable") {
+		t.Fatalf("after cleanup the ClusterIP is still translated: %+v", res)
 	}
 }

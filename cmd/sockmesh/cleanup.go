@@ -2,9 +2,11 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
@@ -15,10 +17,31 @@ func newCleanupCmd() *cobra.Command {
 		Short: "Detach every program and remove every pin sockmesh made (services stop being translated)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			lock, err := bpf.LockPins(pins.bpffs)
+			if err != nil {
+				return fmt.Errorf("%w: is an agent running? stop it first", err)
+			}
+			defer lock.Unlock()
 			if err := bpf.Cleanup(pins.bpffs); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed sockmesh links and maps under %s\n", pins.bpffs)
+			// Unpinning detaches what was pinned; a running agent still holds its own links.
+			cg := pins.cgroup
+			if cg == "" {
+				root, err := agent.CgroupV2Root()
+				if err != nil {
+					return err
+				}
+				cg = root
+			}
+			left, err := bpf.AttachedLinks(cg)
+			if err != nil {
+				return err
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("cgroup %s still has sockmesh programs attached (%s), held by a process other than an agent on --bpffs %s", cg, strings.Join(left, ", "), pins.bpffs)
+			}
 			return nil
 		},
 	}
