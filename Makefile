@@ -29,7 +29,7 @@ demo: build
 	./$(BIN) demo
 
 bench: build
-	$(GO) run ./tests/benchreport -out bench-out
+	$(GO) run ./tests/benchreport -out bench-out $(BENCH_ARGS)
 
 lint: deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }

@@ -62,11 +62,16 @@ func (m *Maps) Counters() ([NumCounters]uint64, error) {
 
 // Table is typed, batched access to one hash map.
 type Table[K comparable, V comparable] struct {
-	m *ebpf.Map
+	m         *ebpf.Map
+	unbatched bool
 }
 
 // NewTable wraps a hash map whose key and value types are K and V.
 func NewTable[K comparable, V comparable](m *ebpf.Map) *Table[K, V] { return &Table[K, V]{m: m} }
+
+// WithoutBatch returns the table writing one entry per syscall: the baseline the
+// benchmarks compare batching against.
+func (t *Table[K, V]) WithoutBatch() *Table[K, V] { return &Table[K, V]{m: t.m, unbatched: true} }
 
 // Name is the map's name in the kernel.
 func (t *Table[K, V]) Name() string {
@@ -98,12 +103,16 @@ func (t *Table[K, V]) Update(keys []K, vals []V) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	n, err := t.m.BatchUpdate(keys, vals, nil)
-	if err == nil {
-		return n, nil
-	}
-	if !errors.Is(err, ebpf.ErrNotSupported) && n >= len(keys) {
-		return n, err
+	n := 0
+	if !t.unbatched {
+		var err error
+		n, err = t.m.BatchUpdate(keys, vals, nil)
+		if err == nil {
+			return n, nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) && n >= len(keys) {
+			return n, err
+		}
 	}
 	// Fall back entry by entry from where the batch stopped, to name the failing key.
 	for i := n; i < len(keys); i++ {

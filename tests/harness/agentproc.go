@@ -3,6 +3,8 @@ package harness
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"strconv"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -136,6 +138,53 @@ func (a *Agent) Exited(d time.Duration) (bool, error) {
 	}
 }
 
+// PID is the agent's process id.
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
+
+// WaitMetric polls /metrics until the metric equals want, for up to timeout.
+func (a *Agent) WaitMetric(t testing.TB, name string, labels map[string]string, want float64, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < timeout {
+		if a.Metric(t, name, labels) == want {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s%v never reached %v (now %v)", name, labels, want, a.Metric(t, name, labels))
+	return 0
+}
+
+// WaitIdle waits until the agent has used no CPU for a quiet period (after a large
+// reconcile, the garbage collector and file re-reads would otherwise compete with a
+// measurement), for up to timeout.
+func (a *Agent) WaitIdle(t testing.TB, quiet, timeout time.Duration) {
+	t.Helper()
+	start := time.Now()
+	last := cpuTicks(t, a.PID())
+	for time.Since(start) < timeout {
+		time.Sleep(quiet)
+		now := cpuTicks(t, a.PID())
+		if now == last {
+			return
+		}
+		last = now
+	}
+}
+
+// cpuTicks is utime+stime of a process from /proc/PID/stat.
+func cpuTicks(t testing.TB, pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
 // Log is everything the agent printed so far.
 func (a *Agent) Log() string { return a.log.String() }
 
@@ -155,7 +204,8 @@ func (a *Agent) Metrics(t testing.TB) map[string]*dto.MetricFamily {
 	return fams
 }
 
-// Metric returns the sum of the samples of family name whose labels include want.
+// Metric returns the sum of the samples of family name whose labels include want (for a
+// histogram, the sum of its observations).
 func (a *Agent) Metric(t testing.TB, name string, want map[string]string) float64 {
 	t.Helper()
 	fam := a.Metrics(t)[name]
@@ -172,6 +222,8 @@ func (a *Agent) Metric(t testing.TB, name string, want map[string]string) float6
 			sum += m.Counter.GetValue()
 		case m.Gauge != nil:
 			sum += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			sum += m.Histogram.GetSampleSum()
 		}
 	}
 	return sum

@@ -19,10 +19,14 @@ const childEnv = "SOCKMESH_TEST_CLIENT"
 
 // ClientRequest is what a client process does from inside a host's namespace.
 type ClientRequest struct {
-	Op    string // "tcp", "dns" or "hold"
+	Op    string // "tcp", "dns", "hold" or "bench"
 	NetNS string
 	To    netip.AddrPort
 	N     int
+	// Bench: Targets are measured in alternating rounds, so that drift and noise on a
+	// shared machine hit every target alike.
+	Targets []netip.AddrPort
+	Rounds  int
 }
 
 // ClientResult is one client process's findings; each attempt yields an answer or an
@@ -31,6 +35,7 @@ type ClientResult struct {
 	TCP    []demo.TCPAnswer
 	DNS    []demo.DNSAnswer
 	Errors []string
+	Bench  []BenchResult // one per target, in request order
 }
 
 // MaybeRunChild must be the first thing in TestMain: in a re-executed child it runs the
@@ -78,6 +83,11 @@ func runChild(req ClientRequest) error {
 		}
 	case "hold":
 		return hold(req.To)
+	case "bench":
+		var err error
+		if res.Bench, err = bench(req.Targets, req.N, req.Rounds); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown op %q", req.Op)
 	}
@@ -136,6 +146,22 @@ func (e *Env) Run(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n in
 		t.Fatal(err)
 	}
 	return res
+}
+
+// Bench measures connect + one request/response + close to each target, n times each,
+// from host h inside the env's cgroup.
+func (e *Env) Bench(t testing.TB, h *demo.Host, targets []netip.AddrPort, n, rounds int) []BenchResult {
+	t.Helper()
+	cmd := e.childCmd(t, ClientRequest{Op: "bench", NetNS: h.NetNS, Targets: targets, N: n, Rounds: rounds})
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench client: %v", err)
+	}
+	var res ClientResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("bench output %q: %v", out, err)
+	}
+	return res.Bench
 }
 
 // RunE is Run for use off the test goroutine: it reports failure as an error.
