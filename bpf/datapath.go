@@ -59,8 +59,8 @@ func Load(dir string, lim Limits) (*Datapath, error) {
 	} else {
 		d.Degraded = append(d.Degraded, "bpf_set_retval unavailable (kernel < 5.18): connects to a service without backends fail with EPERM instead of ECONNREFUSED")
 	}
-	for name, m := range spec.Maps {
-		if m.Pinning == ebpf.PinByName {
+	for _, name := range MapNames() {
+		if m := spec.Maps[name]; m.Pinning == ebpf.PinByName {
 			if err := checkPinned(filepath.Join(dir, name), m); err != nil {
 				return nil, err
 			}

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,11 +71,11 @@ func run(outDir string, requests int, filter string) error {
 		switch {
 		case !ok:
 			status = "not run"
-		case v > g.max:
+		case math.Abs(v) > g.max:
 			status = "MISSED"
 			failed++
 		}
-		fmt.Fprintf(&md, "| %s | %s | ≤ %g | %s |\n", g.what, fmtVal(v, ok), g.max, status)
+		fmt.Fprintf(&md, "| %s | %s | \\|x\\| ≤ %g | %s |\n", g.what, fmtVal(v, ok), g.max, status)
 	}
 	fmt.Fprint(&md, "\n## All metrics\n\n")
 	for _, name := range sortedKeys(results) {

@@ -3,11 +3,11 @@ package harness
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"strconv"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"

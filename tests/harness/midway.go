@@ -54,7 +54,11 @@ func (m *MidwayT) FailNow() { m.record("FailNow"); runtime.Goexit() }
 func (m *MidwayT) Fail()    { m.record("Fail") }
 
 // Messages returns what the function reported as failures.
-func (m *MidwayT) Messages() []string { m.mu.Lock(); defer m.mu.Unlock(); return append([]string(nil), m.msgs...) }
+func (m *MidwayT) Messages() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.msgs...)
+}
 
 func (m *MidwayT) record(s string) {
 	m.mu.Lock()

@@ -1,0 +1,43 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestValidateNamesEveryBadFlag(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Source = "etcd:foo"
+	cfg.MaxServices = 0
+	cfg.MaxBackends = 1 << 30
+	cfg.HTTPListen = "localhost"
+	cfg.BPFFS = ""
+	cfg.CgroupPath = "/sys/fs/cgroup/x"
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{`--source "etcd:foo"`, "--max-services 0", "--max-backends", "--http-listen", "--bpffs"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+}
+
+func TestValidateAcceptsFileSourceAndFindsCgroup(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Source = "file:/etc/sockmesh/services.yaml"
+	if _, err := CgroupV2Root(); err != nil {
+		t.Skipf("no cgroup2 mount here: %v", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := cfg.FilePath(); !ok || p != "/etc/sockmesh/services.yaml" || cfg.CgroupPath == "" {
+		t.Fatalf("path %q ok %v cgroup %q", p, ok, cfg.CgroupPath)
+	}
+	cfg.Source = "kubernetes"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "not available in this build") {
+		t.Fatalf("kubernetes source: %v", err)
+	}
+}
