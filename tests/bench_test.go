@@ -157,3 +157,56 @@ func BenchmarkAgent10kServicesStartAndRSS(b *testing.B) {
 	b.ReportMetric(baseRSS, "rss-1svc-MB")
 	b.ReportMetric(rssMB(b, big.PID()), "rss-10k-MB")
 }
+
+// slotCount reads the slot count of one frontend straight from the pinned service map.
+func slotCount(b *testing.B, maps *bpf.Maps, fe netip.AddrPort, proto uint8) uint32 {
+	addr, fam := bpf.AddrFrom(fe.Addr())
+	var v bpf.SvcValue
+	if err := maps.SmServices.Lookup(bpf.SvcKey{Vip: addr, Port: bpf.PortToNet(fe.Port()), Proto: proto, Family: fam}, &v); err != nil {
+		b.Fatal(err)
+	}
+	return v.Count
+}
+
+// BenchmarkFileEditToProgrammed: from replacing the YAML file (adding one endpoint) to
+// the new slot being visible in the kernel map, with 1 and with 10,000 other services
+// in the file (the file source decodes the whole file on every change).
+func BenchmarkFileEditToProgrammed(b *testing.B) {
+	env, _ := benchEnv(b)
+	for _, scale := range []int{1, 10000} {
+		filler := fillerYAML(scale-1, 2)
+		one := demo.ServiceYAML("demo", "web", env.Hosts("backend-1"))
+		two := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "client"))
+		a := env.StartAgent(b, env.WriteFile(b, "svc.yaml", one+filler))
+		a.WaitMetric(b, "sockmesh_services", nil, float64(4+scale-1), 2*time.Minute)
+		a.WaitIdle(b, 300*time.Millisecond, 30*time.Second)
+		maps, err := bpf.OpenPinned(env.BPFFS)
+		if err != nil {
+			b.Fatal(err)
+		}
+		const edits = 5
+		var total time.Duration
+		for i := 0; i < edits; i++ {
+			want, content := uint32(2), two
+			if i%2 == 1 {
+				want, content = 1, one
+			}
+			start := time.Now()
+			env.WriteFile(b, "svc.yaml", content+filler)
+			for slotCount(b, maps, tcpTo(vip4), 6) != want {
+				if time.Since(start) > time.Minute {
+					b.Fatal("edit never programmed")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			total += time.Since(start)
+			a.WaitIdle(b, 200*time.Millisecond, 30*time.Second)
+		}
+		maps.Close()
+		b.ReportMetric(float64((total / edits).Milliseconds()), fmt.Sprintf("svc%d-edit-to-map-ms", scale))
+		a.Stop(b)
+		if err := bpf.Cleanup(env.BPFFS); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -134,3 +134,22 @@ func TestClientIPAffinityHoldsExpiresAndFollowsRemoval(t *testing.T) {
 		t.Fatalf("affinity never expired: 8 picks after the 1s timeout were all %v", picks)
 	}
 }
+
+func TestEndpointWeightsSkewTheSpread(t *testing.T) {
+	env := harness.NewEnv(t, "backend-1", "backend-2")
+	env.StartBackends(t, "backend-1", "backend-2")
+	y := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
+	// backend-1 three times as likely as backend-2, on the IPv4 slice.
+	y = strings.Replace(y, "  name: web-ipv4\n", "  name: web-ipv4\n  annotations: {sockmesh.io/backend-weights: '{\""+env.Host("backend-1").IPv4.String()+"\": 3}'}\n", 1)
+	env.StartAgent(t, env.WriteFile(t, "svc.yaml", y))
+	const n = 400
+	res := env.Run(t, env.Host("client"), "tcp", tcpTo(vip4), n)
+	seen := backendsSeen(res)
+	// Binomial(400, 0.75): mean 300, sd 8.7; ±4.5 sd.
+	if len(res.Errors) > 0 || seen["backend-1"] < 261 || seen["backend-1"] > 339 {
+		t.Fatalf("weights 3:1 spread %d connections as %v (errors %v)", n, seen, res.Errors)
+	}
+	if out := env.CLI(t, "lb", "list"); !strings.Contains(out, "(3/4)") {
+		t.Fatalf("lb list does not show the weight:\n%s", out)
+	}
+}

@@ -6,6 +6,7 @@ package source
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -51,24 +52,59 @@ func Decode(data []byte) (services []*corev1.Service, slices []*discoveryv1.Endp
 }
 
 // DecodeAll is Decode, also counting the objects of kinds it skipped.
-func DecodeAll(data []byte) Decoded {
+func DecodeAll(data []byte) Decoded { return (&Decoder{}).Decode(data) }
+
+// Decoder is DecodeAll with a memory: it keeps each document's decoded objects by the
+// document's content, so re-reading a large file after a small edit decodes only the
+// documents that changed. Decoded objects are shared between results and must not be
+// modified. The zero value is ready to use; it is not safe for concurrent use.
+type Decoder struct {
+	docs map[[sha256.Size]byte]Decoded
+}
+
+// Decode decodes data like DecodeAll and remembers the documents of this call only.
+func (c *Decoder) Decode(data []byte) Decoded {
 	d := Decoded{Ignored: map[string]int{}}
+	seen := map[[sha256.Size]byte]Decoded{}
 	for _, doc := range splitDocuments(data) {
-		where := fmt.Sprintf("document %d (line %d)", doc.number, doc.line)
-		js, err := yaml.YAMLToJSONStrict(doc.body) // strict: a repeated key is a typo, not "last wins"
-		if err != nil {
-			d.Errors = append(d.Errors, fileError(ReasonMalformedYAML, where+": "+fileLines(oneLine(err.Error()), doc.line)))
+		key := sha256.Sum256(doc.body)
+		part, ok := c.docs[key]
+		if !ok {
+			part = decodeDocument(doc)
+		}
+		if len(part.Errors) > 0 {
+			// Errors name the document's position, which an edit elsewhere can shift.
+			d.Errors = append(d.Errors, part.Errors...)
 			continue
 		}
-		if string(bytes.TrimSpace(js)) == "null" {
-			continue // e.g. a document holding only "~"
-		}
-		if err := d.object(js, where); err != nil {
-			d.Errors = append(d.Errors, fileError(ReasonMalformedObject, oneLine(err.Error())))
+		seen[key] = part
+		d.Services = append(d.Services, part.Services...)
+		d.Slices = append(d.Slices, part.Slices...)
+		for k, n := range part.Ignored {
+			d.Ignored[k] += n
 		}
 	}
+	c.docs = seen
 	if len(d.Errors) > 0 {
 		d.Services, d.Slices = nil, nil
+	}
+	return d
+}
+
+// decodeDocument decodes one document on its own.
+func decodeDocument(doc document) Decoded {
+	d := Decoded{Ignored: map[string]int{}}
+	where := fmt.Sprintf("document %d (line %d)", doc.number, doc.line)
+	js, err := yaml.YAMLToJSONStrict(doc.body) // strict: a repeated key is a typo, not "last wins"
+	if err != nil {
+		d.Errors = append(d.Errors, fileError(ReasonMalformedYAML, where+": "+fileLines(oneLine(err.Error()), doc.line)))
+		return d
+	}
+	if string(bytes.TrimSpace(js)) == "null" {
+		return d // e.g. a document holding only "~"
+	}
+	if err := d.object(js, where); err != nil {
+		d.Errors = append(d.Errors, fileError(ReasonMalformedObject, oneLine(err.Error())))
 	}
 	return d
 }

@@ -162,3 +162,27 @@ func hasError(errs []model.ObjectError, kind, name, reason string) bool {
 	}
 	return false
 }
+
+func TestDecoderReusesUnchangedDocumentsOnly(t *testing.T) {
+	svc := func(name, ip string) string {
+		return "apiVersion: v1\nkind: Service\nmetadata: {name: " + name + "}\nspec: {clusterIP: " + ip + ", ports: [{port: 80}]}\n"
+	}
+	var c Decoder
+	first := c.Decode([]byte(svc("a", "10.96.0.1") + "---\n" + svc("b", "10.96.0.2")))
+	second := c.Decode([]byte(svc("a", "10.96.0.1") + "---\n" + svc("b", "10.96.0.3")))
+	if len(first.Services) != 2 || len(second.Services) != 2 {
+		t.Fatalf("decoded %d then %d services", len(first.Services), len(second.Services))
+	}
+	if first.Services[0] != second.Services[0] {
+		t.Error("an unchanged document was decoded again")
+	}
+	if first.Services[1] == second.Services[1] || second.Services[1].Spec.ClusterIP != "10.96.0.3" {
+		t.Errorf("the edited document was not decoded again: %+v", second.Services[1].Spec)
+	}
+	// A broken file yields nothing, and the cache does not hide the error next time.
+	for i := 0; i < 2; i++ {
+		if d := c.Decode([]byte(svc("a", "10.96.0.1") + "---\nkind: [\n")); len(d.Errors) != 1 || len(d.Services) != 0 {
+			t.Fatalf("round %d: broken file decoded to %+v", i, d)
+		}
+	}
+}

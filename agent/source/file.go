@@ -39,6 +39,7 @@ type File struct {
 	Resync time.Duration
 
 	store     Store
+	decoder   Decoder
 	last      [sha256.Size]byte // fingerprint of the last delivered read
 	delivered bool
 	good      bool // some version of the file was decoded without error
@@ -127,18 +128,18 @@ func (f *File) snapshot(path string, data []byte, readErr, watchErr error) *mode
 			msg += "; waiting for it to appear"
 		}
 		fileErrs = append(fileErrs, fileError(ReasonUnreadable, msg))
-	} else if services, slices, errs := Decode(data); len(errs) > 0 {
+	} else if d := f.decoder.Decode(data); len(d.Errors) > 0 {
 		suffix := "; nothing from this file is used until it is fixed"
 		if f.good {
 			suffix = "; keeping the last good contents"
 		}
-		for _, e := range errs {
+		for _, e := range d.Errors {
 			e.Message += suffix
 			fileErrs = append(fileErrs, e)
 		}
 	} else {
 		f.good = true
-		f.store.Replace(services, slices)
+		f.store.Replace(d.Services, d.Slices)
 	}
 	if watchErr != nil {
 		fileErrs = append(fileErrs, fileError(ReasonUnwatched, fmt.Sprintf(

@@ -31,6 +31,8 @@ var goals = []goal{
 	{"SocketLBServiceScale", "svc10000-vs-svc1-%", 5, "10,000 services vs 1"},
 	{"SocketLBServiceScale", "svc30000-vs-svc1-%", 5, "30,000 services vs 1"},
 	{"Program10kServicesColdStart", "batched-ms", 1000, "programming 10k services × 10 backends into empty maps (ms)"},
+	{"FileEditToProgrammed", "svc1-edit-to-map-ms", 1000, "YAML edit → kernel map, 1 service (ms)"},
+	{"FileEditToProgrammed", "svc10000-edit-to-map-ms", 1000, "YAML edit → kernel map, 10,000 services in the file (ms)"},
 }
 
 var benchLine = regexp.MustCompile(`^Benchmark(\w+?)(-\d+)?\s+\d+\s+\d+ ns/op\s+(.*)$`)

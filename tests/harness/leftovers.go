@@ -8,12 +8,18 @@ import (
 	"testing"
 
 	"github.com/sockmesh/sockmesh/agent"
+	"github.com/sockmesh/sockmesh/bpf"
 )
 
 // Leftovers describes the machine state tests must not change: named network
 // namespaces, cgroups under the cgroup2 root and entries under /sys/fs/bpf.
 func Leftovers(t testing.TB) string {
 	t.Helper()
+	// A fresh machine has no bpffs: mount it now, so that the first test to mount it does
+	// not count the kernel's own entries there as its leftovers.
+	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
+		t.Fatal(err)
+	}
 	var parts []string
 	list := func(label, dir string, keep func(os.DirEntry) bool) {
 		entries, _ := os.ReadDir(dir)
