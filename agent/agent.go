@@ -57,10 +57,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), a.metrics); err != nil {
 		return err
 	}
+	dpCfg, nodeAddrs, err := datapathConfig(cfg, log)
+	if err != nil {
+		return err
+	}
+	a.writer.SetNode(cfg.NodeName, nodeAddrs)
+	// Settings first: the programs must never run with a stale or empty redirect.
+	if err := dp.SetConfig(dpCfg); err != nil {
+		return err
+	}
 	if err := dp.Attach(cfg.CgroupPath); err != nil {
 		return err
 	}
-	log.Info("socket-LB attached", "cgroup", cfg.CgroupPath, "bpffs", cfg.BPFFS)
+	log.Info("datapath attached", "cgroup", cfg.CgroupPath, "bpffs", cfg.BPFFS,
+		"envoyRedirect", nodeAddrs, "envoyMark", fmt.Sprintf("%#x", cfg.EnvoyMark), "splice", cfg.Splice)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -23,7 +24,18 @@ type Config struct {
 	HTTPListen  string // /metrics /healthz /readyz /debug/state
 	MaxServices int
 	MaxBackends int
+	// EnvoyRedirect is where connections to L7 services go: "IP:PORT", or one IPv4 and
+	// one IPv6 "IP:PORT" separated by a comma. Empty: the node's IPv4 address, port 15001.
+	EnvoyRedirect string
+	EnvoyMark     uint32 // SO_MARK on Envoy's own sockets: never redirected
+	Splice        string // auto | on | off
 }
+
+// DefaultEnvoyPort is Envoy's redirect listener port when --envoy-redirect names none.
+const DefaultEnvoyPort = 15001
+
+// DefaultEnvoyMark is the SO_MARK Envoy's upstream sockets carry, as in Istio (1337).
+const DefaultEnvoyMark = 0x539
 
 // DefaultBPFFS is where the agent pins its maps and links.
 const DefaultBPFFS = "/sys/fs/bpf/sockmesh"
@@ -40,7 +52,32 @@ func DefaultConfig() Config {
 		HTTPListen:  DefaultHTTPListen,
 		MaxServices: bpf.DefaultLimits.MaxServices,
 		MaxBackends: bpf.DefaultLimits.MaxBackends,
+		EnvoyMark:   DefaultEnvoyMark,
+		Splice:      "auto",
 	}
+}
+
+// RedirectAddrs parses EnvoyRedirect: at most one address per family.
+func (c Config) RedirectAddrs() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	seen := map[bool]bool{}
+	for _, part := range strings.Split(c.EnvoyRedirect, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(part)
+		if err != nil || ap.Port() == 0 {
+			return nil, fmt.Errorf("--envoy-redirect %q: want IP:PORT[,IP:PORT]", c.EnvoyRedirect)
+		}
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if seen[ap.Addr().Is4()] {
+			return nil, fmt.Errorf("--envoy-redirect %q: one address per IP family", c.EnvoyRedirect)
+		}
+		seen[ap.Addr().Is4()] = true
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 // FilePath returns PATH for a "file:PATH" source.
@@ -71,6 +108,14 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
 			errs = append(errs, fmt.Errorf("--http-listen %q: %v", c.HTTPListen, err))
 		}
+	}
+	if _, err := c.RedirectAddrs(); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.Splice {
+	case "auto", "on", "off":
+	default:
+		errs = append(errs, fmt.Errorf("--splice %q: want auto, on or off", c.Splice))
 	}
 	if c.BPFFS == "" {
 		errs = append(errs, errors.New("--bpffs must not be empty"))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -26,6 +27,7 @@ var DefaultLimits = Limits{MaxServices: 65536, MaxBackends: 262144}
 type Datapath struct {
 	dir  string
 	objs socklbObjects
+	ops  sockopsObjects
 	// links stay open while the agent runs, so `sockmesh cleanup` can tell that an agent
 	// still holds the attachments; they are pinned, so closing them detaches nothing.
 	links []link.Link
@@ -34,7 +36,16 @@ type Datapath struct {
 }
 
 // Maps returns the loaded maps.
-func (d *Datapath) Maps() *Maps { return &Maps{socklbMaps: d.objs.socklbMaps} }
+func (d *Datapath) Maps() *Maps {
+	lb, ops := d.objs.socklbMaps, d.ops.sockopsMaps
+	return &Maps{
+		SmServices: lb.SmServices, SmSlots: lb.SmSlots, SmBackends: lb.SmBackends,
+		SmAffinity: lb.SmAffinity, SmRevnat: lb.SmRevnat, SmSvcNames: lb.SmSvcNames,
+		SmCounters: lb.SmCounters, SmConfig: lb.SmConfig, SmOrigdstCk: lb.SmOrigdstCk,
+		SmOrigdst: ops.SmOrigdst, SmLocal: ops.SmLocal, SmSockhash: ops.SmSockhash,
+		SmPending: ops.SmPending, SmPeers: ops.SmPeers,
+	}
+}
 
 // Load loads the programs and maps. Maps are pinned by name in dir: existing pins are
 // adopted with their contents, so a restarted agent sees what the last one programmed.
@@ -59,22 +70,45 @@ func Load(dir string, lim Limits) (*Datapath, error) {
 	} else {
 		d.Degraded = append(d.Degraded, "bpf_set_retval unavailable (kernel < 5.18): connects to a service without backends fail with EPERM instead of ECONNREFUSED")
 	}
-	for _, name := range MapNames() {
+	opsSpec, err := loadSockops()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
+	}
+	// The socket-LB object creates the shared maps; sockops then finds them pinned.
+	if err := loadPinned(spec, &d.objs, dir, "socket-LB"); err != nil {
+		return nil, err
+	}
+	if err := loadPinned(opsSpec, &d.ops, dir, "sockops"); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// loadPinned loads one object with its maps pinned by name in dir, after checking that
+// pins left by an earlier agent fit.
+func loadPinned(spec *ebpf.CollectionSpec, to any, dir, what string) error {
+	names := make([]string, 0, len(spec.Maps))
+	for name := range spec.Maps {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
 		if m := spec.Maps[name]; m.Pinning == ebpf.PinByName {
 			if err := checkPinned(filepath.Join(dir, name), m); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
-	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+	if err := spec.LoadAndAssign(to, opts); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load socket-LB programs: %+v", verr)
+			return fmt.Errorf("load %s programs: %+v", what, verr)
 		}
-		return nil, fmt.Errorf("load socket-LB programs: %w", err)
+		return fmt.Errorf("load %s programs: %w", what, err)
 	}
-	return d, nil
+	return nil
 }
 
 // checkPinned turns cilium/ebpf's generic incompatibility error into one that says which
@@ -101,7 +135,7 @@ func (d *Datapath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	d.links = nil
-	return errors.Join(append(errs, d.objs.Close())...)
+	return errors.Join(append(errs, d.objs.Close(), d.ops.Close())...)
 }
 
 // hook is one cgroup attachment: a program and the pin name of its link.
@@ -112,8 +146,11 @@ type hook struct {
 }
 
 func (d *Datapath) hooks() []hook {
-	p := d.objs.socklbPrograms
+	p, o := d.objs.socklbPrograms, d.ops.sockopsPrograms
 	return []hook{
+		{"sockops", ebpf.AttachCGroupSockOps, o.SockOps},
+		{"getsockopt", ebpf.AttachCGroupGetsockopt, o.SockGetsockopt},
+		{"sock_release", ebpf.AttachCgroupInetSockRelease, o.SockRelease},
 		{"connect4", ebpf.AttachCGroupInet4Connect, p.Sock4Connect},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, p.Sock4Sendmsg},
 		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, p.Sock4Recvmsg},
@@ -145,6 +182,21 @@ func (d *Datapath) Attach(cgroupPath string) error {
 			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroupPath, err)
 		}
 		d.links = append(d.links, l)
+	}
+	// sk_msg attaches to the sockhash itself and lives as long as the pinned map; a
+	// new program replaces the old one for sockets added from now on.
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: d.ops.SmSockhash.FD(), Program: d.ops.SockMsg, Attach: ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		return fmt.Errorf("attach sk_msg to sm_sockhash: %w", err)
+	}
+	return nil
+}
+
+// SetConfig writes the runtime settings the programs read.
+func (d *Datapath) SetConfig(c Config) error {
+	if err := d.objs.SmConfig.Put(uint32(0), c); err != nil {
+		return fmt.Errorf("write sm_config: %w", err)
 	}
 	return nil
 }
@@ -226,12 +278,6 @@ func Cleanup(dir string) error {
 	return errors.Join(errs...)
 }
 
-// MapNames lists the pinned maps by name.
-func MapNames() []string {
-	return []string{socklbMapSmServices, socklbMapSmSlots, socklbMapSmBackends, socklbMapSmAffinity,
-		socklbMapSmRevnat, socklbMapSmSvcNames, socklbMapSmCounters}
-}
-
 // EnsureBPFFS makes sure dir can hold pins: it mounts bpffs on /sys/fs/bpf when a fresh
 // machine has none there, and creates dir.
 func EnsureBPFFS(dir string) error {
@@ -282,7 +328,7 @@ func AttachedLinks(cgroupPath string) ([]string, error) {
 // AttachedLinksByID is AttachedLinks for a cgroup id (the cgroup may be gone already).
 func AttachedLinksByID(cgID uint64) ([]string, error) {
 	ours := map[string]bool{}
-	for _, name := range programNames() {
+	for _, name := range ProgramNames() {
 		ours[name] = true
 	}
 	var out []string
@@ -303,9 +349,9 @@ func AttachedLinksByID(cgID uint64) ([]string, error) {
 	return out, it.Err()
 }
 
-// programNames are the kernel names of the socket-LB programs (each fits the kernel's
+// ProgramNames are the kernel names of the socket-LB programs (each fits the kernel's
 // 15-byte name limit, so names read back from the kernel match).
-func programNames() []string {
+func ProgramNames() []string {
 	return []string{"sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeer",
-		"sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeer"}
+		"sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeer", "sock_ops", "sock_getsockopt", "sock_release"}
 }

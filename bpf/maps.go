@@ -4,26 +4,47 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 
 	"github.com/cilium/ebpf"
 )
 
-// Maps are the socket-LB maps, loaded by the agent or opened from pins by the CLI.
+// Maps are the datapath's maps, loaded by the agent or opened from pins by the CLI.
+// Maps shared by the two BPF objects appear once.
 type Maps struct {
-	socklbMaps
+	SmServices, SmSlots, SmBackends, SmAffinity, SmRevnat, SmSvcNames *ebpf.Map
+	SmCounters, SmConfig, SmOrigdstCk                                   *ebpf.Map
+	SmOrigdst, SmLocal, SmSockhash, SmPending, SmPeers                   *ebpf.Map
+}
+
+// byName lists every map with its pin name.
+func (m *Maps) byName() map[string]**ebpf.Map {
+	return map[string]**ebpf.Map{
+		socklbMapSmServices: &m.SmServices, socklbMapSmSlots: &m.SmSlots,
+		socklbMapSmBackends: &m.SmBackends, socklbMapSmAffinity: &m.SmAffinity,
+		socklbMapSmRevnat: &m.SmRevnat, socklbMapSmSvcNames: &m.SmSvcNames,
+		socklbMapSmCounters: &m.SmCounters, socklbMapSmConfig: &m.SmConfig,
+		socklbMapSmOrigdstCk: &m.SmOrigdstCk, sockopsMapSmOrigdst: &m.SmOrigdst,
+		sockopsMapSmLocal: &m.SmLocal, sockopsMapSmSockhash: &m.SmSockhash,
+		sockopsMapSmPending: &m.SmPending, sockopsMapSmPeers: &m.SmPeers,
+	}
+}
+
+// MapNames lists the pinned maps by name.
+func MapNames() []string {
+	var out []string
+	for name := range (&Maps{}).byName() {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // OpenPinned opens the maps an agent pinned in dir, for readers such as `sockmesh lb
 // list` that must work while the agent is down.
 func OpenPinned(dir string) (*Maps, error) {
 	var m Maps
-	targets := map[string]**ebpf.Map{
-		socklbMapSmServices: &m.SmServices, socklbMapSmSlots: &m.SmSlots,
-		socklbMapSmBackends: &m.SmBackends, socklbMapSmAffinity: &m.SmAffinity,
-		socklbMapSmRevnat: &m.SmRevnat, socklbMapSmSvcNames: &m.SmSvcNames,
-		socklbMapSmCounters: &m.SmCounters,
-	}
-	for name, dst := range targets {
+	for name, dst := range m.byName() {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if err != nil {
 			m.Close()
@@ -37,9 +58,10 @@ func OpenPinned(dir string) (*Maps, error) {
 // Close closes every open map handle.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.SmServices, m.SmSlots, m.SmBackends, m.SmAffinity, m.SmRevnat, m.SmSvcNames, m.SmCounters} {
-		if mp != nil {
-			errs = append(errs, mp.Close())
+	for _, mp := range m.byName() {
+		if *mp != nil {
+			errs = append(errs, (*mp).Close())
+			*mp = nil
 		}
 	}
 	return errors.Join(errs...)
@@ -49,6 +71,9 @@ func (m *Maps) Close() error {
 func (m *Maps) Counters() ([NumCounters]uint64, error) {
 	var out [NumCounters]uint64
 	for i := range out {
+		if CounterNames[i] == "" {
+			continue
+		}
 		var perCPU []uint64
 		if err := m.SmCounters.Lookup(uint32(i), &perCPU); err != nil {
 			return out, fmt.Errorf("read counter %s: %w", CounterNames[i], err)

@@ -5,7 +5,7 @@
  * address becomes one to a chosen backend before any packet exists, so there is no
  * per-packet NAT and no conntrack; getpeername() and recvmsg() translate back so the
  * application only ever sees the virtual address. */
-#include "sock_lb.h"
+#include "shared_maps.h"
 
 /* Map sizes are defaults; the agent sets them from its flags before loading. */
 struct {
@@ -56,27 +56,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_svc_names SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, CNT_MAX);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_counters SEC(".maps");
-
 /* Set by the agent from a kernel probe: bpf_set_retval (5.18+) lets a rejected connect()
  * fail with ECONNREFUSED, like kube-proxy's REJECT, instead of EPERM. */
 volatile const __u8 have_set_retval = 0;
 
-/* Keep counter_id in BTF so bpf2go exports its values to Go. */
+/* Keep these enums in BTF so bpf2go exports their values to Go. */
 const enum counter_id *unused_counter_id __attribute__((unused));
-
-static __always_inline void count(__u32 id)
-{
-	__u64 *v = bpf_map_lookup_elem(&sm_counters, &id);
-	if (v)
-		*v += 1;
-}
+const enum svc_flags *unused_svc_flags __attribute__((unused));
+const enum splice_mode *unused_splice_mode __attribute__((unused));
 
 static __always_inline int reject(void)
 {
@@ -144,35 +131,98 @@ static __always_inline struct backend_value *pick_backend(struct bpf_sock_addr *
 	return be;
 }
 
-/* translate rewrites ctx's destination when it is a service frontend. The address in
- * key has been filled from ctx by the caller; write_addr puts the backend back. */
-static __always_inline int translate(struct bpf_sock_addr *ctx, struct svc_key *key,
-				     struct lb_addr *out_addr, __u16 *out_port)
+/* remember_vip lets getpeername() and recvmsg() show the VIP for a socket whose
+ * destination became addr:port. */
+static __always_inline void remember_vip(struct bpf_sock_addr *ctx, const struct svc_key *key,
+					 __u32 svc_id, const struct lb_addr *addr, __u16 port)
 {
 	struct revnat_key rkey = {};
 	struct revnat_value rval = {};
-	struct backend_value *be;
-	struct svc_value *svc;
-
-	svc = bpf_map_lookup_elem(&sm_services, key);
-	if (!svc)
-		return 0;
-	be = pick_backend(ctx, svc);
-	if (!be)
-		return -1;
 
 	rkey.cookie = bpf_get_socket_cookie(ctx);
-	rkey.addr = be->addr;
-	rkey.port = be->port;
+	rkey.addr = *addr;
+	rkey.port = port;
 	rkey.family = key->family;
 	rval.vip = key->vip;
 	rval.port = key->port;
 	rval.proto = key->proto;
 	rval.family = key->family;
-	rval.svc_id = svc->id;
+	rval.svc_id = svc_id;
 	if (bpf_map_update_elem(&sm_revnat, &rkey, &rval, BPF_ANY))
 		count(CNT_REVNAT_UPDATE_FAIL);
+}
 
+/* wants_proxy says whether this connect to an L7 service goes to Envoy: TCP, and not
+ * from Envoy itself (its sockets carry the mark), which would loop. */
+static __always_inline int wants_proxy(struct bpf_sock_addr *ctx, const struct svc_key *key,
+				       const struct svc_value *svc, const struct config *cfg)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!(svc->flags & SVC_F_L7) || key->proto != IPPROTO_TCP)
+		return 0;
+	if (cfg && cfg->envoy_mark && sk && sk->mark == cfg->envoy_mark)
+		return 0;
+	return 1;
+}
+
+/* redirect sends the connect to Envoy's listener and records the original destination
+ * for SO_ORIGINAL_DST. Without a listener address for the family it fails closed. */
+static __always_inline int redirect(struct bpf_sock_addr *ctx, const struct svc_key *key,
+				    const struct svc_value *svc, const struct config *cfg,
+				    struct lb_addr *out_addr, __u16 *out_port)
+{
+	struct origdst od = {};
+	__u64 cookie;
+
+	if (!cfg)
+		goto refuse;
+	if (key->family == AF_INET && cfg->redirect4_port) {
+		*out_addr = cfg->redirect4;
+		*out_port = cfg->redirect4_port;
+	} else if (key->family == AF_INET6 && cfg->redirect6_port) {
+		*out_addr = cfg->redirect6;
+		*out_port = cfg->redirect6_port;
+	} else {
+		goto refuse;
+	}
+	od.vip = key->vip;
+	od.port = key->port;
+	od.family = key->family;
+	od.proto = key->proto;
+	od.svc_id = svc->id;
+	cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&sm_origdst_ck, &cookie, &od, BPF_ANY))
+		goto refuse;
+	remember_vip(ctx, key, svc->id, out_addr, *out_port);
+	count(CNT_REDIRECT);
+	return 1;
+refuse:
+	count(CNT_REDIRECT_NO_PROXY);
+	return -1;
+}
+
+/* translate rewrites ctx's destination when it is a service frontend: to a backend, or
+ * to Envoy for L7 services. The address in key has been filled from ctx by the caller. */
+static __always_inline int translate(struct bpf_sock_addr *ctx, struct svc_key *key,
+				     struct lb_addr *out_addr, __u16 *out_port)
+{
+	struct backend_value *be;
+	struct svc_value *svc;
+	struct config *cfg;
+
+	svc = bpf_map_lookup_elem(&sm_services, key);
+	if (!svc)
+		return 0;
+	if (svc->flags & SVC_F_L7) {
+		cfg = config();
+		if (wants_proxy(ctx, key, svc, cfg))
+			return redirect(ctx, key, svc, cfg, out_addr, out_port);
+	}
+	be = pick_backend(ctx, svc);
+	if (!be)
+		return -1;
+	remember_vip(ctx, key, svc->id, &be->addr, be->port);
 	*out_addr = be->addr;
 	*out_port = be->port;
 	count(xlate_counter(key->proto, key->family));

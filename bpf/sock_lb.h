@@ -33,7 +33,12 @@ struct svc_value {
 	__u32 id;               /* stable per frontend; keys slots, affinity and names */
 	__u32 count;            /* number of slots (1..count) to pick from; 0 = no backend */
 	__u32 affinity_timeout; /* ClientIP session affinity in seconds; 0 = none */
-	__u32 flags;
+	__u32 flags;            /* SVC_F_* */
+};
+
+enum svc_flags {
+	/* TCP connects go to the node's Envoy, which learns the VIP via SO_ORIGINAL_DST. */
+	SVC_F_L7 = 1 << 0,
 };
 
 /* Slot n of service id: weighted random selection repeats a backend over several slots. */
@@ -83,6 +88,70 @@ struct revnat_value {
 	__u32 svc_id;
 };
 
+/* The agent's runtime settings for the datapath, one entry in sm_config. */
+struct config {
+	struct lb_addr redirect4; /* Envoy's redirect listener, IPv4 */
+	struct lb_addr redirect6; /* and IPv6 */
+	__u16 redirect4_port;     /* network order; 0 = no IPv4 listener (fail closed) */
+	__u16 redirect6_port;
+	__u32 envoy_mark;         /* SO_MARK of Envoy's own sockets; 0 = none */
+	__u32 splice;             /* enum splice_mode */
+	__u32 pad;
+};
+
+enum splice_mode {
+	SPLICE_OFF = 0,
+	SPLICE_ON = 1,
+};
+
+/* Where a redirected connection was going. */
+struct origdst {
+	struct lb_addr vip;
+	__u16 port;   /* network order */
+	__u8 family;
+	__u8 proto;
+	__u32 svc_id;
+};
+
+/* A TCP 4-tuple as one socket sees it; ports in host order. */
+struct sock_tuple {
+	struct lb_addr local;
+	struct lb_addr remote;
+	__u32 local_port;
+	__u32 remote_port;
+	__u32 family;
+	__u32 pad;
+};
+
+/* A socket in the sockhash: its tuple and its network namespace, so the same loopback
+ * tuple in two namespaces are two keys. */
+struct sock_key {
+	struct sock_tuple t;
+	__u64 netns;
+};
+
+/* A connecting socket waiting for its local peer's accept: the sequence numbers pair
+ * exactly one passive socket with it, so a reused or duplicated tuple cannot. */
+struct splice_pending {
+	__u64 netns;
+	__u32 snd_nxt;
+	__u32 rcv_nxt;
+};
+
+/* Where a socket's sends go, and whether they may. */
+struct splice_peer {
+	struct sock_key peer;
+	__u32 state; /* enum splice_state */
+	__u32 pad;
+};
+
+enum splice_state {
+	SPLICE_FRESH = 0,    /* established, peer not confirmed, nothing sent yet */
+	SPLICE_UNSPLICED = 1, /* sent through TCP first: splicing now would reorder bytes */
+	SPLICE_ACTIVE = 2,   /* sends go straight into the peer's receive queue */
+	SPLICE_BROKEN = 3,   /* peer gone: back to TCP, which reports the reset */
+};
+
 /* Human name of a service id, for `sockmesh lb list` while the agent is down. */
 struct svc_name {
 	char name[128];
@@ -100,5 +169,20 @@ enum counter_id {
 	CNT_REVNAT_HIT,
 	CNT_REVNAT_STALE,
 	CNT_REVNAT_UPDATE_FAIL,
+	CNT_REDIRECT,          /* connects sent to Envoy */
+	CNT_REDIRECT_NO_PROXY, /* L7 connects refused: no redirect listener for the family */
+	CNT_ORIGDST_HIT,       /* SO_ORIGINAL_DST answered for a redirected socket */
+	CNT_ORIGDST_MISS,      /* SO_ORIGINAL_DST for a socket sockmesh did not redirect */
+	CNT_SPLICE_SOCKS,      /* sockets put in the sockhash */
+	CNT_SPLICE_PAIRS,      /* connections paired for splicing */
+	CNT_SPLICE_MSGS,       /* messages spliced */
+	CNT_SPLICE_BYTES,      /* bytes spliced */
+	CNT_FALLBACK_SENT_EARLY,  /* a direction sent through TCP before pairing */
+	CNT_FALLBACK_SEQ_MISMATCH, /* tuple matched but sequence numbers did not */
+	CNT_FALLBACK_PEER_GONE,   /* peer left the sockhash; back to TCP */
+	CNT_FALLBACK_MAP_FULL,    /* sockhash or peer map full */
 	CNT_MAX,
 };
+
+/* The counter array has room to grow without changing its pinned size. */
+#define CNT_SLOTS 64

@@ -36,26 +36,58 @@ type socklbBackendValue struct {
 	SvcId  uint32
 }
 
+type socklbConfig struct {
+	_             structs.HostLayout
+	Redirect4     socklbLbAddr
+	Redirect6     socklbLbAddr
+	Redirect4Port uint16
+	Redirect6Port uint16
+	EnvoyMark     uint32
+	Splice        uint32
+	Pad           uint32
+}
+
 type socklbCounterId uint32
 
 const (
-	socklbCounterIdCNT_XLATE_TCP4         socklbCounterId = 0
-	socklbCounterIdCNT_XLATE_TCP6         socklbCounterId = 1
-	socklbCounterIdCNT_XLATE_UDP4         socklbCounterId = 2
-	socklbCounterIdCNT_XLATE_UDP6         socklbCounterId = 3
-	socklbCounterIdCNT_NO_BACKEND         socklbCounterId = 4
-	socklbCounterIdCNT_SLOT_MISS          socklbCounterId = 5
-	socklbCounterIdCNT_BACKEND_MISS       socklbCounterId = 6
-	socklbCounterIdCNT_AFFINITY_HIT       socklbCounterId = 7
-	socklbCounterIdCNT_REVNAT_HIT         socklbCounterId = 8
-	socklbCounterIdCNT_REVNAT_STALE       socklbCounterId = 9
-	socklbCounterIdCNT_REVNAT_UPDATE_FAIL socklbCounterId = 10
-	socklbCounterIdCNT_MAX                socklbCounterId = 11
+	socklbCounterIdCNT_XLATE_TCP4            socklbCounterId = 0
+	socklbCounterIdCNT_XLATE_TCP6            socklbCounterId = 1
+	socklbCounterIdCNT_XLATE_UDP4            socklbCounterId = 2
+	socklbCounterIdCNT_XLATE_UDP6            socklbCounterId = 3
+	socklbCounterIdCNT_NO_BACKEND            socklbCounterId = 4
+	socklbCounterIdCNT_SLOT_MISS             socklbCounterId = 5
+	socklbCounterIdCNT_BACKEND_MISS          socklbCounterId = 6
+	socklbCounterIdCNT_AFFINITY_HIT          socklbCounterId = 7
+	socklbCounterIdCNT_REVNAT_HIT            socklbCounterId = 8
+	socklbCounterIdCNT_REVNAT_STALE          socklbCounterId = 9
+	socklbCounterIdCNT_REVNAT_UPDATE_FAIL    socklbCounterId = 10
+	socklbCounterIdCNT_REDIRECT              socklbCounterId = 11
+	socklbCounterIdCNT_REDIRECT_NO_PROXY     socklbCounterId = 12
+	socklbCounterIdCNT_ORIGDST_HIT           socklbCounterId = 13
+	socklbCounterIdCNT_ORIGDST_MISS          socklbCounterId = 14
+	socklbCounterIdCNT_SPLICE_SOCKS          socklbCounterId = 15
+	socklbCounterIdCNT_SPLICE_PAIRS          socklbCounterId = 16
+	socklbCounterIdCNT_SPLICE_MSGS           socklbCounterId = 17
+	socklbCounterIdCNT_SPLICE_BYTES          socklbCounterId = 18
+	socklbCounterIdCNT_FALLBACK_SENT_EARLY   socklbCounterId = 19
+	socklbCounterIdCNT_FALLBACK_SEQ_MISMATCH socklbCounterId = 20
+	socklbCounterIdCNT_FALLBACK_PEER_GONE    socklbCounterId = 21
+	socklbCounterIdCNT_FALLBACK_MAP_FULL     socklbCounterId = 22
+	socklbCounterIdCNT_MAX                   socklbCounterId = 23
 )
 
 type socklbLbAddr struct {
 	_    structs.HostLayout
 	Addr [4]uint32
+}
+
+type socklbOrigdst struct {
+	_      structs.HostLayout
+	Vip    socklbLbAddr
+	Port   uint16
+	Family uint8
+	Proto  uint8
+	SvcId  uint32
 }
 
 type socklbRevnatKey struct {
@@ -82,6 +114,19 @@ type socklbSlotKey struct {
 	Slot  uint32
 }
 
+type socklbSpliceMode uint32
+
+const (
+	socklbSpliceModeSPLICE_OFF socklbSpliceMode = 0
+	socklbSpliceModeSPLICE_ON  socklbSpliceMode = 1
+)
+
+type socklbSvcFlags uint32
+
+const (
+	socklbSvcFlagsSVC_F_L7 socklbSvcFlags = 1
+)
+
 type socklbSvcKey struct {
 	_      structs.HostLayout
 	Vip    socklbLbAddr
@@ -107,23 +152,27 @@ type socklbSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	socklbMapSmAffinity      = "sm_affinity"
-	socklbMapSmBackends      = "sm_backends"
-	socklbMapSmCounters      = "sm_counters"
-	socklbMapSmRevnat        = "sm_revnat"
-	socklbMapSmServices      = "sm_services"
-	socklbMapSmSlots         = "sm_slots"
-	socklbMapSmSvcNames      = "sm_svc_names"
-	socklbProgSock4Connect   = "sock4_connect"
-	socklbProgSock4Getpeer   = "sock4_getpeer"
-	socklbProgSock4Recvmsg   = "sock4_recvmsg"
-	socklbProgSock4Sendmsg   = "sock4_sendmsg"
-	socklbProgSock6Connect   = "sock6_connect"
-	socklbProgSock6Getpeer   = "sock6_getpeer"
-	socklbProgSock6Recvmsg   = "sock6_recvmsg"
-	socklbProgSock6Sendmsg   = "sock6_sendmsg"
-	socklbVarHaveSetRetval   = "have_set_retval"
-	socklbVarUnusedCounterId = "unused_counter_id"
+	socklbMapSmAffinity       = "sm_affinity"
+	socklbMapSmBackends       = "sm_backends"
+	socklbMapSmConfig         = "sm_config"
+	socklbMapSmCounters       = "sm_counters"
+	socklbMapSmOrigdstCk      = "sm_origdst_ck"
+	socklbMapSmRevnat         = "sm_revnat"
+	socklbMapSmServices       = "sm_services"
+	socklbMapSmSlots          = "sm_slots"
+	socklbMapSmSvcNames       = "sm_svc_names"
+	socklbProgSock4Connect    = "sock4_connect"
+	socklbProgSock4Getpeer    = "sock4_getpeer"
+	socklbProgSock4Recvmsg    = "sock4_recvmsg"
+	socklbProgSock4Sendmsg    = "sock4_sendmsg"
+	socklbProgSock6Connect    = "sock6_connect"
+	socklbProgSock6Getpeer    = "sock6_getpeer"
+	socklbProgSock6Recvmsg    = "sock6_recvmsg"
+	socklbProgSock6Sendmsg    = "sock6_sendmsg"
+	socklbVarHaveSetRetval    = "have_set_retval"
+	socklbVarUnusedCounterId  = "unused_counter_id"
+	socklbVarUnusedSpliceMode = "unused_splice_mode"
+	socklbVarUnusedSvcFlags   = "unused_svc_flags"
 )
 
 // loadSocklb returns the embedded CollectionSpec for socklb.
@@ -182,21 +231,25 @@ type socklbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbMapSpecs struct {
-	SmAffinity *ebpf.MapSpec `ebpf:"sm_affinity"`
-	SmBackends *ebpf.MapSpec `ebpf:"sm_backends"`
-	SmCounters *ebpf.MapSpec `ebpf:"sm_counters"`
-	SmRevnat   *ebpf.MapSpec `ebpf:"sm_revnat"`
-	SmServices *ebpf.MapSpec `ebpf:"sm_services"`
-	SmSlots    *ebpf.MapSpec `ebpf:"sm_slots"`
-	SmSvcNames *ebpf.MapSpec `ebpf:"sm_svc_names"`
+	SmAffinity  *ebpf.MapSpec `ebpf:"sm_affinity"`
+	SmBackends  *ebpf.MapSpec `ebpf:"sm_backends"`
+	SmConfig    *ebpf.MapSpec `ebpf:"sm_config"`
+	SmCounters  *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmOrigdstCk *ebpf.MapSpec `ebpf:"sm_origdst_ck"`
+	SmRevnat    *ebpf.MapSpec `ebpf:"sm_revnat"`
+	SmServices  *ebpf.MapSpec `ebpf:"sm_services"`
+	SmSlots     *ebpf.MapSpec `ebpf:"sm_slots"`
+	SmSvcNames  *ebpf.MapSpec `ebpf:"sm_svc_names"`
 }
 
 // socklbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbVariableSpecs struct {
-	HaveSetRetval   *ebpf.VariableSpec `ebpf:"have_set_retval"`
-	UnusedCounterId *ebpf.VariableSpec `ebpf:"unused_counter_id"`
+	HaveSetRetval    *ebpf.VariableSpec `ebpf:"have_set_retval"`
+	UnusedCounterId  *ebpf.VariableSpec `ebpf:"unused_counter_id"`
+	UnusedSpliceMode *ebpf.VariableSpec `ebpf:"unused_splice_mode"`
+	UnusedSvcFlags   *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
 }
 
 // socklbObjects contains all objects after they have been loaded into the kernel.
@@ -219,20 +272,24 @@ func (o *socklbObjects) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbMaps struct {
-	SmAffinity *ebpf.Map `ebpf:"sm_affinity"`
-	SmBackends *ebpf.Map `ebpf:"sm_backends"`
-	SmCounters *ebpf.Map `ebpf:"sm_counters"`
-	SmRevnat   *ebpf.Map `ebpf:"sm_revnat"`
-	SmServices *ebpf.Map `ebpf:"sm_services"`
-	SmSlots    *ebpf.Map `ebpf:"sm_slots"`
-	SmSvcNames *ebpf.Map `ebpf:"sm_svc_names"`
+	SmAffinity  *ebpf.Map `ebpf:"sm_affinity"`
+	SmBackends  *ebpf.Map `ebpf:"sm_backends"`
+	SmConfig    *ebpf.Map `ebpf:"sm_config"`
+	SmCounters  *ebpf.Map `ebpf:"sm_counters"`
+	SmOrigdstCk *ebpf.Map `ebpf:"sm_origdst_ck"`
+	SmRevnat    *ebpf.Map `ebpf:"sm_revnat"`
+	SmServices  *ebpf.Map `ebpf:"sm_services"`
+	SmSlots     *ebpf.Map `ebpf:"sm_slots"`
+	SmSvcNames  *ebpf.Map `ebpf:"sm_svc_names"`
 }
 
 func (m *socklbMaps) Close() error {
 	return _SocklbClose(
 		m.SmAffinity,
 		m.SmBackends,
+		m.SmConfig,
 		m.SmCounters,
+		m.SmOrigdstCk,
 		m.SmRevnat,
 		m.SmServices,
 		m.SmSlots,
@@ -244,8 +301,10 @@ func (m *socklbMaps) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbVariables struct {
-	HaveSetRetval   *ebpf.Variable `ebpf:"have_set_retval"`
-	UnusedCounterId *ebpf.Variable `ebpf:"unused_counter_id"`
+	HaveSetRetval    *ebpf.Variable `ebpf:"have_set_retval"`
+	UnusedCounterId  *ebpf.Variable `ebpf:"unused_counter_id"`
+	UnusedSpliceMode *ebpf.Variable `ebpf:"unused_splice_mode"`
+	UnusedSvcFlags   *ebpf.Variable `ebpf:"unused_svc_flags"`
 }
 
 // socklbPrograms contains all programs after they have been loaded into the kernel.

@@ -20,6 +20,20 @@ type (
 	SvcName       = socklbSvcName
 	LbAddr        = socklbLbAddr
 	CounterID     = socklbCounterId
+	Config        = socklbConfig
+	OrigDst       = socklbOrigdst
+	SockTuple     = sockopsSockTuple
+	SockKey       = sockopsSockKey
+	SplicePeer    = sockopsSplicePeer
+)
+
+// Service flags (svc_value.flags).
+const SvcFlagL7 = uint32(socklbSvcFlagsSVC_F_L7)
+
+// Splice modes (config.splice).
+const (
+	SpliceOff = uint32(socklbSpliceModeSPLICE_OFF)
+	SpliceOn  = uint32(socklbSpliceModeSPLICE_ON)
 )
 
 // Address families as the datapath stores them.
@@ -41,6 +55,18 @@ var CounterNames = [...]string{
 	socklbCounterIdCNT_REVNAT_HIT:         "revnat_hit",
 	socklbCounterIdCNT_REVNAT_STALE:       "revnat_stale",
 	socklbCounterIdCNT_REVNAT_UPDATE_FAIL: "revnat_update_fail",
+	socklbCounterIdCNT_REDIRECT:           "redirect",
+	socklbCounterIdCNT_REDIRECT_NO_PROXY:  "redirect_no_proxy",
+	socklbCounterIdCNT_ORIGDST_HIT:        "origdst_hit",
+	socklbCounterIdCNT_ORIGDST_MISS:       "origdst_miss",
+	socklbCounterIdCNT_SPLICE_SOCKS:       "splice_sockets",
+	socklbCounterIdCNT_SPLICE_PAIRS:       "splice_pairs",
+	socklbCounterIdCNT_SPLICE_MSGS:        "splice_messages",
+	socklbCounterIdCNT_SPLICE_BYTES:       "splice_bytes",
+	socklbCounterIdCNT_FALLBACK_SENT_EARLY:   "splice_fallback_sent_early",
+	socklbCounterIdCNT_FALLBACK_SEQ_MISMATCH: "splice_fallback_seq_mismatch",
+	socklbCounterIdCNT_FALLBACK_PEER_GONE:    "splice_fallback_peer_gone",
+	socklbCounterIdCNT_FALLBACK_MAP_FULL:     "splice_fallback_map_full",
 }
 
 // NumCounters is the size of the counter array.

@@ -97,6 +97,7 @@ func BenchmarkProgram10kServicesColdStart(b *testing.B) {
 				Slots:    bpf.NewTable[bpf.SlotKey, uint32](m.SmSlots).WithoutBatch(),
 				Backends: bpf.NewTable[uint32, bpf.BackendValue](m.SmBackends).WithoutBatch(),
 				Names:    bpf.NewTable[uint32, bpf.SvcName](m.SmSvcNames).WithoutBatch(),
+				Local:    bpf.NewTable[bpf.LbAddr, uint8](m.SmLocal).WithoutBatch(),
 			}
 		}
 		w, err := lbmap.NewWriter(t, nopObserver{})

@@ -140,14 +140,19 @@ func Run(ctx context.Context, opt Options) (err error) {
 	cfg := agent.DefaultConfig()
 	cfg.Source, cfg.CgroupPath, cfg.BPFFS, cfg.HTTPListen = "file:"+yamlPath, cg.Path, bpffs, ""
 	agentCtx, stopAgent := context.WithCancel(ctx)
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Run(agentCtx, cfg, opt.Log) }()
+	var agentErr error
+	agentExited := make(chan struct{})
+	go func() {
+		agentErr = agent.Run(agentCtx, cfg, opt.Log)
+		close(agentExited)
+	}()
 	cleanup = append(cleanup, func() error {
 		stopAgent()
-		return errors.Join(<-agentDone, bpf.Cleanup(bpffs))
+		<-agentExited
+		return errors.Join(agentErr, bpf.Cleanup(bpffs))
 	})
 	fmt.Fprintf(out, "agent: --source file:%s --cgroup %s --bpffs %s\n", yamlPath, cg.Path, bpffs)
-	if err := waitProgrammed(ctx, bpffs, 4, agentDone); err != nil {
+	if err := waitProgrammed(ctx, bpffs, 4, agentExited); err != nil {
 		return err
 	}
 
@@ -173,12 +178,12 @@ func Run(ctx context.Context, opt Options) (err error) {
 }
 
 // waitProgrammed polls the pinned maps until the agent has programmed n frontends.
-func waitProgrammed(ctx context.Context, bpffs string, n int, agentDone <-chan error) error {
+func waitProgrammed(ctx context.Context, bpffs string, n int, agentExited <-chan struct{}) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-agentDone:
-			return fmt.Errorf("agent exited: %w", err)
+		case <-agentExited:
+			return errors.New("agent exited before programming the service")
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):

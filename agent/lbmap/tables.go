@@ -26,6 +26,9 @@ type Tables struct {
 	Slots    Table[bpf.SlotKey, uint32]
 	Backends Table[uint32, bpf.BackendValue]
 	Names    Table[uint32, bpf.SvcName]
+	// Local holds this node's addresses (local endpoints, the Envoy listener): only
+	// connections to them are candidates for splicing.
+	Local Table[bpf.LbAddr, uint8]
 }
 
 // BPFTables wraps the loaded (or pinned) kernel maps.
@@ -35,5 +38,6 @@ func BPFTables(m *bpf.Maps) Tables {
 		Slots:    bpf.NewTable[bpf.SlotKey, uint32](m.SmSlots),
 		Backends: bpf.NewTable[uint32, bpf.BackendValue](m.SmBackends),
 		Names:    bpf.NewTable[uint32, bpf.SvcName](m.SmSvcNames),
+		Local:    bpf.NewTable[bpf.LbAddr, uint8](m.SmLocal),
 	}
 }

@@ -28,6 +28,11 @@ type Writer struct {
 	slots    *synced[bpf.SlotKey, uint32]
 	backends *synced[uint32, bpf.BackendValue]
 	names    *synced[uint32, bpf.SvcName]
+	local    *synced[bpf.LbAddr, uint8]
+
+	// nodeName picks the endpoints that live on this node; nodeAddrs are always local.
+	nodeName  string
+	nodeAddrs []netip.Addr
 
 	svcIDs        map[model.Frontend]uint32
 	backendIDs    map[backendRef]uint32
@@ -52,6 +57,9 @@ func NewWriter(t Tables, obs Observer) (*Writer, error) {
 	if w.names, err = newSynced(t.Names, obs); err != nil {
 		return nil, err
 	}
+	if w.local, err = newSynced(t.Local, obs); err != nil {
+		return nil, err
+	}
 	for k, v := range w.services.cur {
 		w.svcIDs[frontendOf(k)] = v.Id
 		w.nextSvcID = max(w.nextSvcID, v.Id+1)
@@ -63,12 +71,21 @@ func NewWriter(t Tables, obs Observer) (*Writer, error) {
 	return w, nil
 }
 
+// SetNode tells the writer this node's name (endpoints with that nodeName are local)
+// and addresses that are local whatever the model says (the Envoy listener's).
+func (w *Writer) SetNode(name string, addrs []netip.Addr) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.nodeName, w.nodeAddrs = name, addrs
+}
+
 // desired is the full content the maps should have.
 type desired struct {
 	services map[bpf.SvcKey]bpf.SvcValue
 	slots    map[bpf.SlotKey]uint32
 	backends map[uint32]bpf.BackendValue
 	names    map[uint32]bpf.SvcName
+	local    map[bpf.LbAddr]uint8
 }
 
 // Result says what one Apply achieved.
@@ -95,10 +112,12 @@ func (w *Writer) Apply(snap *model.Snapshot) (Result, error) {
 		func() error { return w.backends.upsert(d.backends) },
 		func() error { return w.slots.upsert(d.slots) },
 		func() error { return w.names.upsert(d.names) },
+		func() error { return w.local.upsert(d.local) },
 		func() error { return w.services.upsert(d.services) },
 		func() error { return w.slots.prune(d.slots) },
 		func() error { return w.backends.prune(d.backends) },
 		func() error { return w.names.prune(d.names) },
+		func() error { return w.local.prune(d.local) },
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -117,6 +136,7 @@ func (w *Writer) plan(snap *model.Snapshot) (desired, []model.ObjectError) {
 		slots:    map[bpf.SlotKey]uint32{},
 		backends: map[uint32]bpf.BackendValue{},
 		names:    map[uint32]bpf.SvcName{},
+		local:    w.localAddrs(snap),
 	}
 	var errs []model.ObjectError
 	var programmed, fresh []*model.Service
@@ -212,7 +232,31 @@ func (w *Writer) entriesFor(svc *model.Service) serviceEntries {
 		}
 	}
 	e.value = bpf.SvcValue{Id: id, Count: slot - 1, AffinityTimeout: uint32(svc.AffinityTimeout.Seconds())}
+	if svc.L7 {
+		e.value.Flags |= bpf.SvcFlagL7
+	}
 	return e
+}
+
+// localAddrs are the addresses of endpoints on this node plus the node's own.
+func (w *Writer) localAddrs(snap *model.Snapshot) map[bpf.LbAddr]uint8 {
+	out := map[bpf.LbAddr]uint8{}
+	for _, a := range w.nodeAddrs {
+		k, _ := bpf.AddrFrom(a)
+		out[k] = 1
+	}
+	if w.nodeName == "" {
+		return out
+	}
+	for _, svc := range snap.Services {
+		for _, b := range svc.Backends {
+			if b.NodeName == w.nodeName {
+				k, _ := bpf.AddrFrom(b.Addr)
+				out[k] = 1
+			}
+		}
+	}
+	return out
 }
 
 // currentEntries collects what the maps hold now for one service.

@@ -15,6 +15,7 @@ type fakes struct {
 	slots    *fakeTable[bpf.SlotKey, uint32]
 	backends *fakeTable[uint32, bpf.BackendValue]
 	names    *fakeTable[uint32, bpf.SvcName]
+	local    *fakeTable[bpf.LbAddr, uint8]
 }
 
 func newFakes(maxSvc, maxBackends int) *fakes {
@@ -23,11 +24,12 @@ func newFakes(maxSvc, maxBackends int) *fakes {
 		slots:    newFake[bpf.SlotKey, uint32]("sm_slots", maxBackends),
 		backends: newFake[uint32, bpf.BackendValue]("sm_backends", maxBackends),
 		names:    newFake[uint32, bpf.SvcName]("sm_svc_names", maxSvc),
+		local:    newFake[bpf.LbAddr, uint8]("sm_local", 1024),
 	}
 }
 
 func (f *fakes) tables() Tables {
-	return Tables{Services: f.services, Slots: f.slots, Backends: f.backends, Names: f.names}
+	return Tables{Services: f.services, Slots: f.slots, Backends: f.backends, Names: f.names, Local: f.local}
 }
 
 func (f *fakes) writes() int {
@@ -266,6 +268,32 @@ func TestWeightsExpandSlots(t *testing.T) {
 		}
 		if perBackend[bid] != want {
 			t.Fatalf("backend %d has %d slots, want %d", bid, perBackend[bid], want)
+		}
+	}
+}
+
+func TestL7FlagAndLocalAddresses(t *testing.T) {
+	f := newFakes(16, 64)
+	w, _ := mustWriter(t, f)
+	envoy := netip.MustParseAddr("10.200.0.1")
+	w.SetNode("node-1", []netip.Addr{envoy})
+	web := svc("default", "web", "10.96.0.10", 80, "10.0.1.1:8080", "10.0.1.2:8080")
+	web.L7 = true
+	web.Backends[0].NodeName = "node-1"
+	web.Backends[1].NodeName = "node-2"
+	if _, err := w.Apply(snapOf(web)); err != nil {
+		t.Fatal(err)
+	}
+	if fl := f.services.m[svcKeyOf(web.Frontend)].Flags; fl&bpf.SvcFlagL7 == 0 {
+		t.Fatalf("L7 service flags %#x", fl)
+	}
+	want := map[netip.Addr]bool{envoy: true, netip.MustParseAddr("10.0.1.1"): true}
+	if len(f.local.m) != len(want) {
+		t.Fatalf("local addresses %v, want %v", f.local.m, want)
+	}
+	for k := range f.local.m {
+		if !want[k.ToAddr(bpf.FamilyIPv4)] {
+			t.Fatalf("unexpected local address %v", k.ToAddr(bpf.FamilyIPv4))
 		}
 	}
 }

@@ -72,6 +72,7 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
 	name := ServiceName{svc.Namespace, svc.Name}
 	report := reporter(KindService, svc.Namespace, svc.Name)
 	timeout, _ := affinityTimeout(&svc.Spec)
+	l7 := b.needsL7(svc, report)
 	for i, port := range svc.Spec.Ports {
 		proto, ok := protocolOf(port.Protocol)
 		if !ok {
@@ -92,10 +93,29 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
 				PortName:        port.Name,
 				Frontend:        fe,
 				AffinityTimeout: timeout,
+				L7:              l7,
 				Backends:        backendsFor(slices, fe, port.Name),
 			}
 		}
 	}
+}
+
+// L7Annotation marks a Service whose TCP connections must go through the node's Envoy.
+const L7Annotation = "sockmesh.io/l7"
+
+// needsL7 reads L7Annotation. A value other than "true" or "false" is reported and read
+// as "true": a misspelt request for policy must fail closed, not bypass the proxy.
+func (b *builder) needsL7(svc *corev1.Service, report func(reason, msg string) ObjectError) bool {
+	v, ok := svc.Annotations[L7Annotation]
+	switch {
+	case !ok || v == "false":
+		return false
+	case v == "true":
+		return true
+	}
+	b.report(report(ReasonInvalidAnnotation, fmt.Sprintf(
+		"annotation %s=%q: want \"true\" or \"false\"; treating it as \"true\" so traffic is not let past the proxy", L7Annotation, v)))
+	return true
 }
 
 // sortedObjects returns the non-nil objects ordered by namespace and name, without

@@ -76,6 +76,8 @@ type Service struct {
 	Frontend Frontend
 	// AffinityTimeout is the ClientIP session affinity timeout; zero means no affinity.
 	AffinityTimeout time.Duration
+	// L7 services need the node's Envoy: TCP connects to them are redirected there.
+	L7 bool
 	// Backends holds every known endpoint for this frontend, sorted by address and port,
 	// whatever its conditions. Selected says which of them take new connections.
 	Backends []Backend

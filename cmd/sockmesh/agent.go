@@ -1,9 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -37,7 +40,31 @@ func newAgentCmd() *cobra.Command {
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address for /metrics /healthz /readyz /debug/state (empty: off)")
 	fs.IntVar(&cfg.MaxServices, "max-services", cfg.MaxServices, "capacity of the service map (frontends)")
 	fs.IntVar(&cfg.MaxBackends, "max-backends", cfg.MaxBackends, "capacity of the backend and slot maps")
+	fs.StringVar(&cfg.EnvoyRedirect, "envoy-redirect", "", "where L7-policy connections go: IP:PORT[,IP:PORT] (default <node IPv4>:15001)")
+	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
+	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
 }
+
+// hexUint32 is a flag value written in hex (0x prefix optional).
+type hexUint32 struct{ v *uint32 }
+
+func (h hexUint32) String() string {
+	if h.v == nil {
+		return "0x0"
+	}
+	return fmt.Sprintf("%#x", *h.v)
+}
+
+func (h hexUint32) Set(s string) error {
+	n, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(s), "0x"), 16, 32)
+	if err != nil {
+		return fmt.Errorf("want a hex number such as 0x539")
+	}
+	*h.v = uint32(n)
+	return nil
+}
+
+func (hexUint32) Type() string { return "hex" }

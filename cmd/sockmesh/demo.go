@@ -3,6 +3,8 @@ package main
 import (
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -18,7 +20,10 @@ func newDemoCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opt.Out = cmd.OutOrStdout()
 			opt.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			return demo.Run(cmd.Context(), opt)
+			// Interrupted or terminated, the demo still removes what it made.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return demo.Run(ctx, opt)
 		},
 	}
 	cmd.Flags().IntVar(&opt.Requests, "requests", opt.Requests, "TCP requests and DNS queries per address family")

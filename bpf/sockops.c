@@ -1,0 +1,435 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The L7 redirect's bookkeeping and the local splice.
+ *
+ * - sock_ops moves a redirected socket's original destination from its cookie to its
+ *   4-tuple as Envoy will see it, once the source port exists (TCP_CONNECT_CB), and
+ *   pairs the two ends of a connection that both live on this node (sequence numbers
+ *   must match, so a reused tuple or the same loopback tuple in another namespace is
+ *   never paired).
+ * - getsockopt answers SO_ORIGINAL_DST (and the IPv6 form) for exactly those sockets.
+ * - sk_msg moves a paired socket's sends straight into its peer's receive queue, but
+ *   only for a direction that has not sent anything through TCP yet: mixing the two
+ *   paths would let the receiver read bytes out of order. */
+#include "shared_maps.h"
+
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define SO_ORIGINAL_DST 80
+#define IP6T_SO_ORIGINAL_DST 80
+#define BPF_TCP_CLOSE 7
+
+/* Context fields are read through volatile so clang cannot merge the IPv4 and IPv6
+ * branches into one load through a computed context pointer, which the verifier refuses. */
+#define CTX(x) (*(volatile typeof(x) *)&(x))
+
+struct sockaddr_in4 {
+	__u16 family;
+	__u16 port;
+	__u32 addr;
+	__u8 zero[8];
+};
+
+struct sockaddr_in6x {
+	__u16 family;
+	__u16 port;
+	__u32 flowinfo;
+	__u32 addr[4];
+	__u32 scope_id;
+};
+
+/* Original destination by the redirected connection's tuple as Envoy's accepted socket
+ * sees it (local = redirect listener, remote = client). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_tuple);
+	__type(value, struct origdst);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_origdst SEC(".maps");
+
+/* Addresses of this node (local pods, the Envoy listener): only connections to them
+ * can have a peer to splice with. Loopback always counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_addr);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_local SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_sockhash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_tuple);
+	__type(value, struct splice_pending);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sock_key);
+	__type(value, struct splice_peer);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_peers SEC(".maps");
+
+/* A spliced socket's own key, found again at close() where the tuple is not readable. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_sk_key SEC(".maps");
+
+const enum splice_state *unused_splice_state __attribute__((unused));
+
+/* tuple_of fills t from a sock_ops context, as this socket sees it. */
+static __always_inline void tuple_of(struct bpf_sock_ops *s, struct sock_tuple *t)
+{
+	t->family = CTX(s->family);
+	t->local_port = CTX(s->local_port);
+	t->remote_port = bpf_ntohl(CTX(s->remote_port));
+	if (s->family == AF_INET) {
+		t->local.addr[0] = CTX(s->local_ip4);
+		t->remote.addr[0] = CTX(s->remote_ip4);
+		return;
+	}
+	t->local.addr[0] = CTX(s->local_ip6[0]);
+	t->local.addr[1] = CTX(s->local_ip6[1]);
+	t->local.addr[2] = CTX(s->local_ip6[2]);
+	t->local.addr[3] = CTX(s->local_ip6[3]);
+	t->remote.addr[0] = CTX(s->remote_ip6[0]);
+	t->remote.addr[1] = CTX(s->remote_ip6[1]);
+	t->remote.addr[2] = CTX(s->remote_ip6[2]);
+	t->remote.addr[3] = CTX(s->remote_ip6[3]);
+}
+
+/* tuple_of_sk fills t from a socket as the socket sees itself; 0 if not IPv4/IPv6. */
+static __always_inline int tuple_of_sk(struct bpf_sock *sk, struct sock_tuple *t)
+{
+	t->family = CTX(sk->family);
+	t->local_port = CTX(sk->src_port);
+	t->remote_port = bpf_ntohs(CTX(sk->dst_port));
+	if (t->family == AF_INET) {
+		t->local.addr[0] = CTX(sk->src_ip4);
+		t->remote.addr[0] = CTX(sk->dst_ip4);
+		return 1;
+	}
+	if (t->family != AF_INET6)
+		return 0;
+	t->local.addr[0] = CTX(sk->src_ip6[0]);
+	t->local.addr[1] = CTX(sk->src_ip6[1]);
+	t->local.addr[2] = CTX(sk->src_ip6[2]);
+	t->local.addr[3] = CTX(sk->src_ip6[3]);
+	t->remote.addr[0] = CTX(sk->dst_ip6[0]);
+	t->remote.addr[1] = CTX(sk->dst_ip6[1]);
+	t->remote.addr[2] = CTX(sk->dst_ip6[2]);
+	t->remote.addr[3] = CTX(sk->dst_ip6[3]);
+	return 1;
+}
+
+static __always_inline void reverse(const struct sock_tuple *in, struct sock_tuple *out)
+{
+	out->family = in->family;
+	out->local = in->remote;
+	out->remote = in->local;
+	out->local_port = in->remote_port;
+	out->remote_port = in->local_port;
+}
+
+static __always_inline int is_loopback(const struct sock_tuple *t)
+{
+	if (t->family == AF_INET)
+		return (bpf_ntohl(t->remote.addr[0]) >> 24) == 127;
+	return t->remote.addr[0] == 0 && t->remote.addr[1] == 0 && t->remote.addr[2] == 0 &&
+	       t->remote.addr[3] == bpf_htonl(1);
+}
+
+static __always_inline int splice_enabled(void)
+{
+	struct config *cfg = config();
+	return cfg && cfg->splice == SPLICE_ON;
+}
+
+static __always_inline void watch_close(struct bpf_sock_ops *s)
+{
+	bpf_sock_ops_cb_flags_set(s, s->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* spliced files a socket under key in the sockhash and its own storage. */
+static __always_inline int spliced(struct bpf_sock_ops *s, struct sock_key *key)
+{
+	struct bpf_sock *sk = s->sk;
+	struct sock_key *stored;
+
+	if (!sk || bpf_sock_hash_update(s, &sm_sockhash, key, BPF_ANY))
+		return -1;
+	stored = bpf_sk_storage_get(&sm_sk_key, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (stored)
+		*stored = *key;
+	count(CNT_SPLICE_SOCKS);
+	watch_close(s);
+	return 0;
+}
+
+/* on_connect: the source port is known now; file the original destination under the
+ * tuple Envoy's socket will have. */
+static __always_inline void on_connect(struct bpf_sock_ops *s)
+{
+	struct sock_tuple mine = {}, envoy_view = {};
+	struct origdst *od;
+	__u64 cookie = bpf_get_socket_cookie(s);
+
+	od = bpf_map_lookup_elem(&sm_origdst_ck, &cookie);
+	if (!od)
+		return;
+	tuple_of(s, &mine);
+	reverse(&mine, &envoy_view);
+	bpf_map_update_elem(&sm_origdst, &envoy_view, od, BPF_ANY);
+	bpf_map_delete_elem(&sm_origdst_ck, &cookie);
+	watch_close(s);
+}
+
+/* on_active: a local connect completed; if the peer may be on this node, join the
+ * sockhash and wait for it. */
+static __always_inline void on_active(struct bpf_sock_ops *s)
+{
+	struct sock_key key = {};
+	struct splice_pending pend = {};
+	struct splice_peer peer = {};
+
+	if (!splice_enabled())
+		return;
+	tuple_of(s, &key.t);
+	if (!is_loopback(&key.t) && !bpf_map_lookup_elem(&sm_local, &key.t.remote))
+		return;
+	key.netns = bpf_get_netns_cookie(s);
+	/* A stale entry of an earlier socket with this key must not steer this one. */
+	if (bpf_map_update_elem(&sm_peers, &key, &peer, BPF_ANY) || spliced(s, &key)) {
+		bpf_map_delete_elem(&sm_peers, &key);
+		count(CNT_FALLBACK_MAP_FULL);
+		return;
+	}
+	pend.netns = key.netns;
+	pend.snd_nxt = s->snd_nxt;
+	pend.rcv_nxt = s->rcv_nxt;
+	bpf_map_update_elem(&sm_pending, &key.t, &pend, BPF_ANY);
+}
+
+/* on_passive: an accepted connection; pair it with its connecting end if that one is
+ * waiting on this node. */
+static __always_inline void on_passive(struct bpf_sock_ops *s)
+{
+	struct sock_key me = {}, them = {};
+	struct splice_pending *pend;
+	struct splice_peer mine = {};
+	struct splice_peer *theirs;
+
+	if (!splice_enabled())
+		return;
+	tuple_of(s, &me.t);
+	reverse(&me.t, &them.t);
+	pend = bpf_map_lookup_elem(&sm_pending, &them.t);
+	if (!pend)
+		return;
+	if (pend->snd_nxt != s->rcv_nxt || pend->rcv_nxt != s->snd_nxt) {
+		count(CNT_FALLBACK_SEQ_MISMATCH);
+		return;
+	}
+	them.netns = pend->netns;
+	me.netns = bpf_get_netns_cookie(s);
+	bpf_map_delete_elem(&sm_pending, &them.t);
+
+	theirs = bpf_map_lookup_elem(&sm_peers, &them);
+	if (!theirs)
+		return;
+	mine.peer = them;
+	mine.state = SPLICE_ACTIVE; /* nothing sent yet: this callback runs before accept() */
+	if (bpf_map_update_elem(&sm_peers, &me, &mine, BPF_ANY) || spliced(s, &me)) {
+		bpf_map_delete_elem(&sm_peers, &me);
+		count(CNT_FALLBACK_MAP_FULL);
+		return;
+	}
+	/* The connecting side may have sent through TCP already; then that direction
+	 * stays on TCP. The peer is written before the state, which publishes it. */
+	theirs->peer = me;
+	if (__sync_val_compare_and_swap(&theirs->state, SPLICE_FRESH, SPLICE_ACTIVE) != SPLICE_FRESH)
+		count(CNT_FALLBACK_SENT_EARLY);
+	count(CNT_SPLICE_PAIRS);
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *s)
+{
+	struct sock_tuple t = {}, envoy_view = {};
+	struct sock_key key = {};
+
+	tuple_of(s, &t);
+	reverse(&t, &envoy_view);
+	bpf_map_delete_elem(&sm_origdst, &envoy_view);
+	key.t = t;
+	key.netns = bpf_get_netns_cookie(s);
+	bpf_map_delete_elem(&sm_peers, &key);
+	bpf_map_delete_elem(&sm_pending, &t);
+}
+
+SEC("sockops")
+int sock_ops(struct bpf_sock_ops *s)
+{
+	switch (s->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(s);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_active(s);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive(s);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (s->args[1] == BPF_TCP_CLOSE)
+			on_close(s);
+		break;
+	}
+	return 1;
+}
+
+/* getsockopt answers SO_ORIGINAL_DST for redirected connections only; every other call
+ * returns what the kernel returned. */
+SEC("cgroup/getsockopt")
+int sock_getsockopt(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct sock_tuple t = {};
+	struct origdst *od;
+
+	if (ctx->optname != SO_ORIGINAL_DST || !sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+	if (!(ctx->level == SOL_IP && sk->family == AF_INET) &&
+	    !(ctx->level == SOL_IPV6 && sk->family == AF_INET6))
+		return 1;
+	if (!tuple_of_sk(sk, &t))
+		return 1;
+	od = bpf_map_lookup_elem(&sm_origdst, &t);
+	if (!od) {
+		count(CNT_ORIGDST_MISS);
+		return 1;
+	}
+	if (sk->family == AF_INET) {
+		struct sockaddr_in4 *sa = ctx->optval;
+
+		if ((void *)(sa + 1) > ctx->optval_end || od->family != AF_INET)
+			return 1;
+		sa->family = AF_INET;
+		sa->port = od->port;
+		sa->addr = od->vip.addr[0];
+		__builtin_memset(sa->zero, 0, sizeof(sa->zero));
+		ctx->optlen = sizeof(*sa);
+	} else {
+		struct sockaddr_in6x *sa = ctx->optval;
+
+		if ((void *)(sa + 1) > ctx->optval_end)
+			return 1;
+		sa->family = AF_INET6;
+		sa->port = od->port;
+		sa->flowinfo = 0;
+		sa->scope_id = 0;
+		if (od->family == AF_INET) { /* v4 VIP on a v6 socket: v4-mapped */
+			sa->addr[0] = 0;
+			sa->addr[1] = 0;
+			sa->addr[2] = bpf_htonl(0x0000ffff);
+			sa->addr[3] = od->vip.addr[0];
+		} else {
+			sa->addr[0] = od->vip.addr[0];
+			sa->addr[1] = od->vip.addr[1];
+			sa->addr[2] = od->vip.addr[2];
+			sa->addr[3] = od->vip.addr[3];
+		}
+		ctx->optlen = sizeof(*sa);
+	}
+	ctx->retval = 0;
+	count(CNT_ORIGDST_HIT);
+	return 1;
+}
+
+static __always_inline void msg_key(struct sk_msg_md *m, struct sock_key *k)
+{
+	k->t.family = CTX(m->family);
+	k->t.local_port = CTX(m->local_port);
+	k->t.remote_port = bpf_ntohl(CTX(m->remote_port));
+	if (m->family == AF_INET) {
+		k->t.local.addr[0] = CTX(m->local_ip4);
+		k->t.remote.addr[0] = CTX(m->remote_ip4);
+	} else {
+		k->t.local.addr[0] = CTX(m->local_ip6[0]);
+		k->t.local.addr[1] = CTX(m->local_ip6[1]);
+		k->t.local.addr[2] = CTX(m->local_ip6[2]);
+		k->t.local.addr[3] = CTX(m->local_ip6[3]);
+		k->t.remote.addr[0] = CTX(m->remote_ip6[0]);
+		k->t.remote.addr[1] = CTX(m->remote_ip6[1]);
+		k->t.remote.addr[2] = CTX(m->remote_ip6[2]);
+		k->t.remote.addr[3] = CTX(m->remote_ip6[3]);
+	}
+	k->netns = bpf_get_netns_cookie(m);
+}
+
+SEC("sk_msg")
+int sock_msg(struct sk_msg_md *m)
+{
+	struct sock_key me = {}, peer;
+	struct splice_peer *p;
+	__u32 size = m->size;
+	__u32 state;
+	long ret;
+
+	msg_key(m, &me);
+	p = bpf_map_lookup_elem(&sm_peers, &me);
+	if (!p)
+		return SK_PASS;
+	state = __sync_val_compare_and_swap(&p->state, SPLICE_FRESH, SPLICE_UNSPLICED);
+	if (state == SPLICE_BROKEN)
+		count(CNT_FALLBACK_PEER_GONE);
+	if (state != SPLICE_ACTIVE)
+		return SK_PASS;
+	peer = p->peer;
+	ret = bpf_msg_redirect_hash(m, &sm_sockhash, &peer, BPF_F_INGRESS);
+	if (ret == SK_PASS) {
+		count(CNT_SPLICE_MSGS);
+		count_n(CNT_SPLICE_BYTES, size);
+	}
+	return ret;
+}
+
+/* sock_release runs at close(), before the socket leaves the sockhash: its peer's sends
+ * go back to TCP, which answers them with the reset a closed socket deserves, instead of
+ * a redirect to nowhere failing with EACCES. */
+SEC("cgroup/sock_release")
+int sock_release(struct bpf_sock *sk)
+{
+	struct splice_peer *mine, *theirs;
+	struct sock_key *me;
+
+	me = bpf_sk_storage_get(&sm_sk_key, sk, 0, 0);
+	if (!me)
+		return 1;
+	mine = bpf_map_lookup_elem(&sm_peers, me);
+	if (!mine)
+		return 1;
+	theirs = bpf_map_lookup_elem(&sm_peers, &mine->peer);
+	if (theirs)
+		__sync_lock_test_and_set(&theirs->state, SPLICE_BROKEN);
+	bpf_map_delete_elem(&sm_peers, me);
+	return 1;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
