@@ -27,6 +27,7 @@ type ClientRequest struct {
 	// shared machine hit every target alike.
 	Targets []netip.AddrPort
 	Rounds  int
+	Name    string // "serve": the name the servers answer with
 }
 
 // ClientResult is one client process's findings; each attempt yields an answer or an
@@ -50,9 +51,9 @@ func MaybeRunChild() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	host := &demo.Host{NetNS: req.NetNS}
-	err := host.Do(func() error { return runChild(req) })
-	if err != nil {
+	// nsenter started this whole process inside the host's namespace: every thread,
+	// so sockets made on any goroutine stay there.
+	if err := runChild(req); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -83,6 +84,16 @@ func runChild(req ClientRequest) error {
 		}
 	case "hold":
 		return hold(req.To)
+	case "relay":
+		return relay(req.Targets, req.N)
+	case "serve":
+		b, err := demo.StartBackend(&demo.Host{Name: req.Name, NetNS: req.NetNS}, demo.BackendTCPPort, demo.DNSPort)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		fmt.Println("ready")
+		select {} // until killed
 	case "bench":
 		var err error
 		if res.Bench, err = bench(req.Targets, req.N, req.Rounds); err != nil {
@@ -131,7 +142,10 @@ func (e *Env) childCmd(t testing.TB, req ClientRequest) *exec.Cmd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Close(fd) })
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	// Start inside the cgroup (CgroupFD) and, through nsenter, with every thread in the
+	// host's network namespace: a socket made on any goroutine can never be in the host
+	// machine's namespace, where a translated address could be routed off the machine.
+	cmd := exec.Command("nsenter", "--net="+req.NetNS, "--", os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	cmd.Stderr = os.Stderr
