@@ -13,8 +13,8 @@ import (
 // Maps shared by the two BPF objects appear once.
 type Maps struct {
 	SmServices, SmSlots, SmBackends, SmAffinity, SmRevnat, SmSvcNames *ebpf.Map
-	SmCounters, SmConfig, SmOrigdstCk                                   *ebpf.Map
-	SmOrigdst, SmLocal, SmSockhash, SmPending, SmPeers                   *ebpf.Map
+	SmCounters, SmConfig, SmOrigdstCk                                 *ebpf.Map
+	SmOrigdst, SmLocal, SmSockhash, SmPending, SmPeers                *ebpf.Map
 }
 
 // byName lists every map with its pin name.

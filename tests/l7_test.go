@@ -2,8 +2,8 @@ package tests
 
 import (
 	"net"
-	"os"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
