@@ -14,6 +14,11 @@ import (
 	"github.com/sockmesh/sockmesh/agent/demo"
 )
 
+// extraOps are child operations registered by other files of this package (init);
+// each runs inside the host's namespace and the env's cgroup and writes its result to
+// stdout.
+var extraOps = map[string]func(ClientRequest) error{}
+
 // childEnv carries a ClientRequest to a re-executed test binary (see MaybeRunChild).
 const childEnv = "SOCKMESH_TEST_CLIENT"
 
@@ -27,7 +32,8 @@ type ClientRequest struct {
 	// shared machine hit every target alike.
 	Targets []netip.AddrPort
 	Rounds  int
-	Name    string // "serve": the name the servers answer with
+	Name    string   // "serve": the name the servers answer with
+	Args    []string // free-form arguments for extraOps
 }
 
 // ClientResult is one client process's findings; each attempt yields an answer or an
@@ -100,7 +106,11 @@ func runChild(req ClientRequest) error {
 			return err
 		}
 	default:
-		return fmt.Errorf("unknown op %q", req.Op)
+		op, ok := extraOps[req.Op]
+		if !ok {
+			return fmt.Errorf("unknown op %q", req.Op)
+		}
+		return op(req)
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
@@ -150,6 +160,12 @@ func (e *Env) childCmd(t testing.TB, req ClientRequest) *exec.Cmd {
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	cmd.Stderr = os.Stderr
 	return cmd
+}
+
+// RunOp runs a child for req to completion and returns its stdout.
+func (e *Env) RunOp(t testing.TB, req ClientRequest) ([]byte, error) {
+	t.Helper()
+	return e.childCmd(t, req).Output()
 }
 
 // Run runs a client process in host h's namespace and the env's cgroup.

@@ -34,6 +34,10 @@ func (e *Env) StartServers(t testing.TB, h *demo.Host) *Proc {
 	return e.startProc(t, ClientRequest{Op: "serve", NetNS: h.NetNS, Name: h.Name})
 }
 
+// StartProc runs a long-lived child for req (an extraOps operation that prints "ready"
+// once it is set up) and stops it at cleanup.
+func (e *Env) StartProc(t testing.TB, req ClientRequest) *Proc { return e.startProc(t, req) }
+
 func (e *Env) startProc(t testing.TB, req ClientRequest) *Proc {
 	t.Helper()
 	cmd := e.childCmd(t, req)
@@ -81,6 +85,13 @@ func (e *Env) startProc(t testing.TB, req ClientRequest) *Proc {
 
 // Stop kills the process and waits for it.
 func (p *Proc) Stop() { p.stop() }
+
+// Lines returns the process's output lines after "ready", so far.
+func (p *Proc) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.lines...)
+}
 
 // Events decodes the relay's JSON lines so far.
 func (p *Proc) Events(t testing.TB) []RelayEvent {
