@@ -39,13 +39,16 @@ func datapathConfig(cfg Config, log *slog.Logger) (bpf.Config, []netip.Addr, err
 	return c, local, nil
 }
 
-// spliceMode maps --splice to the datapath's switch. auto splices what the benchmarks
-// show it wins on (see README): local pairs, as on.
+// spliceMode maps --splice to the datapath's switch. auto splices only app <-> Envoy
+// connections; the README gives the measurements and the splice(2) caveat behind it.
 func spliceMode(flag string) uint32 {
-	if flag == "off" {
+	switch flag {
+	case "off":
 		return bpf.SpliceOff
+	case "on":
+		return bpf.SpliceOn
 	}
-	return bpf.SpliceOn
+	return bpf.SpliceAuto
 }
 
 // nodeIPv4 is the source address the kernel would use towards the outside world: the

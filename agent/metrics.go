@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -76,6 +77,14 @@ func (m *Metrics) observeErrors(prev, cur []model.ObjectError) {
 var (
 	translationsDesc = prometheus.NewDesc("sockmesh_translations_total",
 		"Socket-LB translations of a service address to a backend, by protocol and family.", []string{"protocol"}, nil)
+	redirectsDesc = prometheus.NewDesc("sockmesh_redirects_total",
+		"Connects to L7 services sent to Envoy's redirect listener (result=refused: no listener for the family, failed closed).", []string{"result"}, nil)
+	origDstDesc = prometheus.NewDesc("sockmesh_origdst_lookups_total",
+		"getsockopt(SO_ORIGINAL_DST) calls, by result (hit = answered for a redirected socket, miss = left to the kernel).", []string{"result"}, nil)
+	spliceDesc = prometheus.NewDesc("sockmesh_splice_total",
+		"Splicing: sockets put in the sockhash, connections paired, messages and bytes moved without the TCP/IP stack.", []string{"what"}, nil)
+	fallbacksDesc = prometheus.NewDesc("sockmesh_splice_fallbacks_total",
+		"Connections or directions left on (or returned to) TCP, by reason.", []string{"reason"}, nil)
 	datapathEventsDesc = prometheus.NewDesc("sockmesh_datapath_events_total",
 		"Other socket-LB datapath events (no_backend = a connect refused for lack of backends).", []string{"event"}, nil)
 	mapEntriesDesc = prometheus.NewDesc("sockmesh_map_entries",
@@ -85,12 +94,32 @@ var (
 	datapathErrDesc = prometheus.NewDesc("sockmesh_datapath_read_errors", "1 when the last scrape could not read the datapath maps.", nil, nil)
 )
 
+// counterMetric places one datapath counter in its metric family and label.
+func counterMetric(name string) (*prometheus.Desc, string) {
+	switch {
+	case strings.HasPrefix(name, "xlate_"):
+		return translationsDesc, strings.TrimPrefix(name, "xlate_")
+	case name == "redirect":
+		return redirectsDesc, "ok"
+	case name == "redirect_no_proxy":
+		return redirectsDesc, "refused"
+	case strings.HasPrefix(name, "origdst_"):
+		return origDstDesc, strings.TrimPrefix(name, "origdst_")
+	case strings.HasPrefix(name, "splice_fallback_"):
+		return fallbacksDesc, strings.TrimPrefix(name, "splice_fallback_")
+	case strings.HasPrefix(name, "splice_"):
+		return spliceDesc, strings.TrimPrefix(name, "splice_")
+	}
+	return datapathEventsDesc, name
+}
+
 // datapathCollector reads the per-CPU counters and map fill from the kernel at scrape.
 type datapathCollector struct{ maps *bpf.Maps }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- translationsDesc
-	ch <- datapathEventsDesc
+	for _, d := range []*prometheus.Desc{translationsDesc, redirectsDesc, origDstDesc, spliceDesc, fallbacksDesc, datapathEventsDesc} {
+		ch <- d
+	}
 	ch <- mapEntriesDesc
 	ch <- mapPressureDesc
 	ch <- datapathErrDesc
@@ -99,12 +128,11 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	counts, err := c.maps.Counters()
 	for i, v := range counts {
-		name := bpf.CounterNames[i]
-		if len(name) > 6 && name[:6] == "xlate_" {
-			ch <- prometheus.MustNewConstMetric(translationsDesc, prometheus.CounterValue, float64(v), name[6:])
-		} else {
-			ch <- prometheus.MustNewConstMetric(datapathEventsDesc, prometheus.CounterValue, float64(v), name)
+		if bpf.CounterNames[i] == "" {
+			continue
 		}
+		desc, label := counterMetric(bpf.CounterNames[i])
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), label)
 	}
 	fill, ferr := c.maps.Fill()
 	for _, f := range fill {

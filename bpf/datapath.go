@@ -43,7 +43,7 @@ func (d *Datapath) Maps() *Maps {
 		SmAffinity: lb.SmAffinity, SmRevnat: lb.SmRevnat, SmSvcNames: lb.SmSvcNames,
 		SmCounters: lb.SmCounters, SmConfig: lb.SmConfig, SmOrigdstCk: lb.SmOrigdstCk,
 		SmOrigdst: ops.SmOrigdst, SmLocal: ops.SmLocal, SmSockhash: ops.SmSockhash,
-		SmPending: ops.SmPending, SmPeers: ops.SmPeers,
+		SmPending: ops.SmPending, SmPeers: ops.SmPeers, SmSkKey: ops.SmSkKey,
 	}
 }
 

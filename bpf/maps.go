@@ -14,7 +14,7 @@ import (
 type Maps struct {
 	SmServices, SmSlots, SmBackends, SmAffinity, SmRevnat, SmSvcNames *ebpf.Map
 	SmCounters, SmConfig, SmOrigdstCk                                 *ebpf.Map
-	SmOrigdst, SmLocal, SmSockhash, SmPending, SmPeers                *ebpf.Map
+	SmOrigdst, SmLocal, SmSockhash, SmPending, SmPeers, SmSkKey       *ebpf.Map
 }
 
 // byName lists every map with its pin name.
@@ -27,6 +27,7 @@ func (m *Maps) byName() map[string]**ebpf.Map {
 		socklbMapSmOrigdstCk: &m.SmOrigdstCk, sockopsMapSmOrigdst: &m.SmOrigdst,
 		sockopsMapSmLocal: &m.SmLocal, sockopsMapSmSockhash: &m.SmSockhash,
 		sockopsMapSmPending: &m.SmPending, sockopsMapSmPeers: &m.SmPeers,
+		sockopsMapSmSkKey: &m.SmSkKey,
 	}
 }
 

@@ -101,7 +101,8 @@ struct config {
 
 enum splice_mode {
 	SPLICE_OFF = 0,
-	SPLICE_ON = 1,
+	SPLICE_ON = 1,  /* every local pair */
+	SPLICE_AUTO = 2, /* only app <-> Envoy redirect listener (see README for why) */
 };
 
 /* Where a redirected connection was going. */

@@ -117,8 +117,9 @@ type socklbSlotKey struct {
 type socklbSpliceMode uint32
 
 const (
-	socklbSpliceModeSPLICE_OFF socklbSpliceMode = 0
-	socklbSpliceModeSPLICE_ON  socklbSpliceMode = 1
+	socklbSpliceModeSPLICE_OFF  socklbSpliceMode = 0
+	socklbSpliceModeSPLICE_ON   socklbSpliceMode = 1
+	socklbSpliceModeSPLICE_AUTO socklbSpliceMode = 2
 )
 
 type socklbSvcFlags uint32

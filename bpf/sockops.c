@@ -156,10 +156,27 @@ static __always_inline int is_loopback(const struct sock_tuple *t)
 	       t->remote.addr[3] == bpf_htonl(1);
 }
 
-static __always_inline int splice_enabled(void)
+/* splice_candidate says whether a connecting socket with tuple t may be spliced. */
+static __always_inline int splice_candidate(const struct sock_tuple *t)
 {
 	struct config *cfg = config();
-	return cfg && cfg->splice == SPLICE_ON;
+
+	if (!cfg || cfg->splice == SPLICE_OFF)
+		return 0;
+	if (cfg->splice == SPLICE_AUTO) {
+		/* Only connections to Envoy's redirect listener: a receiver that reads with
+		 * splice(2) never sees spliced bytes, and Envoy is the one receiver known to
+		 * read with recv. */
+		if (t->family == AF_INET)
+			return cfg->redirect4_port && t->remote.addr[0] == cfg->redirect4.addr[0] &&
+			       bpf_htons(t->remote_port) == cfg->redirect4_port;
+		return cfg->redirect6_port && t->remote.addr[0] == cfg->redirect6.addr[0] &&
+		       t->remote.addr[1] == cfg->redirect6.addr[1] &&
+		       t->remote.addr[2] == cfg->redirect6.addr[2] &&
+		       t->remote.addr[3] == cfg->redirect6.addr[3] &&
+		       bpf_htons(t->remote_port) == cfg->redirect6_port;
+	}
+	return is_loopback(t) || bpf_map_lookup_elem(&sm_local, &t->remote);
 }
 
 static __always_inline void watch_close(struct bpf_sock_ops *s)
@@ -209,10 +226,8 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 	struct splice_pending pend = {};
 	struct splice_peer peer = {};
 
-	if (!splice_enabled())
-		return;
 	tuple_of(s, &key.t);
-	if (!is_loopback(&key.t) && !bpf_map_lookup_elem(&sm_local, &key.t.remote))
+	if (!splice_candidate(&key.t))
 		return;
 	key.netns = bpf_get_netns_cookie(s);
 	/* A stale entry of an earlier socket with this key must not steer this one. */
@@ -236,8 +251,6 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	struct splice_peer mine = {};
 	struct splice_peer *theirs;
 
-	if (!splice_enabled())
-		return;
 	tuple_of(s, &me.t);
 	reverse(&me.t, &them.t);
 	pend = bpf_map_lookup_elem(&sm_pending, &them.t);

@@ -32,8 +32,9 @@ const SvcFlagL7 = uint32(socklbSvcFlagsSVC_F_L7)
 
 // Splice modes (config.splice).
 const (
-	SpliceOff = uint32(socklbSpliceModeSPLICE_OFF)
-	SpliceOn  = uint32(socklbSpliceModeSPLICE_ON)
+	SpliceOff  = uint32(socklbSpliceModeSPLICE_OFF)
+	SpliceOn   = uint32(socklbSpliceModeSPLICE_ON)
+	SpliceAuto = uint32(socklbSpliceModeSPLICE_AUTO)
 )
 
 // Address families as the datapath stores them.

@@ -56,7 +56,7 @@ func (e *l7Env) startRelay(t *testing.T) {
 	e.relay = e.StartRelay(t, e.Host("node"), e.listen, agent.DefaultEnvoyMark)
 }
 
-func counter(t *testing.T, env *harness.Env, name string) uint64 {
+func counter(t testing.TB, env *harness.Env, name string) uint64 {
 	t.Helper()
 	maps, err := bpf.OpenPinned(env.BPFFS)
 	if err != nil {
@@ -115,6 +115,20 @@ func TestL7ServiceGoesThroughTheRelayWhichFindsTheClusterIP(t *testing.T) {
 	}
 	if hit := counter(t, env.Env, "origdst_hit"); hit != 2*n {
 		t.Fatalf("origdst_hit %d, want %d", hit, 2*n)
+	}
+	// The same, as operators see it: metrics and `sockmesh status`.
+	if m := env.agent.Metric(t, "sockmesh_redirects_total", map[string]string{"result": "ok"}); m != 2*n {
+		t.Fatalf("sockmesh_redirects_total{result=ok} = %v, want %d", m, 2*n)
+	}
+	if m := env.agent.Metric(t, "sockmesh_origdst_lookups_total", map[string]string{"result": "hit"}); m != 2*n {
+		t.Fatalf("sockmesh_origdst_lookups_total{result=hit} = %v, want %d", m, 2*n)
+	}
+	// auto splices app <-> relay: every redirected connection is paired.
+	if m := env.agent.Metric(t, "sockmesh_splice_total", map[string]string{"what": "pairs"}); m != 2*n {
+		t.Fatalf("sockmesh_splice_total{what=pairs} = %v, want %d", m, 2*n)
+	}
+	if out := env.CLI(t, "status"); !strings.Contains(out, "redirect ") || !strings.Contains(out, "splice_bytes") {
+		t.Fatalf("sockmesh status does not show redirect and splice counters:\n%s", out)
 	}
 }
 
