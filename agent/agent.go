@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/agent/source"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/sockops"
 )
 
 // retryInterval is how soon a reconcile that failed on a map write is tried again.
@@ -57,7 +59,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), a.metrics); err != nil {
 		return err
 	}
-	dpCfg, nodeAddrs, err := datapathConfig(cfg, log)
+	dpCfg, nodeAddrs, err := proxySettings(cfg, log).Config()
 	if err != nil {
 		return err
 	}
@@ -190,4 +192,19 @@ func (a *Agent) logNewErrors(errs []model.ObjectError) {
 			a.log.Error("rejected input", "kind", e.Kind, "object", e.Namespace+"/"+e.Name, "reason", e.Reason, "err", e.Error())
 		}
 	}
+}
+
+// proxySettings gathers the Envoy and splice flags; without --envoy-redirect, Envoy is
+// expected on the node IP at the default port.
+func proxySettings(cfg Config, log *slog.Logger) sockops.Settings {
+	addrs, _ := cfg.RedirectAddrs() // validated already
+	if len(addrs) == 0 {
+		ip, err := sockops.NodeIPv4()
+		if err != nil {
+			log.Warn("no --envoy-redirect and no node IPv4 address found: connections to L7 services will be refused", "err", err)
+		} else {
+			addrs = []netip.AddrPort{netip.AddrPortFrom(ip, DefaultEnvoyPort)}
+		}
+	}
+	return sockops.Settings{Redirect: addrs, Mark: cfg.EnvoyMark, Splice: cfg.Splice}
 }
