@@ -94,6 +94,21 @@ struct {
 
 const enum splice_state *unused_splice_state __attribute__((unused));
 
+/* unmap turns an IPv6 tuple of v4-mapped addresses (a dual-stack socket talking IPv4)
+ * into the IPv4 tuple its peer, an IPv4 socket, has. */
+static __always_inline void unmap(struct sock_tuple *t)
+{
+	if (t->family != AF_INET6 || t->local.addr[0] || t->local.addr[1] ||
+	    t->local.addr[2] != bpf_htonl(0x0000ffff) || t->remote.addr[0] || t->remote.addr[1] ||
+	    t->remote.addr[2] != bpf_htonl(0x0000ffff))
+		return;
+	t->family = AF_INET;
+	t->local.addr[0] = t->local.addr[3];
+	t->remote.addr[0] = t->remote.addr[3];
+	t->local.addr[2] = t->local.addr[3] = 0;
+	t->remote.addr[2] = t->remote.addr[3] = 0;
+}
+
 /* tuple_of fills t from a sock_ops context, as this socket sees it. */
 static __always_inline void tuple_of(struct bpf_sock_ops *s, struct sock_tuple *t)
 {
@@ -113,6 +128,7 @@ static __always_inline void tuple_of(struct bpf_sock_ops *s, struct sock_tuple *
 	t->remote.addr[1] = CTX(s->remote_ip6[1]);
 	t->remote.addr[2] = CTX(s->remote_ip6[2]);
 	t->remote.addr[3] = CTX(s->remote_ip6[3]);
+	unmap(t);
 }
 
 /* tuple_of_sk fills t from a socket as the socket sees itself; 0 if not IPv4/IPv6. */
@@ -136,6 +152,7 @@ static __always_inline int tuple_of_sk(struct bpf_sock *sk, struct sock_tuple *t
 	t->remote.addr[1] = CTX(sk->dst_ip6[1]);
 	t->remote.addr[2] = CTX(sk->dst_ip6[2]);
 	t->remote.addr[3] = CTX(sk->dst_ip6[3]);
+	unmap(t);
 	return 1;
 }
 
@@ -328,17 +345,20 @@ int sock_getsockopt(struct bpf_sockopt *ctx)
 
 	if (ctx->optname != SO_ORIGINAL_DST || !sk || sk->protocol != IPPROTO_TCP)
 		return 1;
-	if (!(ctx->level == SOL_IP && sk->family == AF_INET) &&
-	    !(ctx->level == SOL_IPV6 && sk->family == AF_INET6))
+	if (ctx->level != SOL_IP && ctx->level != SOL_IPV6)
 		return 1;
 	if (!tuple_of_sk(sk, &t))
+		return 1;
+	/* SOL_IP needs an IPv4 connection (possibly on a dual-stack socket); SOL_IPV6 is
+	 * answered for both, IPv4 destinations as v4-mapped. */
+	if (ctx->level == SOL_IP && t.family != AF_INET)
 		return 1;
 	od = bpf_map_lookup_elem(&sm_origdst, &t);
 	if (!od) {
 		count(CNT_ORIGDST_MISS);
 		return 1;
 	}
-	if (sk->family == AF_INET) {
+	if (ctx->level == SOL_IP) {
 		struct sockaddr_in4 *sa = ctx->optval;
 
 		if ((void *)(sa + 1) > ctx->optval_end || od->family != AF_INET)
@@ -392,6 +412,7 @@ static __always_inline void msg_key(struct sk_msg_md *m, struct sock_key *k)
 		k->t.remote.addr[1] = CTX(m->remote_ip6[1]);
 		k->t.remote.addr[2] = CTX(m->remote_ip6[2]);
 		k->t.remote.addr[3] = CTX(m->remote_ip6[3]);
+		unmap(&k->t);
 	}
 	k->netns = bpf_get_netns_cookie(m);
 }
