@@ -12,7 +12,10 @@ import (
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
-var echoVIP = netip.MustParseAddrPort("10.96.0.30:9000")
+var (
+	echoVIP      = netip.MustParseAddrPort("10.96.0.30:9000") // L7: through the relay
+	echoPlainVIP = netip.MustParseAddrPort("10.96.0.31:9000") // socket-LB straight to the backend
+)
 
 // echoYAML is an L7 service in front of the bench echo server on a local endpoint.
 func echoYAML(backend netip.Addr) string {
@@ -29,12 +32,28 @@ metadata: {name: echo, namespace: bench, labels: {kubernetes.io/service-name: ec
 addressType: IPv4
 ports: [{name: echo, port: %d}]
 endpoints: [{addresses: ["%s"], nodeName: node-1}]
-`, echoVIP.Addr(), echoVIP.Port(), harness.BenchEchoPort, backend)
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-plain, namespace: bench}
+spec:
+  clusterIP: %s
+  ports: [{name: echo, port: %d}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-plain, namespace: bench, labels: {kubernetes.io/service-name: echo-plain}}
+addressType: IPv4
+ports: [{name: echo, port: %d}]
+endpoints: [{addresses: ["%s"], nodeName: node-1}]
+`, echoVIP.Addr(), echoVIP.Port(), harness.BenchEchoPort, backend,
+		echoPlainVIP.Addr(), echoPlainVIP.Port(), harness.BenchEchoPort, backend)
 }
 
 // BenchmarkSpliceVsTCP: app → relay (Envoy's role) → backend, all on this node, with
 // splicing on and off in alternating rounds of the same run. Request/response p50 per
-// message size, and a bulk stream echoed back.
+// message size, and a bulk stream echoed back; also one hop (app → local backend) for
+// small messages, which shows the per-hop saving without the relay's own cost.
 func BenchmarkSpliceVsTCP(b *testing.B) {
 	env := harness.NewEnv(b, "node", "backend-1")
 	node, backend, client := env.Host("node"), env.Host("backend-1"), env.Host("client")
@@ -47,6 +66,22 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 	rounds := 4
 	streamBytes := int64(*benchStreamMB) << 20
 	p50 := map[string]map[int][]time.Duration{"on": {}, "off": {}}
+	hop := map[string]map[int][]time.Duration{"on": {}, "off": {}}
+	rr := func(to netip.AddrPort, size int) time.Duration {
+		n := 2000
+		if size >= 16384 {
+			n = 500
+		}
+		out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-rr", NetNS: client.NetNS, To: to, N: n, Args: []string{strconv.Itoa(size)}})
+		if err != nil {
+			b.Fatalf("bench-rr %s %d: %v", to, size, err)
+		}
+		var res harness.RRResult
+		if err := json.Unmarshal(out, &res); err != nil {
+			b.Fatal(err)
+		}
+		return res.P50
+	}
 	elapsed := map[string]time.Duration{}
 	for r := 0; r < rounds; r++ {
 		modes := []string{"on", "off"}
@@ -54,22 +89,14 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 			modes = []string{"off", "on"}
 		}
 		for _, mode := range modes {
+			// The agent, not the test, decides what is spliced: restart it per mode.
 			a := env.StartAgent(b, path, "--splice", mode, "--node-name", "node-1", "--envoy-redirect", listen.String())
 			pairsBefore := counter(b, env, "splice_pairs")
 			for _, size := range sizes {
-				n := 2000
-				if size >= 16384 {
-					n = 500
-				}
-				out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-rr", NetNS: client.NetNS, To: echoVIP, N: n, Args: []string{strconv.Itoa(size)}})
-				if err != nil {
-					b.Fatalf("bench-rr %d: %v", size, err)
-				}
-				var res harness.RRResult
-				if err := json.Unmarshal(out, &res); err != nil {
-					b.Fatal(err)
-				}
-				p50[mode][size] = append(p50[mode][size], res.P50)
+				p50[mode][size] = append(p50[mode][size], rr(echoVIP, size))
+			}
+			for _, size := range sizes[:3] {
+				hop[mode][size] = append(hop[mode][size], rr(echoPlainVIP, size))
 			}
 			if r < 2 { // two bulk transfers per mode are enough to compare
 				out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-stream", NetNS: client.NetNS, To: echoVIP,
@@ -95,6 +122,12 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 		b.ReportMetric(float64(on.Microseconds()), fmt.Sprintf("rr%d-on-p50-us", size))
 		b.ReportMetric(float64(off.Microseconds()), fmt.Sprintf("rr%d-off-p50-us", size))
 		b.ReportMetric(100*(1-float64(on)/float64(off)), fmt.Sprintf("rr%d-latency-cut-%%", size))
+	}
+	for _, size := range sizes[:3] {
+		on, off := median(hop["on"][size]), median(hop["off"][size])
+		b.ReportMetric(float64(on.Microseconds()), fmt.Sprintf("hop-rr%d-on-p50-us", size))
+		b.ReportMetric(float64(off.Microseconds()), fmt.Sprintf("hop-rr%d-off-p50-us", size))
+		b.ReportMetric(100*(1-float64(on)/float64(off)), fmt.Sprintf("hop-rr%d-latency-cut-%%", size))
 	}
 	gbps := func(d time.Duration) float64 { return float64(2*streamBytes) * 8 / d.Seconds() / 1e9 }
 	b.ReportMetric(gbps(elapsed["on"]), "stream-on-Gbit/s")

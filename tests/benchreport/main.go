@@ -38,6 +38,10 @@ var goals = []goal{
 	{"SpliceVsTCP", "rr64-latency-cut-%", 30, "splice: p50 round trip cut at 64 B, app → relay → backend (%)", true},
 	{"SpliceVsTCP", "rr1024-latency-cut-%", 30, "splice: p50 round trip cut at 1 KiB (%)", true},
 	{"SpliceVsTCP", "rr4096-latency-cut-%", 30, "splice: p50 round trip cut at 4 KiB (%)", true},
+	{"SpliceVsTCP", "hop-rr64-latency-cut-%", 30, "splice: p50 round trip cut at 64 B, one hop app → local backend (%)", true},
+	{"SpliceVsTCP", "hop-rr1024-latency-cut-%", 30, "splice: p50 round trip cut at 1 KiB, one hop (%)", true},
+	{"SpliceVsTCP", "hop-rr4096-latency-cut-%", 30, "splice: p50 round trip cut at 4 KiB, one hop (%)", true},
+	{"SpliceVsTCP", "rr262144-latency-cut-%", 0, "splice: p50 round trip at 256 KiB not worse (%)", true},
 	{"SpliceVsTCP", "stream-on/off-x", 1, "splice: bulk stream throughput, on / off", true},
 }
 
