@@ -11,7 +11,7 @@ func TestL7AnnotationFailsClosedOnAnUnknownValue(t *testing.T) {
 	mk := func(name, value string) *corev1.Service {
 		s := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.1", Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+			Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.1", Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
 		}
 		if value != "" {
 			s.Annotations = map[string]string{L7Annotation: value}
