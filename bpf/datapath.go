@@ -74,6 +74,7 @@ func Load(dir string, lim Limits) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
+
 	// The socket-LB object creates the shared maps; sockops then finds them pinned.
 	if err := loadPinned(spec, &d.objs, dir, "socket-LB"); err != nil {
 		return nil, err
@@ -195,6 +196,7 @@ func (d *Datapath) Attach(cgroupPath string) error {
 
 // SetConfig writes the runtime settings the programs read.
 func (d *Datapath) SetConfig(c Config) error {
+
 	if err := d.objs.SmConfig.Put(uint32(0), c); err != nil {
 		return fmt.Errorf("write sm_config: %w", err)
 	}

@@ -96,7 +96,8 @@ struct config {
 	__u16 redirect6_port;
 	__u32 envoy_mark;         /* SO_MARK of Envoy's own sockets; 0 = none */
 	__u32 splice;             /* enum splice_mode */
-	__u32 pad;
+	__u32 splice_budget;      /* least bytes spliced into a receiver before its sender
+				   * goes back to TCP (more if its SO_RCVBUF is larger) */
 };
 
 enum splice_mode {
@@ -131,19 +132,37 @@ struct sock_key {
 	__u64 netns;
 };
 
-/* A connecting socket waiting for its local peer's accept: the sequence numbers pair
- * exactly one passive socket with it, so a reused or duplicated tuple cannot. */
-struct splice_pending {
-	__u64 netns;
+/* A connecting socket waiting for its local peer's accept, keyed by its tuple and the
+ * sequence number its peer will expect: exactly one passive socket can match, so the
+ * same tuple in another namespace, or reused, cannot. */
+struct pending_key {
+	struct sock_tuple t;
 	__u32 snd_nxt;
-	__u32 rcv_nxt;
+	__u32 pad;
 };
 
-/* Where a socket's sends go, and whether they may. */
+struct splice_pending {
+	__u64 netns;
+	__u64 cookie;
+	__u32 rcv_nxt;
+	__u32 pad;
+};
+
+/* What a spliced socket keeps in its own storage. */
+struct sk_splice {
+	struct sock_key key;
+	__u64 cookie;
+};
+
+/* Where a socket's sends go, and whether they may. Entries are keyed by tuple and
+ * namespace, which a later connection can reuse: cookies say whose entry it is. */
 struct splice_peer {
 	struct sock_key peer;
-	__u32 state; /* enum splice_state */
-	__u32 pad;
+	__u64 cookie;      /* the socket this entry belongs to */
+	__u64 peer_cookie; /* and its peer */
+	__u64 spliced;     /* bytes this socket's sends moved into its peer so far */
+	__u32 budget;      /* how many may be spliced into this socket (see sk_msg) */
+	__u32 state;       /* enum splice_state of this socket's sends */
 };
 
 enum splice_state {
@@ -182,6 +201,7 @@ enum counter_id {
 	CNT_FALLBACK_SEQ_MISMATCH, /* tuple matched but sequence numbers did not */
 	CNT_FALLBACK_PEER_GONE,   /* peer left the sockhash; back to TCP */
 	CNT_FALLBACK_MAP_FULL,    /* sockhash or peer map full */
+	CNT_FALLBACK_BACKPRESSURE, /* receiver stopped reading: the direction goes back to TCP */
 	CNT_MAX,
 };
 

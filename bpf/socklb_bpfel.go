@@ -44,7 +44,7 @@ type socklbConfig struct {
 	Redirect6Port uint16
 	EnvoyMark     uint32
 	Splice        uint32
-	Pad           uint32
+	SpliceBudget  uint32
 }
 
 type socklbCounterId uint32
@@ -73,7 +73,8 @@ const (
 	socklbCounterIdCNT_FALLBACK_SEQ_MISMATCH socklbCounterId = 20
 	socklbCounterIdCNT_FALLBACK_PEER_GONE    socklbCounterId = 21
 	socklbCounterIdCNT_FALLBACK_MAP_FULL     socklbCounterId = 22
-	socklbCounterIdCNT_MAX                   socklbCounterId = 23
+	socklbCounterIdCNT_FALLBACK_BACKPRESSURE socklbCounterId = 23
+	socklbCounterIdCNT_MAX                   socklbCounterId = 24
 )
 
 type socklbLbAddr struct {

@@ -11,7 +11,9 @@
  * - getsockopt answers SO_ORIGINAL_DST (and the IPv6 form) for exactly those sockets.
  * - sk_msg moves a paired socket's sends straight into its peer's receive queue, but
  *   only for a direction that has not sent anything through TCP yet: mixing the two
- *   paths would let the receiver read bytes out of order. */
+ *   paths would let the receiver read bytes out of order. A direction moves to TCP for
+ *   good once it has spliced the receiver's budget, since spliced bytes bypass the
+ *   receive window: that bounds what a stalled reader can pin. */
 #include "shared_maps.h"
 
 #define SOL_IP 0
@@ -19,6 +21,8 @@
 #define SO_ORIGINAL_DST 80
 #define IP6T_SO_ORIGINAL_DST 80
 #define BPF_TCP_CLOSE 7
+#define SOL_SOCKET 1
+#define SO_RCVBUF 8
 
 /* Context fields are read through volatile so clang cannot merge the IPv4 and IPv6
  * branches into one load through a computed context pointer, which the verifier refuses. */
@@ -69,7 +73,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct sock_tuple);
+	__type(key, struct pending_key);
 	__type(value, struct splice_pending);
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -83,12 +87,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_peers SEC(".maps");
 
-/* A spliced socket's own key, found again at close() where the tuple is not readable. */
+/* A spliced socket's own key and cookie, found again where the tuple is not readable
+ * (close(), reads). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct sock_key);
+	__type(value, struct sk_splice);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_sk_key SEC(".maps");
 
@@ -201,17 +206,31 @@ static __always_inline void watch_close(struct bpf_sock_ops *s)
 	bpf_sock_ops_cb_flags_set(s, s->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* budget is how many bytes may be spliced into this socket before its peer's sends go
+ * back to TCP, whose window then pushes back on the sender. */
+static __always_inline __u32 budget(struct bpf_sock_ops *s)
+{
+	struct config *cfg = config();
+	int rcvbuf = 0;
+	__u32 floor = cfg ? cfg->splice_budget : 0;
+
+	bpf_getsockopt(s, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	return rcvbuf > 0 && (__u32)rcvbuf > floor ? (__u32)rcvbuf : floor;
+}
+
 /* spliced files a socket under key in the sockhash and its own storage. */
-static __always_inline int spliced(struct bpf_sock_ops *s, struct sock_key *key)
+static __always_inline int spliced(struct bpf_sock_ops *s, struct sock_key *key, __u64 cookie)
 {
 	struct bpf_sock *sk = s->sk;
-	struct sock_key *stored;
+	struct sk_splice *stored;
 
 	if (!sk || bpf_sock_hash_update(s, &sm_sockhash, key, BPF_ANY))
 		return -1;
 	stored = bpf_sk_storage_get(&sm_sk_key, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (stored)
-		*stored = *key;
+	if (stored) {
+		stored->key = *key;
+		stored->cookie = cookie;
+	}
 	count(CNT_SPLICE_SOCKS);
 	watch_close(s);
 	return 0;
@@ -240,23 +259,30 @@ static __always_inline void on_connect(struct bpf_sock_ops *s)
 static __always_inline void on_active(struct bpf_sock_ops *s)
 {
 	struct sock_key key = {};
+	struct pending_key pkey = {};
 	struct splice_pending pend = {};
 	struct splice_peer peer = {};
+	__u64 cookie;
 
 	tuple_of(s, &key.t);
 	if (!splice_candidate(&key.t))
 		return;
 	key.netns = bpf_get_netns_cookie(s);
+	cookie = bpf_get_socket_cookie(s);
+	peer.cookie = cookie;
+	peer.budget = budget(s);
 	/* A stale entry of an earlier socket with this key must not steer this one. */
-	if (bpf_map_update_elem(&sm_peers, &key, &peer, BPF_ANY) || spliced(s, &key)) {
+	if (bpf_map_update_elem(&sm_peers, &key, &peer, BPF_ANY) || spliced(s, &key, cookie)) {
 		bpf_map_delete_elem(&sm_peers, &key);
 		count(CNT_FALLBACK_MAP_FULL);
 		return;
 	}
+	pkey.t = key.t;
+	pkey.snd_nxt = s->snd_nxt;
 	pend.netns = key.netns;
-	pend.snd_nxt = s->snd_nxt;
+	pend.cookie = cookie;
 	pend.rcv_nxt = s->rcv_nxt;
-	bpf_map_update_elem(&sm_pending, &key.t, &pend, BPF_ANY);
+	bpf_map_update_elem(&sm_pending, &pkey, &pend, BPF_ANY);
 }
 
 /* on_passive: an accepted connection; pair it with its connecting end if that one is
@@ -264,29 +290,38 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 static __always_inline void on_passive(struct bpf_sock_ops *s)
 {
 	struct sock_key me = {}, them = {};
+	struct pending_key pkey = {};
 	struct splice_pending *pend;
 	struct splice_peer mine = {};
 	struct splice_peer *theirs;
+	__u64 cookie, their_cookie;
 
 	tuple_of(s, &me.t);
-	reverse(&me.t, &them.t);
-	pend = bpf_map_lookup_elem(&sm_pending, &them.t);
+	reverse(&me.t, &pkey.t);
+	pkey.snd_nxt = s->rcv_nxt;
+	pend = bpf_map_lookup_elem(&sm_pending, &pkey);
 	if (!pend)
 		return;
-	if (pend->snd_nxt != s->rcv_nxt || pend->rcv_nxt != s->snd_nxt) {
+	if (pend->rcv_nxt != s->snd_nxt) {
 		count(CNT_FALLBACK_SEQ_MISMATCH);
 		return;
 	}
+	them.t = pkey.t;
 	them.netns = pend->netns;
+	their_cookie = pend->cookie;
 	me.netns = bpf_get_netns_cookie(s);
-	bpf_map_delete_elem(&sm_pending, &them.t);
+	cookie = bpf_get_socket_cookie(s);
+	bpf_map_delete_elem(&sm_pending, &pkey);
 
 	theirs = bpf_map_lookup_elem(&sm_peers, &them);
-	if (!theirs)
+	if (!theirs || theirs->cookie != their_cookie)
 		return;
 	mine.peer = them;
+	mine.cookie = cookie;
+	mine.peer_cookie = their_cookie;
+	mine.budget = budget(s);
 	mine.state = SPLICE_ACTIVE; /* nothing sent yet: this callback runs before accept() */
-	if (bpf_map_update_elem(&sm_peers, &me, &mine, BPF_ANY) || spliced(s, &me)) {
+	if (bpf_map_update_elem(&sm_peers, &me, &mine, BPF_ANY) || spliced(s, &me, cookie)) {
 		bpf_map_delete_elem(&sm_peers, &me);
 		count(CNT_FALLBACK_MAP_FULL);
 		return;
@@ -294,6 +329,7 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	/* The connecting side may have sent through TCP already; then that direction
 	 * stays on TCP. The peer is written before the state, which publishes it. */
 	theirs->peer = me;
+	theirs->peer_cookie = cookie;
 	if (__sync_val_compare_and_swap(&theirs->state, SPLICE_FRESH, SPLICE_ACTIVE) != SPLICE_FRESH)
 		count(CNT_FALLBACK_SENT_EARLY);
 	count(CNT_SPLICE_PAIRS);
@@ -303,14 +339,18 @@ static __always_inline void on_close(struct bpf_sock_ops *s)
 {
 	struct sock_tuple t = {}, envoy_view = {};
 	struct sock_key key = {};
+	struct splice_peer *mine;
 
 	tuple_of(s, &t);
 	reverse(&t, &envoy_view);
 	bpf_map_delete_elem(&sm_origdst, &envoy_view);
 	key.t = t;
 	key.netns = bpf_get_netns_cookie(s);
-	bpf_map_delete_elem(&sm_peers, &key);
-	bpf_map_delete_elem(&sm_pending, &t);
+	/* Only our own entry: a newer connection may have this tuple by now. Pending
+	 * entries carry sequence numbers and age out of their LRU map. */
+	mine = bpf_map_lookup_elem(&sm_peers, &key);
+	if (mine && mine->cookie == bpf_get_socket_cookie(s))
+		bpf_map_delete_elem(&sm_peers, &key);
 }
 
 SEC("sockops")
@@ -421,7 +461,7 @@ SEC("sk_msg")
 int sock_msg(struct sk_msg_md *m)
 {
 	struct sock_key me = {}, peer;
-	struct splice_peer *p;
+	struct splice_peer *p, *theirs;
 	__u32 size = m->size;
 	__u32 state;
 	long ret;
@@ -431,13 +471,30 @@ int sock_msg(struct sk_msg_md *m)
 	if (!p)
 		return SK_PASS;
 	state = __sync_val_compare_and_swap(&p->state, SPLICE_FRESH, SPLICE_UNSPLICED);
-	if (state == SPLICE_BROKEN)
-		count(CNT_FALLBACK_PEER_GONE);
 	if (state != SPLICE_ACTIVE)
 		return SK_PASS;
 	peer = p->peer;
+	theirs = bpf_map_lookup_elem(&sm_peers, &peer);
+	if (!theirs || theirs->cookie != p->peer_cookie) {
+		/* The peer closed: TCP delivers the reset this send deserves. */
+		__sync_lock_test_and_set(&p->state, SPLICE_BROKEN);
+		count(CNT_FALLBACK_PEER_GONE);
+		return SK_PASS;
+	}
+	/* The kernel queues spliced bytes without looking at the receiver's buffer, and
+	 * no hook tells BPF what the reader consumed (tracing is not available on every
+	 * kernel we run on). A receiver that stops reading would let this sender pin memory
+	 * without limit, so once a direction has spliced the receiver's budget it goes
+	 * back to TCP for good: its bytes queue behind the spliced ones, which are read
+	 * first, and TCP's window pushes back. */
+	if (p->spliced + size > theirs->budget) {
+		__sync_val_compare_and_swap(&p->state, SPLICE_ACTIVE, SPLICE_UNSPLICED);
+		count(CNT_FALLBACK_BACKPRESSURE);
+		return SK_PASS;
+	}
 	ret = bpf_msg_redirect_hash(m, &sm_sockhash, &peer, BPF_F_INGRESS);
 	if (ret == SK_PASS) {
+		__sync_fetch_and_add(&p->spliced, size);
 		count(CNT_SPLICE_MSGS);
 		count_n(CNT_SPLICE_BYTES, size);
 	}
@@ -451,18 +508,18 @@ SEC("cgroup/sock_release")
 int sock_release(struct bpf_sock *sk)
 {
 	struct splice_peer *mine, *theirs;
-	struct sock_key *me;
+	struct sk_splice *st;
 
-	me = bpf_sk_storage_get(&sm_sk_key, sk, 0, 0);
-	if (!me)
+	st = bpf_sk_storage_get(&sm_sk_key, sk, 0, 0);
+	if (!st)
 		return 1;
-	mine = bpf_map_lookup_elem(&sm_peers, me);
-	if (!mine)
-		return 1;
+	mine = bpf_map_lookup_elem(&sm_peers, &st->key);
+	if (!mine || mine->cookie != st->cookie)
+		return 1; /* the entry is a newer connection's, with the same tuple */
 	theirs = bpf_map_lookup_elem(&sm_peers, &mine->peer);
-	if (theirs)
+	if (theirs && theirs->cookie == mine->peer_cookie)
 		__sync_lock_test_and_set(&theirs->state, SPLICE_BROKEN);
-	bpf_map_delete_elem(&sm_peers, me);
+	bpf_map_delete_elem(&sm_peers, &st->key);
 	return 1;
 }
 

@@ -21,7 +21,7 @@ type sockopsConfig struct {
 	Redirect6Port uint16
 	EnvoyMark     uint32
 	Splice        uint32
-	Pad           uint32
+	SpliceBudget  uint32
 }
 
 type sockopsLbAddr struct {
@@ -36,6 +36,19 @@ type sockopsOrigdst struct {
 	Family uint8
 	Proto  uint8
 	SvcId  uint32
+}
+
+type sockopsPendingKey struct {
+	_      structs.HostLayout
+	T      sockopsSockTuple
+	SndNxt uint32
+	Pad    uint32
+}
+
+type sockopsSkSplice struct {
+	_      structs.HostLayout
+	Key    sockopsSockKey
+	Cookie uint64
 }
 
 type sockopsSockKey struct {
@@ -55,17 +68,21 @@ type sockopsSockTuple struct {
 }
 
 type sockopsSplicePeer struct {
-	_     structs.HostLayout
-	Peer  sockopsSockKey
-	State uint32
-	Pad   uint32
+	_          structs.HostLayout
+	Peer       sockopsSockKey
+	Cookie     uint64
+	PeerCookie uint64
+	Spliced    uint64
+	Budget     uint32
+	State      uint32
 }
 
 type sockopsSplicePending struct {
 	_      structs.HostLayout
 	Netns  uint64
-	SndNxt uint32
+	Cookie uint64
 	RcvNxt uint32
+	Pad    uint32
 }
 
 type sockopsSpliceState uint32

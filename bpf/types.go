@@ -68,6 +68,7 @@ var CounterNames = [...]string{
 	socklbCounterIdCNT_FALLBACK_SEQ_MISMATCH: "splice_fallback_seq_mismatch",
 	socklbCounterIdCNT_FALLBACK_PEER_GONE:    "splice_fallback_peer_gone",
 	socklbCounterIdCNT_FALLBACK_MAP_FULL:     "splice_fallback_map_full",
+	socklbCounterIdCNT_FALLBACK_BACKPRESSURE: "splice_fallback_backpressure",
 }
 
 // NumCounters is the size of the counter array.

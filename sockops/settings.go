@@ -21,6 +21,11 @@ const (
 	SpliceOff  = "off"
 )
 
+// SpliceBudget is the least a spliced receiver may have waiting unread before its
+// sender goes back to TCP (a larger SO_RCVBUF raises it): the bound on kernel memory
+// one stalled reader can pin, since the kernel's splice path has no window of its own.
+const SpliceBudget = 1 << 20
+
 // Settings is what the agent was told about Envoy and splicing.
 type Settings struct {
 	Redirect []netip.AddrPort // Envoy's redirect listener, at most one per family
@@ -31,7 +36,7 @@ type Settings struct {
 // Config turns the settings into the datapath's runtime config, and returns the
 // addresses that are local to this node because Envoy listens there.
 func (s Settings) Config() (bpf.Config, []netip.Addr, error) {
-	c := bpf.Config{EnvoyMark: s.Mark}
+	c := bpf.Config{EnvoyMark: s.Mark, SpliceBudget: SpliceBudget}
 	switch s.Splice {
 	case SpliceOff:
 		c.Splice = bpf.SpliceOff
