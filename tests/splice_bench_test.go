@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/sockmesh/sockmesh/agent"
+	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -50,10 +52,30 @@ endpoints: [{addresses: ["%s"], nodeName: node-1}]
 		echoPlainVIP.Addr(), echoPlainVIP.Port(), harness.BenchEchoPort, backend)
 }
 
+// setSplice flips the running datapath between splice modes by writing the pinned
+// config map, exactly as the agent does at start: a restart per mode would put seconds
+// between the samples being compared, and this machine's latency drifts over seconds.
+// The mode applies to connections established afterwards.
+func setSplice(b *testing.B, env *harness.Env, mode uint32) {
+	maps, err := bpf.OpenPinned(env.BPFFS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer maps.Close()
+	var c bpf.Config
+	if err := maps.SmConfig.Lookup(uint32(0), &c); err != nil {
+		b.Fatal(err)
+	}
+	c.Splice = mode
+	if err := maps.SmConfig.Put(uint32(0), c); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // BenchmarkSpliceVsTCP: app → relay (Envoy's role) → backend, all on this node, with
-// splicing on and off in alternating rounds of the same run. Request/response p50 per
-// message size, and a bulk stream echoed back; also one hop (app → local backend) for
-// small messages, which shows the per-hop saving without the relay's own cost.
+// splicing on and off alternating every batch of the same run. Request/response p50
+// per message size, and a bulk stream echoed back; also one hop (app → local backend),
+// which shows the per-hop saving without the relay's own cost.
 func BenchmarkSpliceVsTCP(b *testing.B) {
 	env := harness.NewEnv(b, "node", "backend-1")
 	node, backend, client := env.Host("node"), env.Host("backend-1"), env.Host("client")
@@ -61,17 +83,10 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 	listen := netip.AddrPortFrom(node.IPv4, relayPort)
 	env.StartRelay(b, node, []netip.AddrPort{listen}, agent.DefaultEnvoyMark)
 	path := env.WriteFile(b, "svc.yaml", echoYAML(backend.IPv4))
+	env.StartAgent(b, path, "--splice", "on", "--node-name", "node-1", "--envoy-redirect", listen.String())
 
-	sizes := []int{64, 1024, 4096, 16384, 262144}
-	rounds := 4
-	streamBytes := int64(*benchStreamMB) << 20
-	p50 := map[string]map[int][]time.Duration{"on": {}, "off": {}}
-	hop := map[string]map[int][]time.Duration{"on": {}, "off": {}}
-	rr := func(to netip.AddrPort, size int) time.Duration {
-		n := 2000
-		if size >= 16384 {
-			n = 500
-		}
+	modes := map[string]uint32{"on": bpf.SpliceOn, "off": bpf.SpliceOff}
+	rr := func(to netip.AddrPort, size, n int) time.Duration {
 		out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-rr", NetNS: client.NetNS, To: to, N: n, Args: []string{strconv.Itoa(size)}})
 		if err != nil {
 			b.Fatalf("bench-rr %s %d: %v", to, size, err)
@@ -82,52 +97,56 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 		}
 		return res.P50
 	}
+	// measure alternates the modes batch by batch and returns each mode's median p50.
+	measure := func(to netip.AddrPort, size int) map[string]time.Duration {
+		const batches = 12
+		n := 300
+		if size >= 16384 {
+			n = 100
+		}
+		got := map[string][]time.Duration{}
+		for i := 0; i < batches; i++ {
+			for _, mode := range []string{"on", "off"} {
+				if i%2 == 1 {
+					mode = map[string]string{"on": "off", "off": "on"}[mode]
+				}
+				setSplice(b, env, modes[mode])
+				got[mode] = append(got[mode], rr(to, size, n))
+			}
+		}
+		return map[string]time.Duration{"on": median(got["on"]), "off": median(got["off"])}
+	}
+	report := func(prefix string, size int, m map[string]time.Duration) {
+		b.ReportMetric(float64(m["on"].Microseconds()), fmt.Sprintf("%srr%d-on-p50-us", prefix, size))
+		b.ReportMetric(float64(m["off"].Microseconds()), fmt.Sprintf("%srr%d-off-p50-us", prefix, size))
+		b.ReportMetric(100*(1-float64(m["on"])/float64(m["off"])), fmt.Sprintf("%srr%d-latency-cut-%%", prefix, size))
+	}
+	before := counter(b, env, "splice_pairs")
+	for _, size := range []int{64, 1024, 4096, 16384, 262144} {
+		report("", size, measure(echoVIP, size))
+	}
+	for _, size := range []int{64, 1024, 4096} {
+		report("hop-", size, measure(echoPlainVIP, size))
+	}
+	if counter(b, env, "splice_pairs") == before {
+		b.Fatal("nothing was spliced: the comparison would be TCP against TCP")
+	}
+
+	streamBytes := int64(*benchStreamMB) << 20
 	elapsed := map[string]time.Duration{}
-	for r := 0; r < rounds; r++ {
-		modes := []string{"on", "off"}
-		if r%2 == 1 {
-			modes = []string{"off", "on"}
+	for i := 0; i < 4; i++ {
+		mode := []string{"on", "off"}[i%2]
+		setSplice(b, env, modes[mode])
+		out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-stream", NetNS: client.NetNS, To: echoVIP,
+			Args: []string{strconv.FormatInt(streamBytes/2, 10), strconv.Itoa(64 << 10)}})
+		if err != nil {
+			b.Fatalf("bench-stream: %v", err)
 		}
-		for _, mode := range modes {
-			// The agent, not the test, decides what is spliced: restart it per mode.
-			a := env.StartAgent(b, path, "--splice", mode, "--node-name", "node-1", "--envoy-redirect", listen.String())
-			pairsBefore := counter(b, env, "splice_pairs")
-			for _, size := range sizes {
-				p50[mode][size] = append(p50[mode][size], rr(echoVIP, size))
-			}
-			for _, size := range sizes[:3] {
-				hop[mode][size] = append(hop[mode][size], rr(echoPlainVIP, size))
-			}
-			if r < 2 { // two bulk transfers per mode are enough to compare
-				out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-stream", NetNS: client.NetNS, To: echoVIP,
-					Args: []string{strconv.FormatInt(streamBytes, 10), strconv.Itoa(64 << 10)}})
-				if err != nil {
-					b.Fatalf("bench-stream: %v", err)
-				}
-				var res harness.StreamResult
-				if err := json.Unmarshal(out, &res); err != nil {
-					b.Fatal(err)
-				}
-				elapsed[mode] += res.Elapsed
-			}
-			pairs := counter(b, env, "splice_pairs") - pairsBefore
-			if (mode == "on") != (pairs > 0) {
-				b.Fatalf("--splice %s paired %d connections", mode, pairs)
-			}
-			a.Stop(b)
+		var res harness.StreamResult
+		if err := json.Unmarshal(out, &res); err != nil {
+			b.Fatal(err)
 		}
-	}
-	for _, size := range sizes {
-		on, off := median(p50["on"][size]), median(p50["off"][size])
-		b.ReportMetric(float64(on.Microseconds()), fmt.Sprintf("rr%d-on-p50-us", size))
-		b.ReportMetric(float64(off.Microseconds()), fmt.Sprintf("rr%d-off-p50-us", size))
-		b.ReportMetric(100*(1-float64(on)/float64(off)), fmt.Sprintf("rr%d-latency-cut-%%", size))
-	}
-	for _, size := range sizes[:3] {
-		on, off := median(hop["on"][size]), median(hop["off"][size])
-		b.ReportMetric(float64(on.Microseconds()), fmt.Sprintf("hop-rr%d-on-p50-us", size))
-		b.ReportMetric(float64(off.Microseconds()), fmt.Sprintf("hop-rr%d-off-p50-us", size))
-		b.ReportMetric(100*(1-float64(on)/float64(off)), fmt.Sprintf("hop-rr%d-latency-cut-%%", size))
+		elapsed[mode] += res.Elapsed
 	}
 	gbps := func(d time.Duration) float64 { return float64(2*streamBytes) * 8 / d.Seconds() / 1e9 }
 	b.ReportMetric(gbps(elapsed["on"]), "stream-on-Gbit/s")
@@ -137,12 +156,6 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
+	slices.Sort(s)
 	return s[len(s)/2]
 }
