@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,34 +61,34 @@ type RelayEvent struct {
 	Upstream string // getpeername() of the upstream socket
 }
 
-// relay plays Envoy's data-path role: accept on the listen addresses, read the original
-// destination, connect there with the Envoy mark, and copy both ways with half-close.
-func relay(listen []netip.AddrPort, mark int) error {
-	enc := json.NewEncoder(os.Stdout)
+// jsonLines returns a function that prints values as JSON lines on stdout, safe for
+// concurrent use: how long-lived children report events.
+func jsonLines[T any]() func(T) {
 	var mu sync.Mutex
-	emit := func(ev RelayEvent) {
+	enc := json.NewEncoder(os.Stdout)
+	return func(v T) {
 		mu.Lock()
 		defer mu.Unlock()
-		_ = enc.Encode(ev)
+		_ = enc.Encode(v)
 	}
+}
+
+// serveEach listens on every address (IPv6 ones IPv6-only), prints "ready", and hands
+// each accepted connection to serve on its own goroutine until a listener fails.
+func serveEach(lc *net.ListenConfig, listen []netip.AddrPort, serve func(*net.TCPConn)) error {
 	var lns []net.Listener
 	for _, ap := range listen {
 		network := "tcp4"
 		if ap.Addr().Is6() {
 			network = "tcp6"
 		}
-		ln, err := net.Listen(network, ap.String())
+		ln, err := lc.Listen(context.Background(), network, ap.String())
 		if err != nil {
 			return err
 		}
 		lns = append(lns, ln)
 	}
 	fmt.Println("ready")
-	dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark) })
-		return errors.Join(err, serr)
-	}}
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {
 		go func() {
@@ -97,11 +98,23 @@ func relay(listen []netip.AddrPort, mark int) error {
 					errc <- err
 					return
 				}
-				go relayConn(c.(*net.TCPConn), &dialer, emit)
+				go serve(c.(*net.TCPConn))
 			}
 		}()
 	}
 	return <-errc
+}
+
+// relay plays Envoy's data-path role: accept on the listen addresses, read the original
+// destination, connect there with the Envoy mark, and copy both ways with half-close.
+func relay(listen []netip.AddrPort, mark int) error {
+	emit := jsonLines[RelayEvent]()
+	dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark) })
+		return errors.Join(err, serr)
+	}}
+	return serveEach(&net.ListenConfig{}, listen, func(c *net.TCPConn) { relayConn(c, &dialer, emit) })
 }
 
 func relayConn(down *net.TCPConn, dialer *net.Dialer, emit func(RelayEvent)) {

@@ -2,7 +2,6 @@ package harness
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -396,40 +395,8 @@ func spliceServer(req ClientRequest) error {
 		err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf) })
 		return errors.Join(err, serr)
 	}}
-	var mu sync.Mutex
-	enc := json.NewEncoder(os.Stdout)
-	report := func(r SpliceServerReport) {
-		mu.Lock()
-		defer mu.Unlock()
-		_ = enc.Encode(r)
-	}
-	var lns []net.Listener
-	for _, ap := range listen {
-		network := "tcp4"
-		if ap.Addr().Is6() {
-			network = "tcp6"
-		}
-		ln, err := lc.Listen(context.Background(), network, ap.String())
-		if err != nil {
-			return err
-		}
-		lns = append(lns, ln)
-	}
-	fmt.Println("ready")
-	errc := make(chan error, len(lns))
-	for _, ln := range lns {
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					errc <- err
-					return
-				}
-				go spServe(c.(*net.TCPConn), req.Name, report)
-			}
-		}()
-	}
-	return <-errc
+	report := jsonLines[SpliceServerReport]()
+	return serveEach(&lc, listen, func(c *net.TCPConn) { spServe(c, req.Name, report) })
 }
 
 // spServe plays the scenario the client asks for on one accepted connection.
