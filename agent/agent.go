@@ -206,5 +206,5 @@ func proxySettings(cfg Config, log *slog.Logger) sockops.Settings {
 			addrs = []netip.AddrPort{netip.AddrPortFrom(ip, DefaultEnvoyPort)}
 		}
 	}
-	return sockops.Settings{Redirect: addrs, Mark: cfg.EnvoyMark, Splice: cfg.Splice}
+	return sockops.Settings{Redirect: addrs, Mark: cfg.EnvoyMark, Splice: cfg.Splice, Budget: cfg.SpliceBudget}
 }

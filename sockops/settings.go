@@ -21,9 +21,7 @@ const (
 	SpliceOff  = "off"
 )
 
-// SpliceBudget is the least a spliced receiver may have waiting unread before its
-// sender goes back to TCP (a larger SO_RCVBUF raises it): the bound on kernel memory
-// one stalled reader can pin, since the kernel's splice path has no window of its own.
+// SpliceBudget is the default of Settings.Budget.
 const SpliceBudget = 1 << 20
 
 // Settings is what the agent was told about Envoy and splicing.
@@ -31,12 +29,20 @@ type Settings struct {
 	Redirect []netip.AddrPort // Envoy's redirect listener, at most one per family
 	Mark     uint32           // SO_MARK of Envoy's own sockets
 	Splice   string           // SpliceAuto, SpliceOn or SpliceOff
+	// Budget is how many bytes a direction may splice into its receiver (more if the
+	// receiver's SO_RCVBUF is larger) before it goes back to TCP for good: the bound on
+	// kernel memory one stalled reader can pin, since spliced bytes bypass the receive
+	// window. Zero means SpliceBudget.
+	Budget uint32
 }
 
 // Config turns the settings into the datapath's runtime config, and returns the
 // addresses that are local to this node because Envoy listens there.
 func (s Settings) Config() (bpf.Config, []netip.Addr, error) {
-	c := bpf.Config{EnvoyMark: s.Mark, SpliceBudget: SpliceBudget}
+	c := bpf.Config{EnvoyMark: s.Mark, SpliceBudget: s.Budget}
+	if c.SpliceBudget == 0 {
+		c.SpliceBudget = SpliceBudget
+	}
 	switch s.Splice {
 	case SpliceOff:
 		c.Splice = bpf.SpliceOff

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sockmesh/sockmesh/agent"
+	"github.com/sockmesh/sockmesh/sockops"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -43,6 +44,7 @@ func newAgentCmd() *cobra.Command {
 	fs.StringVar(&cfg.EnvoyRedirect, "envoy-redirect", "", "where L7-policy connections go: IP:PORT[,IP:PORT] (default <node IPv4>:15001)")
 	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
 	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off")
+	fs.Uint32Var(&cfg.SpliceBudget, "splice-budget", sockops.SpliceBudget, "bytes a spliced direction may move before it goes back to TCP (bounds what a stalled reader pins)")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
