@@ -120,6 +120,10 @@ func TestBadFlagsAreRejectedWithTheFlagNamed(t *testing.T) {
 		{[]string{"agent", "--source", "file:/x.yaml", "--max-services", "0"}, "--max-services 0"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--http-listen", "nope"}, "--http-listen"},
 		{[]string{"agent"}, `"source" not set`},
+		{[]string{"agent", "--source", "file:/x.yaml", "--splice", "sometimes"}, `--splice "sometimes"`},
+		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1"}, `--envoy-redirect "10.0.0.1"`},
+		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1:1,10.0.0.2:2"}, "one address per IP family"},
+		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-mark", "zz"}, "want a hex number"},
 		{[]string{"lb", "list", "-o", "yaml"}, "-o \"yaml\""},
 	} {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()
