@@ -1,0 +1,41 @@
+package xds
+
+import (
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+)
+
+// buildLoadAssignment lists the endpoints that take new connections (the same KEP-1669
+// selection as the datapath), with their weights.
+func buildLoadAssignment(cluster string, backends []model.Backend) *endpointv3.ClusterLoadAssignment {
+	var lbs []*endpointv3.LbEndpoint
+	for _, b := range backends {
+		status := corev3.HealthStatus_HEALTHY
+		if !b.Ready {
+			status = corev3.HealthStatus_DRAINING // serving while terminating
+		}
+		lbs = append(lbs, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(b.Addr.String(), b.Port),
+			}},
+			HealthStatus:        status,
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(max(b.Weight, 1))),
+		})
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs, LoadBalancingWeight: wrapperspb.UInt32(1)}}
+	}
+	return cla
+}
+
+func socketAddress(ip string, port uint16) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}

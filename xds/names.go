@@ -1,0 +1,35 @@
+// Package xds turns the agent's model into Envoy resources (one builder per resource
+// type), keeps them as per-node snapshots in go-control-plane's cache and serves them
+// over ADS. This first part builds the resources a proxyless gRPC client or Envoy
+// needs to reach a service's endpoints: an API listener, its route configuration, an
+// EDS cluster and the cluster's endpoints.
+package xds
+
+import (
+	"fmt"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+)
+
+// servicePort names one port of a Kubernetes Service across its IP families: the unit
+// xDS resources are built for (a model.Service is one frontend of it).
+type servicePort struct {
+	name     model.ServiceName
+	portName string
+	port     uint16
+	protocol model.Protocol
+}
+
+// host is the Service's cluster DNS name.
+func (p servicePort) host() string {
+	return fmt.Sprintf("%s.%s.svc.cluster.local", p.name.Name, p.name.Namespace)
+}
+
+// authority is what clients dial: "host:port", also the listener and route names, so a
+// grpc-go client with target xds:///host:port finds its listener by that name.
+func (p servicePort) authority() string { return fmt.Sprintf("%s:%d", p.host(), p.port) }
+
+// clusterName follows Istio's outbound cluster naming.
+func (p servicePort) clusterName() string {
+	return fmt.Sprintf("outbound|%d||%s", p.port, p.host())
+}
