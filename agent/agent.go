@@ -16,6 +16,7 @@ import (
 	"github.com/sockmesh/sockmesh/agent/source"
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/sockops"
+	"github.com/sockmesh/sockmesh/xds"
 )
 
 // retryInterval is how soon a reconcile that failed on a map write is tried again.
@@ -29,6 +30,8 @@ type Agent struct {
 	writer  *lbmap.Writer
 	metrics *Metrics
 	state   state
+
+	xds *xds.Server // nil with --xds-listen ""
 
 	pendingMu sync.Mutex
 	pending   *model.Snapshot
@@ -99,6 +102,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("serving metrics and health", "addr", ln.Addr().String())
 	}
 
+	if cfg.XDSListen != "" {
+		ln, err := xds.Listen(cfg.XDSListen)
+		if err != nil {
+			return fmt.Errorf("--xds-listen %s: %w", cfg.XDSListen, err)
+		}
+		a.xds = xds.NewServer(log, xds.Stats{
+			Streams: func(d int) { a.metrics.xdsStreams.Add(float64(d)) },
+			Nacks:   a.metrics.xdsNacks.Inc,
+		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.xds.Serve(ln); err != nil {
+				log.Error("xds server", "err", err)
+			}
+		}()
+		defer a.xds.Stop()
+		log.Info("serving xDS", "addr", cfg.XDSListen)
+	}
+
 	path, _ := cfg.FilePath()
 	src := source.NewFile(path, a.offer)
 	srcErr := make(chan error, 1)
@@ -158,6 +181,13 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 	a.metrics.reconcileDuration.Observe(time.Since(start).Seconds())
 	a.metrics.services.Set(float64(res.Services))
 	a.metrics.backends.Set(float64(res.Backends))
+
+	if a.xds != nil {
+		if xerr := a.xds.Update(context.Background(), snap); xerr != nil {
+			a.metrics.xdsErrors.Inc()
+			a.log.Error("xds snapshot not updated; serving the last good one", "err", xerr)
+		}
+	}
 
 	errs := append(append([]model.ObjectError(nil), snap.Errors...), res.Errors...)
 	a.logNewErrors(errs)

@@ -22,6 +22,7 @@ type Config struct {
 	CgroupPath  string // cgroup v2 dir the socket hooks attach to
 	BPFFS       string // pin dir
 	HTTPListen  string // /metrics /healthz /readyz /debug/state
+	XDSListen   string // ADS for the node's Envoy and proxyless gRPC: unix:PATH or tcp:HOST:PORT; empty = off
 	MaxServices int
 	MaxBackends int
 	// EnvoyRedirect is where connections to L7 services go: "IP:PORT", or one IPv4 and
@@ -41,6 +42,9 @@ const DefaultEnvoyMark = 0x539
 // DefaultBPFFS is where the agent pins its maps and links.
 const DefaultBPFFS = "/sys/fs/bpf/sockmesh"
 
+// DefaultXDSListen is a socket only root can use: xDS shows every service.
+const DefaultXDSListen = "unix:/run/sockmesh/xds.sock"
+
 // DefaultHTTPListen serves metrics and health on loopback only.
 const DefaultHTTPListen = "127.0.0.1:9964"
 
@@ -51,6 +55,7 @@ func DefaultConfig() Config {
 		NodeName:    host,
 		BPFFS:       DefaultBPFFS,
 		HTTPListen:  DefaultHTTPListen,
+		XDSListen:   DefaultXDSListen,
 		MaxServices: bpf.DefaultLimits.MaxServices,
 		MaxBackends: bpf.DefaultLimits.MaxBackends,
 		EnvoyMark:   DefaultEnvoyMark,
@@ -117,6 +122,9 @@ func (c *Config) Validate() error {
 	case "auto", "on", "off":
 	default:
 		errs = append(errs, fmt.Errorf("--splice %q: want auto, on or off", c.Splice))
+	}
+	if c.XDSListen != "" && !strings.HasPrefix(c.XDSListen, "unix:") && !strings.HasPrefix(c.XDSListen, "tcp:") {
+		errs = append(errs, fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", c.XDSListen))
 	}
 	if c.BPFFS == "" {
 		errs = append(errs, errors.New("--bpffs must not be empty"))

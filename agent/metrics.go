@@ -21,6 +21,9 @@ type Metrics struct {
 	reconcileErrors   prometheus.Counter
 	inputErrors       *prometheus.CounterVec
 	rejected          *prometheus.GaugeVec
+	xdsStreams        prometheus.Gauge
+	xdsNacks          prometheus.Counter
+	xdsErrors         prometheus.Counter
 }
 
 // NewMetrics registers the agent's metrics; maps, when not nil, adds the collectors that
@@ -42,7 +45,14 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 			Help: "Input objects rejected or only partly used, by kind and reason, counted when they appear."}, []string{"kind", "reason"}),
 		rejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_rejected_objects",
 			Help: "Input objects currently rejected or only partly used, by kind and reason."}, []string{"kind", "reason"}),
+		xdsStreams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_xds_streams",
+			Help: "Open ADS streams (SotW and delta) from Envoy and proxyless gRPC clients."}),
+		xdsNacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_nacks_total",
+			Help: "xDS responses a client rejected (it keeps its last good version)."}),
+		xdsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_snapshot_errors_total",
+			Help: "Model snapshots that could not be turned into a consistent xDS snapshot (the last good one is served)."}),
 	}
+	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors)
 	m.Registry.MustRegister(m.services, m.backends, m.mapOps, m.reconcileDuration, m.reconcileErrors,
 		m.inputErrors, m.rejected, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if maps != nil {

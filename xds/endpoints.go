@@ -27,7 +27,9 @@ func buildLoadAssignment(cluster string, backends []model.Backend) *endpointv3.C
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	if len(lbs) > 0 {
-		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs, LoadBalancingWeight: wrapperspb.UInt32(1)}}
+		// One locality, named even though empty: grpc-go rejects an EDS update whose
+		// locality is unset.
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{Locality: &corev3.Locality{}, LbEndpoints: lbs, LoadBalancingWeight: wrapperspb.UInt32(1)}}
 	}
 	return cla
 }

@@ -13,7 +13,7 @@ import (
 // consistency check does not follow RDS references out of API listeners).
 func buildAPIListener(p servicePort) *listenerv3.Listener {
 	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: p.authority(),
+		StatPrefix:     p.authority(),
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: buildRouteConfig(p)},
 		HttpFilters: []*hcmv3.HttpFilter{{
 			Name:       "envoy.filters.http.router",

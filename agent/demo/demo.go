@@ -138,7 +138,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 
 	bpffs := filepath.Join("/sys/fs/bpf", prefix)
 	cfg := agent.DefaultConfig()
-	cfg.Source, cfg.CgroupPath, cfg.BPFFS, cfg.HTTPListen = "file:"+yamlPath, cg.Path, bpffs, ""
+	cfg.Source, cfg.CgroupPath, cfg.BPFFS, cfg.HTTPListen, cfg.XDSListen = "file:"+yamlPath, cg.Path, bpffs, "", ""
 	agentCtx, stopAgent := context.WithCancel(ctx)
 	var agentErr error
 	agentExited := make(chan struct{})

@@ -38,6 +38,7 @@ func newAgentCmd() *cobra.Command {
 	pins.register(fs)
 	fs.StringVar(&cfg.Source, "source", "", "where services come from: file:PATH (multi-document Kubernetes YAML, watched)")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name")
+	fs.StringVar(&cfg.XDSListen, "xds-listen", cfg.XDSListen, "ADS for the node's Envoy and proxyless gRPC: unix:PATH (mode 0600) or tcp:HOST:PORT; empty: off")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address for /metrics /healthz /readyz /debug/state (empty: off)")
 	fs.IntVar(&cfg.MaxServices, "max-services", cfg.MaxServices, "capacity of the service map (frontends)")
 	fs.IntVar(&cfg.MaxBackends, "max-backends", cfg.MaxBackends, "capacity of the backend and slot maps")

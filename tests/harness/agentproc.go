@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -59,13 +60,14 @@ func (e *Env) StartAgent(t testing.TB, yamlPath string, extra ...string) *Agent 
 func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent {
 	t.Helper()
 	args := append([]string{"agent", "--source", "file:" + yamlPath, "--cgroup", e.Cgroup.Path,
-		"--bpffs", e.BPFFS, "--http-listen", "127.0.0.1:0"}, extra...)
+		"--bpffs", e.BPFFS, "--http-listen", "127.0.0.1:0", "--xds-listen", "unix:" + e.XDSSocket()}, extra...)
 	a := &Agent{cmd: exec.Command(Binary(t), args...), log: &syncBuffer{}, done: make(chan error, 1)}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { a.done <- a.cmd.Wait() }()
+	t.Cleanup(func() { _ = os.Remove(e.XDSSocket()) }) // runs after the agent stops
 	t.Cleanup(func() {
 		if a.cmd.ProcessState == nil {
 			_ = a.cmd.Process.Signal(syscall.SIGTERM)
@@ -82,6 +84,10 @@ func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent
 	})
 	return a
 }
+
+// XDSSocket is where the env's agent serves ADS (short: unix socket paths are limited
+// to 108 bytes, test temp dirs can be longer).
+func (e *Env) XDSSocket() string { return filepath.Join(os.TempDir(), e.Prefix+"-xds.sock") }
 
 // WaitReady waits for /readyz, failing the test with the agent's log if it exits.
 func (a *Agent) WaitReady(t testing.TB) {

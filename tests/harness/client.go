@@ -34,6 +34,7 @@ type ClientRequest struct {
 	Rounds  int
 	Name    string   // "serve": the name the servers answer with
 	Args    []string // free-form arguments for extraOps
+	Environ []string // extra environment for the child, "K=V"
 }
 
 // ClientResult is one client process's findings; each attempt yields an answer or an
@@ -156,7 +157,7 @@ func (e *Env) childCmd(t testing.TB, req ClientRequest) *exec.Cmd {
 	// host's network namespace: a socket made on any goroutine can never be in the host
 	// machine's namespace, where a translated address could be routed off the machine.
 	cmd := exec.Command("nsenter", "--net="+req.NetNS, "--", os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+	cmd.Env = append(append(os.Environ(), req.Environ...), childEnv+"="+string(raw))
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	cmd.Stderr = os.Stderr
 	return cmd

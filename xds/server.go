@@ -1,0 +1,123 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+)
+
+// thisNode keys the one snapshot the agent serves: every client of a node agent's
+// socket runs on that node, so all of them get the node's view whatever id they send.
+type thisNode struct{}
+
+func (thisNode) ID(*corev3.Node) string { return "node" }
+
+// Stats counts what the server did, for the agent's metrics.
+type Stats struct {
+	Streams func(delta int) // open ADS streams, +1 / -1
+	Nacks   func()          // a client rejected a version
+}
+
+// Server is the ADS server (state-of-the-world and delta) for this node's proxies and
+// proxyless gRPC clients.
+type Server struct {
+	log     *slog.Logger
+	cache   cachev3.SnapshotCache
+	grpc    *grpc.Server
+	mu      sync.Mutex
+	version uint64
+}
+
+// NewServer makes an ADS server; Update gives it something to serve.
+func NewServer(log *slog.Logger, stats Stats) *Server {
+	s := &Server{log: log, cache: cachev3.NewSnapshotCache(true, thisNode{}, nil), grpc: grpc.NewServer()}
+	cb := serverv3.CallbackFuncs{
+		StreamOpenFunc:        func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
+		StreamClosedFunc:      func(int64, *corev3.Node) { call(stats.Streams, -1) },
+		DeltaStreamOpenFunc:   func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
+		DeltaStreamClosedFunc: func(int64, *corev3.Node) { call(stats.Streams, -1) },
+		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
+			if r.ErrorDetail != nil {
+				s.log.Error("xDS client rejected a config; it keeps its last good version", "stream", id,
+					"node", r.GetNode().GetId(), "type", r.TypeUrl, "version", r.VersionInfo, "err", r.ErrorDetail.Message)
+				if stats.Nacks != nil {
+					stats.Nacks()
+				}
+			}
+			return nil
+		},
+	}
+	srv := serverv3.NewServer(context.Background(), s.cache, cb)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, srv)
+	return s
+}
+
+func call(f func(int), n int) {
+	if f != nil {
+		f(n)
+	}
+}
+
+// Update builds a snapshot of the model and makes it the one served.
+func (s *Server) Update(ctx context.Context, m *model.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.version++
+	snap, err := NewSnapshot(strconv.FormatUint(s.version, 10), m)
+	if err != nil {
+		return err
+	}
+	return s.cache.SetSnapshot(ctx, thisNode{}.ID(nil), snap)
+}
+
+// Serve answers ADS on ln until Stop.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+// Stop closes every stream and the listener.
+func (s *Server) Stop() { s.grpc.Stop() }
+
+// Listen opens the --xds-listen address: "unix:PATH" (made 0600: whoever can talk
+// to it can see every service) or "tcp:HOST:PORT".
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return ln, nil
+	}
+	if hostPort, ok := strings.CutPrefix(addr, "tcp:"); ok {
+		return net.Listen("tcp", hostPort)
+	}
+	return nil, fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", addr)
+}
