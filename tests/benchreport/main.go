@@ -43,6 +43,9 @@ var goals = []goal{
 	{"SpliceVsTCP", "hop-rr4096-latency-cut-%", 30, "splice: p50 round trip cut at 4 KiB, one hop (%)", true},
 	{"SpliceVsTCP", "rr262144-latency-cut-%", 0, "splice: p50 round trip at 256 KiB not worse (%)", true},
 	{"SpliceVsTCP", "stream-on/off-x", 1, "splice: bulk stream throughput, on / off", true},
+	{"Snapshot10kServices", "ms/snapshot", 500, "xDS: full snapshot, 10k services × 10 endpoints (ms)", false},
+	{"EndpointChangeDeltaVsSotW", "delta-bytes", 2048, "xDS: one endpoint change to a delta client, 10k services (bytes)", false},
+	{"EndpointChangeDeltaVsSotW", "update-to-client-ms", 10, "xDS: one endpoint change reaches a delta client (ms)", false},
 }
 
 var benchLine = regexp.MustCompile(`^Benchmark(\w+?)(-\d+)?\s+\d+\s+\d+ ns/op\s+(.*)$`)
@@ -62,14 +65,18 @@ func run(outDir string, requests int, filter string) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", filter, "-benchtime", "1x", "-count", "1", "-timeout", "30m",
-		"./tests/", "-args", "-sockmesh.requests="+strconv.Itoa(requests))
 	var raw bytes.Buffer
-	cmd.Stdout = ioTee(&raw)
-	cmd.Stderr = os.Stderr
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go test -bench: %w", err)
+	for _, args := range [][]string{
+		{"./tests/", "-args", "-sockmesh.requests=" + strconv.Itoa(requests)},
+		{"./xds/"},
+	} {
+		cmd := exec.Command("go", append([]string{"test", "-run", "^$", "-bench", filter, "-benchtime", "1x", "-count", "1", "-timeout", "30m"}, args...)...)
+		cmd.Stdout = ioTee(&raw)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go test -bench %s: %w", args[0], err)
+		}
 	}
 	results := parse(raw.String())
 	var md strings.Builder

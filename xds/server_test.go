@@ -1,0 +1,178 @@
+package xds
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+)
+
+type testServer struct {
+	*Server
+	streams, nacks atomic.Int64
+	conn           *grpc.ClientConn
+}
+
+func startServer(t testing.TB, m *model.Snapshot) *testServer {
+	t.Helper()
+	ts := &testServer{}
+	ts.Server = NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)), Stats{
+		Streams: func(d int) { ts.streams.Add(int64(d)) },
+		Nacks:   func() { ts.nacks.Add(1) },
+	})
+	sock := filepath.Join(t.TempDir(), "x.sock")
+	ln, err := Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = ts.Serve(ln) }()
+	t.Cleanup(ts.Stop)
+	if err := ts.Update(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	ts.conn, err = grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ts.conn.Close() })
+	return ts
+}
+
+func (ts *testServer) ads() discoveryv3.AggregatedDiscoveryServiceClient {
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(ts.conn)
+}
+
+// scaled is n single-port services with two endpoints each.
+func scaled(n int, extra int) *model.Snapshot {
+	s := model.NewSnapshot()
+	for i := 0; i < n; i++ {
+		svc := &model.Service{Name: model.ServiceName{Namespace: "ns", Name: "svc" + svcSuffix(i)}, PortName: "http",
+			Frontend: model.Frontend{Addr: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Port: 80, Protocol: model.TCP}}
+		for j := 0; j < 2+extra*boolInt(i == 0); j++ {
+			svc.Backends = append(svc.Backends, model.Backend{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i), byte(j + 1)}), Port: 8080, Weight: 1, Ready: true, Serving: true})
+		}
+		s.Services[svc.Frontend] = svc
+	}
+	return s
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func svcSuffix(i int) string {
+	return string(rune('a'+i%26)) + string(rune('a'+(i/26)%26)) + string(rune('a'+(i/676)%26))
+}
+
+func TestDeltaSendsOnlyTheChangedEndpoints(t *testing.T) {
+	ts := startServer(t, scaled(100, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := ts.ads().DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Subscribe to every endpoint resource (wildcard) and read the initial state.
+	if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Resources) != 100 {
+		t.Fatalf("initial delta response has %d resources, want 100", len(first.Resources))
+	}
+	_ = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.Nonce})
+
+	// One endpoint added to one service.
+	if err := ts.Update(context.Background(), scaled(100, 1)); err != nil {
+		t.Fatal(err)
+	}
+	next, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(next.Resources) != 1 || len(next.RemovedResources) != 0 {
+		t.Fatalf("one endpoint change sent %d resources and %d removals; want just the one cluster's endpoints", len(next.Resources), len(next.RemovedResources))
+	}
+	var cla endpointv3.ClusterLoadAssignment
+	if err := next.Resources[0].Resource.UnmarshalTo(&cla); err != nil || len(cla.Endpoints[0].LbEndpoints) != 3 {
+		t.Fatalf("changed resource %v (%v): want 3 endpoints", cla.ClusterName, err)
+	}
+	size := proto.Size(next)
+	t.Logf("delta update for one endpoint: %d bytes on the wire (initial state: %d bytes)", size, proto.Size(first))
+	if size > 2048 {
+		t.Fatalf("delta update of %d bytes, want under 2 KB", size)
+	}
+}
+
+func TestSotWNackIsCountedAndOtherClientsKeepBeingServed(t *testing.T) {
+	ts := startServer(t, scaled(3, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// A client that disconnects mid-stream.
+	gone, goneCancel := context.WithCancel(ctx)
+	quitter, err := ts.ads().StreamAggregatedResources(gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = quitter.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType})
+	if _, err := quitter.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	goneCancel()
+
+	stream, err := ts.ads().StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil || len(resp.Resources) != 3 {
+		t.Fatalf("CDS: %v, %v", resp, err)
+	}
+	// Reject it, the way Envoy does when a resource fails its checks.
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.Nonce,
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "injected rejection"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The stream lives on: a new model version still reaches this client.
+	if err := ts.Update(context.Background(), scaled(4, 0)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = stream.Recv()
+	if err != nil || len(resp.Resources) != 4 {
+		t.Fatalf("after a NACK and a model change: %v, %v", resp, err)
+	}
+	if n := ts.nacks.Load(); n != 1 {
+		t.Fatalf("%d NACKs counted, want 1", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.streams.Load() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := ts.streams.Load(); n != 1 {
+		t.Fatalf("%d open streams after one client left, want 1", n)
+	}
+}
