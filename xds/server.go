@@ -15,6 +15,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
@@ -62,7 +63,9 @@ func NewServer(log *slog.Logger, stats Stats) *Server {
 			return nil
 		},
 	}
-	srv := serverv3.NewServer(context.Background(), s.cache, cb)
+	// Ordered: SotW responses go CDS → EDS → LDS → RDS, so a cluster never waits for
+	// endpoints that were sent before it (Envoy would leave it warming).
+	srv := serverv3.NewServer(context.Background(), s.cache, cb, sotwv3.WithOrderedADS())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, srv)
 	return s
 }
