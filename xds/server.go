@@ -42,6 +42,7 @@ type Server struct {
 	grpc    *grpc.Server
 	mu      sync.Mutex
 	version uint64
+	builder builder
 }
 
 // NewServer makes an ADS server; Update gives it something to serve.
@@ -81,7 +82,7 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.version++
-	snap, err := NewSnapshot(strconv.FormatUint(s.version, 10), m)
+	snap, err := s.builder.snapshot(strconv.FormatUint(s.version, 10), m)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -14,6 +15,48 @@ import (
 // Resources builds every xDS resource for the model, by type URL. TCP service ports
 // only: gRPC and HTTP run over TCP.
 func Resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
+	return (&builder{}).resources(snap)
+}
+
+// builder remembers the resources it built for each service port, so a model change
+// rebuilds only the ports whose endpoints changed (the rest are reused as they are).
+type builder struct {
+	built map[servicePort]builtPort
+}
+
+type builtPort struct {
+	fingerprint string
+	cluster     types.Resource
+	endpoints   types.Resource
+	listener    types.Resource
+	// versions are the resources' delta xDS versions (hashes of their encoding),
+	// computed once when built rather than for every resource of every snapshot.
+	versions [3]string
+}
+
+func newBuiltPort(p servicePort, fp string, bs []model.Backend) (builtPort, error) {
+	r := builtPort{fingerprint: fp, cluster: buildCluster(p.clusterName()),
+		endpoints: buildLoadAssignment(p.clusterName(), bs), listener: buildAPIListener(p)}
+	for i, res := range []types.Resource{r.cluster, r.endpoints, r.listener} {
+		wire, err := cachev3.MarshalResource(res)
+		if err != nil {
+			return r, err
+		}
+		r.versions[i] = cachev3.HashResource(wire)
+	}
+	return r, nil
+}
+
+func (b *builder) resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
+	res, _, err := b.build(snap)
+	if err != nil {
+		panic(err) // marshalling resources we built ourselves cannot fail
+	}
+	return res
+}
+
+// build returns the resources by type and their delta versions by type and name.
+func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resource, map[string]map[string]string, error) {
 	ports := map[servicePort][]model.Backend{}
 	for _, svc := range snap.Services {
 		if svc.Frontend.Protocol != model.TCP {
@@ -22,30 +65,74 @@ func Resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
 		ports[p] = append(ports[p], svc.Selected()...) // both IP families' endpoints
 	}
-	keys := make([]servicePort, 0, len(ports))
+	type keyed struct {
+		p    servicePort
+		name string
+	}
+	keys := make([]keyed, 0, len(ports))
 	for p := range ports {
-		keys = append(keys, p)
+		keys = append(keys, keyed{p, p.authority()})
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].authority() < keys[j].authority() })
+	sort.Slice(keys, func(i, j int) bool { return keys[i].name < keys[j].name })
 
+	typeURLs := [3]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
+	built := make(map[servicePort]builtPort, len(keys))
 	out := map[resourcev3.Type][]types.Resource{}
-	for _, p := range keys {
-		// Stable order, so an unchanged model gives identical resources (no pushes).
-		sort.Slice(ports[p], func(i, j int) bool { return ports[p][i].AddrPort().Compare(ports[p][j].AddrPort()) < 0 })
-		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], buildCluster(p.clusterName()))
-		out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], buildLoadAssignment(p.clusterName(), ports[p]))
-		out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], buildAPIListener(p))
+	versions := map[string]map[string]string{}
+	for _, t := range typeURLs {
+		versions[t] = make(map[string]string, len(keys))
 	}
-	return out
+	for _, k := range keys {
+		// Stable order, so an unchanged model gives identical resources (no pushes).
+		bs := ports[k.p]
+		sort.Slice(bs, func(i, j int) bool { return bs[i].AddrPort().Compare(bs[j].AddrPort()) < 0 })
+		fp := fingerprint(bs)
+		r, ok := b.built[k.p]
+		if !ok || r.fingerprint != fp {
+			var err error
+			if r, err = newBuiltPort(k.p, fp, bs); err != nil {
+				return nil, nil, err
+			}
+		}
+		built[k.p] = r
+		for i, res := range []types.Resource{r.cluster, r.endpoints, r.listener} {
+			out[typeURLs[i]] = append(out[typeURLs[i]], res)
+			versions[typeURLs[i]][cachev3.GetResourceName(res)] = r.versions[i]
+		}
+	}
+	b.built = built
+	return out, versions, nil
+}
+
+// fingerprint is everything of the endpoints that reaches a resource.
+func fingerprint(bs []model.Backend) string {
+	buf := make([]byte, 0, 32*len(bs))
+	for _, b := range bs {
+		buf = b.AddrPort().AppendTo(buf)
+		buf = append(buf, '/')
+		buf = strconv.AppendUint(buf, uint64(b.Weight), 10)
+		buf = strconv.AppendBool(buf, b.Ready)
+		buf = append(buf, ';')
+	}
+	return string(buf)
 }
 
 // NewSnapshot builds a consistent snapshot of the model at version: every cluster has
 // its endpoints and every listener its routes, or it is an error.
 func NewSnapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
-	s, err := cachev3.NewSnapshot(version, Resources(snap))
+	return (&builder{}).snapshot(version, snap)
+}
+
+func (b *builder) snapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
+	res, versions, err := b.build(snap)
 	if err != nil {
 		return nil, err
 	}
+	s, err := cachev3.NewSnapshot(version, res)
+	if err != nil {
+		return nil, err
+	}
+	s.VersionMap = versions // what ConstructVersionMap would compute, mostly reused
 	if err := s.Consistent(); err != nil {
 		return nil, fmt.Errorf("xds snapshot %s is not consistent: %w", version, err)
 	}
