@@ -62,7 +62,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), a.metrics); err != nil {
 		return err
 	}
-	dpCfg, nodeAddrs, err := proxySettings(cfg, log).Config()
+	proxy := proxySettings(cfg, log)
+	dpCfg, nodeAddrs, err := proxy.Config()
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		a.xds = xds.NewServer(log, xds.Stats{
 			Streams: func(d int) { a.metrics.xdsStreams.Add(float64(d)) },
 			Nacks:   a.metrics.xdsNacks.Inc,
-		})
+		}, &xds.Proxy{Listen: proxy.Redirect, Mark: proxy.Mark})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

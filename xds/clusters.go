@@ -8,13 +8,16 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
+// connectTimeout bounds Envoy's upstream connects.
+const connectTimeout = time.Second
+
 // buildCluster is an EDS cluster whose endpoints come over the same ADS stream.
 func buildCluster(name string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
-		ConnectTimeout:       durationpb.New(time.Second),
+		ConnectTimeout:       durationpb.New(connectTimeout),
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
 	}
 }

@@ -22,11 +22,22 @@ import (
 	"github.com/sockmesh/sockmesh/agent/model"
 )
 
-// thisNode keys the one snapshot the agent serves: every client of a node agent's
-// socket runs on that node, so all of them get the node's view whatever id they send.
-type thisNode struct{}
+// clientKind keys the snapshots the agent serves. Every client of a node agent's socket
+// runs on that node, so all get the node's view whatever id they send; proxyless gRPC
+// clients get it without the Envoy-only listeners and cluster.
+type clientKind struct{}
 
-func (thisNode) ID(*corev3.Node) string { return "node" }
+const (
+	envoyClients     = "envoy"
+	proxylessClients = "proxyless"
+)
+
+func (clientKind) ID(n *corev3.Node) string {
+	if strings.HasPrefix(strings.ToLower(n.GetUserAgentName()), "grpc") {
+		return proxylessClients
+	}
+	return envoyClients
+}
 
 // Stats counts what the server did, for the agent's metrics.
 type Stats struct {
@@ -45,9 +56,11 @@ type Server struct {
 	builder builder
 }
 
-// NewServer makes an ADS server; Update gives it something to serve.
-func NewServer(log *slog.Logger, stats Stats) *Server {
-	s := &Server{log: log, cache: cachev3.NewSnapshotCache(true, thisNode{}, nil), grpc: grpc.NewServer()}
+// NewServer makes an ADS server; Update gives it something to serve. With a proxy,
+// the snapshots also carry the node Envoy's redirect listeners.
+func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
+	s := &Server{log: log, cache: cachev3.NewSnapshotCache(true, clientKind{}, nil), grpc: grpc.NewServer()}
+	s.builder.proxy = proxy
 	cb := serverv3.CallbackFuncs{
 		StreamOpenFunc:        func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
 		StreamClosedFunc:      func(int64, *corev3.Node) { call(stats.Streams, -1) },
@@ -82,11 +95,14 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.version++
-	snap, err := s.builder.snapshot(strconv.FormatUint(s.version, 10), m)
+	envoy, proxyless, err := s.builder.snapshots(strconv.FormatUint(s.version, 10), m)
 	if err != nil {
 		return err
 	}
-	return s.cache.SetSnapshot(ctx, thisNode{}.ID(nil), snap)
+	if err := s.cache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
+		return err
+	}
+	return s.cache.SetSnapshot(ctx, proxylessClients, proxyless)
 }
 
 // Serve answers ADS on ln until Stop.

@@ -33,7 +33,7 @@ func startServer(t testing.TB, m *model.Snapshot) *testServer {
 	ts.Server = NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)), Stats{
 		Streams: func(d int) { ts.streams.Add(int64(d)) },
 		Nacks:   func() { ts.nacks.Add(1) },
-	})
+	}, nil)
 	sock := filepath.Join(t.TempDir(), "x.sock")
 	ln, err := Listen("unix:" + sock)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -21,6 +22,7 @@ func Resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
 // builder remembers the resources it built for each service port, so a model change
 // rebuilds only the ports whose endpoints changed (the rest are reused as they are).
 type builder struct {
+	proxy *Proxy // nil: no Envoy redirect listeners (proxyless clients only)
 	built map[servicePort]builtPort
 }
 
@@ -101,6 +103,22 @@ func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resou
 		}
 	}
 	b.built = built
+	// The redirect listeners change with any L7 service; there are one or two, so they
+	// are rebuilt and hashed every time.
+	ls, cs := proxyResources(b.proxy, snap)
+	for _, pair := range []struct {
+		t   resourcev3.Type
+		res []types.Resource
+	}{{resourcev3.ListenerType, ls}, {resourcev3.ClusterType, cs}} {
+		for _, r := range pair.res {
+			wire, err := cachev3.MarshalResource(r)
+			if err != nil {
+				return nil, nil, err
+			}
+			out[pair.t] = append(out[pair.t], r)
+			versions[pair.t][cachev3.GetResourceName(r)] = cachev3.HashResource(wire)
+		}
+	}
 	return out, versions, nil
 }
 
@@ -124,10 +142,41 @@ func NewSnapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error
 }
 
 func (b *builder) snapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
+	s, _, err := b.snapshots(version, snap)
+	return s, err
+}
+
+// snapshots builds the node Envoy's snapshot and the proxyless clients' one, which
+// lacks the Envoy-only resources (grpc-go rejects a listener that is not an API
+// listener, and has no use for the passthrough cluster).
+func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyless *cachev3.Snapshot, err error) {
 	res, versions, err := b.build(snap)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	if envoy, err = consistentSnapshot(version, res, versions); err != nil {
+		return nil, nil, err
+	}
+	plain := map[resourcev3.Type][]types.Resource{}
+	plainVersions := map[string]map[string]string{}
+	for t, list := range res {
+		plainVersions[t] = map[string]string{}
+		for _, r := range list {
+			name := cachev3.GetResourceName(r)
+			if name == PassthroughCluster || strings.HasPrefix(name, RedirectListenerName) {
+				continue
+			}
+			plain[t] = append(plain[t], r)
+			plainVersions[t][name] = versions[t][name]
+		}
+	}
+	if proxyless, err = consistentSnapshot(version, plain, plainVersions); err != nil {
+		return nil, nil, err
+	}
+	return envoy, proxyless, nil
+}
+
+func consistentSnapshot(version string, res map[resourcev3.Type][]types.Resource, versions map[string]map[string]string) (*cachev3.Snapshot, error) {
 	s, err := cachev3.NewSnapshot(version, res)
 	if err != nil {
 		return nil, err

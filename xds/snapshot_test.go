@@ -30,11 +30,19 @@ func richModel() *model.Snapshot {
 	add("shop", "web", "dns", "10.96.0.10", 53, model.UDP, be("10.0.1.1", 53, 1, true))
 	add("shop", "cart", "", "10.96.0.11", 80, model.TCP, be("10.0.2.1", 80, 1, false))
 	add("shop", "empty", "", "10.96.0.12", 80, model.TCP)
+	// L7 services, which the node's Envoy serves on its redirect listeners.
+	add("shop", "pay", "https", "10.96.0.13", 443, model.TCP, be("10.0.3.1", 8443, 1, true))
+	add("shop", "pay", "https", "fd00:96::13", 443, model.TCP, be("fd00:3::1", 8443, 1, true))
+	for _, svc := range s.Services {
+		svc.L7 = svc.Name.Name == "pay"
+	}
 	return s
 }
 
+var testProxy = &Proxy{Listen: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.5:15001"), netip.MustParseAddrPort("[fd00::5]:15001")}, Mark: 0x539}
+
 func TestEveryResourcePassesEnvoysValidation(t *testing.T) {
-	res := Resources(richModel())
+	res := (&builder{proxy: testProxy}).resources(richModel())
 	total := 0
 	for typ, list := range res {
 		for _, r := range list {
@@ -48,12 +56,39 @@ func TestEveryResourcePassesEnvoysValidation(t *testing.T) {
 			total++
 		}
 	}
-	// web:80 (both families), web:9090, cart:80, empty:80; UDP is not served over xDS.
-	if n := len(res[resourcev3.ClusterType]); n != 4 || total != 12 {
-		t.Fatalf("%d clusters, %d resources; want 4 and 12", n, total)
+	// web:80 (both families), web:9090, cart:80, empty:80, pay:443 — UDP is not served
+	// over xDS — plus the passthrough cluster and the two redirect listeners.
+	if n := len(res[resourcev3.ClusterType]); n != 6 || total != 18 {
+		t.Fatalf("%d clusters, %d resources; want 6 and 18", n, total)
 	}
-	if _, err := NewSnapshot("1", richModel()); err != nil {
+	if _, err := (&builder{proxy: testProxy}).snapshot("1", richModel()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRedirectListenerHasAChainPerL7Frontend(t *testing.T) {
+	res := (&builder{proxy: testProxy}).resources(richModel())
+	found := 0
+	for _, r := range res[resourcev3.ListenerType] {
+		l := r.(*listenerv3.Listener)
+		if l.ApiListener != nil {
+			continue
+		}
+		found++
+		if len(l.ListenerFilters) != 1 || l.ListenerFilters[0].Name != "envoy.filters.listener.original_dst" {
+			t.Fatalf("%s: listener filters %v", l.Name, l.ListenerFilters)
+		}
+		// One family's L7 frontend each: pay's VIP of that family.
+		if len(l.FilterChains) != 1 || l.DefaultFilterChain == nil {
+			t.Fatalf("%s: %d chains, default %v", l.Name, len(l.FilterChains), l.DefaultFilterChain)
+		}
+		m := l.FilterChains[0].FilterChainMatch
+		if m.DestinationPort.GetValue() != 443 {
+			t.Fatalf("%s: chain matches port %d", l.Name, m.DestinationPort.GetValue())
+		}
+	}
+	if found != 2 {
+		t.Fatalf("%d redirect listeners, want one per family", found)
 	}
 }
 
@@ -80,7 +115,7 @@ func TestEndpointsFollowTheModelsSelection(t *testing.T) {
 	}
 	for _, r := range res[resourcev3.ListenerType] {
 		if l := r.(*listenerv3.Listener); l.ApiListener == nil {
-			t.Fatalf("listener %s is not an API listener", l.Name)
+			t.Fatalf("listener %s is not an API listener (no proxy configured)", l.Name)
 		}
 	}
 }
