@@ -139,6 +139,11 @@ struct pending_key {
 	struct sock_tuple t;
 	__u32 snd_nxt;
 	__u32 pad;
+	/* For loopback tuples, the namespace: both ends share it, and initial sequence
+	 * numbers do not depend on it, so the same tuple connecting at the same moment in
+	 * two namespaces would otherwise get the same key. 0 for other tuples, whose ends
+	 * may be in different namespaces. */
+	__u64 netns;
 };
 
 struct splice_pending {

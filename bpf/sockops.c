@@ -279,6 +279,7 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 	}
 	pkey.t = key.t;
 	pkey.snd_nxt = s->snd_nxt;
+	pkey.netns = is_loopback(&key.t) ? key.netns : 0;
 	pend.netns = key.netns;
 	pend.cookie = cookie;
 	pend.rcv_nxt = s->rcv_nxt;
@@ -299,6 +300,8 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	tuple_of(s, &me.t);
 	reverse(&me.t, &pkey.t);
 	pkey.snd_nxt = s->rcv_nxt;
+	me.netns = bpf_get_netns_cookie(s);
+	pkey.netns = is_loopback(&pkey.t) ? me.netns : 0;
 	pend = bpf_map_lookup_elem(&sm_pending, &pkey);
 	if (!pend)
 		return;
@@ -309,7 +312,6 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	them.t = pkey.t;
 	them.netns = pend->netns;
 	their_cookie = pend->cookie;
-	me.netns = bpf_get_netns_cookie(s);
 	cookie = bpf_get_socket_cookie(s);
 	bpf_map_delete_elem(&sm_pending, &pkey);
 

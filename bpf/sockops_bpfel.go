@@ -43,6 +43,7 @@ type sockopsPendingKey struct {
 	T      sockopsSockTuple
 	SndNxt uint32
 	Pad    uint32
+	Netns  uint64
 }
 
 type sockopsSkSplice struct {
