@@ -166,7 +166,9 @@ struct splice_peer {
 	__u64 cookie;      /* the socket this entry belongs to */
 	__u64 peer_cookie; /* and its peer */
 	__u64 spliced;     /* bytes this socket's sends moved into its peer so far */
-	__u32 budget;      /* how many may be spliced into this socket (see sk_msg) */
+	__u32 budget;      /* before pairing: how many bytes may be spliced into this
+			    * socket; once paired: how many its sends may splice into the
+			    * peer (the peer's figure), so sk_msg needs no second lookup */
 	__u32 state;       /* enum splice_state of this socket's sends */
 };
 

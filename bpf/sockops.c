@@ -321,7 +321,7 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	mine.peer = them;
 	mine.cookie = cookie;
 	mine.peer_cookie = their_cookie;
-	mine.budget = budget(s);
+	mine.budget = theirs->budget; /* what they may receive is what we may send */
 	mine.state = SPLICE_ACTIVE; /* nothing sent yet: this callback runs before accept() */
 	if (bpf_map_update_elem(&sm_peers, &me, &mine, BPF_ANY) || spliced(s, &me, cookie)) {
 		bpf_map_delete_elem(&sm_peers, &me);
@@ -332,6 +332,7 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	 * stays on TCP. The peer is written before the state, which publishes it. */
 	theirs->peer = me;
 	theirs->peer_cookie = cookie;
+	theirs->budget = budget(s);
 	if (__sync_val_compare_and_swap(&theirs->state, SPLICE_FRESH, SPLICE_ACTIVE) != SPLICE_FRESH)
 		count(CNT_FALLBACK_SENT_EARLY);
 	count(CNT_SPLICE_PAIRS);
@@ -463,7 +464,7 @@ SEC("sk_msg")
 int sock_msg(struct sk_msg_md *m)
 {
 	struct sock_key me = {}, peer;
-	struct splice_peer *p, *theirs;
+	struct splice_peer *p;
 	__u32 size = m->size;
 	__u32 state;
 	long ret;
@@ -473,32 +474,33 @@ int sock_msg(struct sk_msg_md *m)
 	if (!p)
 		return SK_PASS;
 	state = __sync_val_compare_and_swap(&p->state, SPLICE_FRESH, SPLICE_UNSPLICED);
+	if (state == SPLICE_BROKEN)
+		count(CNT_FALLBACK_PEER_GONE);
 	if (state != SPLICE_ACTIVE)
 		return SK_PASS;
-	peer = p->peer;
-	theirs = bpf_map_lookup_elem(&sm_peers, &peer);
-	if (!theirs || theirs->cookie != p->peer_cookie) {
-		/* The peer closed: TCP delivers the reset this send deserves. */
-		__sync_lock_test_and_set(&p->state, SPLICE_BROKEN);
-		count(CNT_FALLBACK_PEER_GONE);
-		return SK_PASS;
-	}
 	/* The kernel queues spliced bytes without looking at the receiver's buffer, and
 	 * no hook tells BPF what the reader consumed (tracing is not available on every
 	 * kernel we run on). A receiver that stops reading would let this sender pin memory
 	 * without limit, so once a direction has spliced the receiver's budget it goes
 	 * back to TCP for good: its bytes queue behind the spliced ones, which are read
 	 * first, and TCP's window pushes back. */
-	if (p->spliced + size > theirs->budget) {
+	if (p->spliced + size > p->budget) {
 		__sync_val_compare_and_swap(&p->state, SPLICE_ACTIVE, SPLICE_UNSPLICED);
 		count(CNT_FALLBACK_BACKPRESSURE);
 		return SK_PASS;
 	}
+	/* A closed peer has set this entry BROKEN in sock_release (before it left the
+	 * sockhash), so its partner's sends went back to TCP above; a redirect failing
+	 * here is the rare close racing this very send. */
+	peer = p->peer;
 	ret = bpf_msg_redirect_hash(m, &sm_sockhash, &peer, BPF_F_INGRESS);
 	if (ret == SK_PASS) {
 		__sync_fetch_and_add(&p->spliced, size);
 		count(CNT_SPLICE_MSGS);
 		count_n(CNT_SPLICE_BYTES, size);
+	} else {
+		__sync_lock_test_and_set(&p->state, SPLICE_BROKEN);
+		count(CNT_FALLBACK_PEER_GONE);
 	}
 	return ret;
 }
