@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/sockops"
+	"github.com/sockmesh/sockmesh/xds"
 )
 
 // Config is everything `sockmesh agent` is told on its command line.
@@ -118,13 +120,13 @@ func (c *Config) Validate() error {
 	if _, err := c.RedirectAddrs(); err != nil {
 		errs = append(errs, err)
 	}
-	switch c.Splice {
-	case "auto", "on", "off":
-	default:
-		errs = append(errs, fmt.Errorf("--splice %q: want auto, on or off", c.Splice))
+	if _, _, err := (sockops.Settings{Splice: c.Splice}).Config(); err != nil {
+		errs = append(errs, err)
 	}
-	if c.XDSListen != "" && !strings.HasPrefix(c.XDSListen, "unix:") && !strings.HasPrefix(c.XDSListen, "tcp:") {
-		errs = append(errs, fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", c.XDSListen))
+	if c.XDSListen != "" {
+		if _, _, err := xds.ParseListen(c.XDSListen); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.BPFFS == "" {
 		errs = append(errs, errors.New("--bpffs must not be empty"))

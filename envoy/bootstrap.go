@@ -4,7 +4,8 @@ package envoy
 
 import (
 	"fmt"
-	"strings"
+	"net"
+	"strconv"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -15,6 +16,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/sockmesh/sockmesh/xds"
 )
 
 // xdsCluster is the static cluster Envoy reaches the agent through.
@@ -79,17 +82,18 @@ func JSON(b *bootstrapv3.Bootstrap) ([]byte, error) {
 }
 
 func agentAddress(listen string) (*corev3.Address, error) {
-	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-		return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}}, nil
+	network, address, err := xds.ParseListen(listen)
+	if err != nil {
+		return nil, err
 	}
-	if hp, ok := strings.CutPrefix(listen, "tcp:"); ok {
-		i := strings.LastIndexByte(hp, ':')
-		var port uint32
-		if _, err := fmt.Sscan(hp[i+1:], &port); i < 0 || err != nil {
-			return nil, fmt.Errorf("--xds-listen %q: want tcp:HOST:PORT", listen)
-		}
-		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: strings.Trim(hp[:i], "[]"), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}, nil
+	if network == "unix" {
+		return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: address}}}, nil
 	}
-	return nil, fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", listen)
+	host, port, _ := net.SplitHostPort(address) // ParseListen checked it
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("--xds-listen %q: bad port", listen)
+	}
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}}}}, nil
 }

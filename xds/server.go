@@ -116,28 +116,42 @@ func (s *Server) Serve(ln net.Listener) error {
 // Stop closes every stream and the listener.
 func (s *Server) Stop() { s.grpc.Stop() }
 
-// Listen opens the --xds-listen address: "unix:PATH" (made 0600: whoever can talk
-// to it can see every service) or "tcp:HOST:PORT".
-func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(path, 0o600); err != nil {
-			ln.Close()
-			return nil, err
-		}
-		return ln, nil
+// ParseListen splits an --xds-listen address: "unix:PATH" or "tcp:HOST:PORT".
+func ParseListen(addr string) (network, address string, err error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok && path != "" {
+		return "unix", path, nil
 	}
 	if hostPort, ok := strings.CutPrefix(addr, "tcp:"); ok {
-		return net.Listen("tcp", hostPort)
+		if _, _, err := net.SplitHostPort(hostPort); err == nil {
+			return "tcp", hostPort, nil
+		}
 	}
-	return nil, fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", addr)
+	return "", "", fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", addr)
+}
+
+// Listen opens the --xds-listen address; a unix socket is made 0600, since whoever can
+// talk to it can see every service.
+func Listen(addr string) (net.Listener, error) {
+	network, address, err := ParseListen(addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "tcp" {
+		return net.Listen("tcp", address)
+	}
+	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", address)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(address, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
