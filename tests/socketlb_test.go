@@ -32,6 +32,31 @@ func fairShare(t *testing.T, counts map[string]int, backends []string, n int) {
 	}
 }
 
+// spreadFromVIP checks that all n requests were answered, that the client saw every
+// answer come from the service address (getpeername for TCP, recvfrom for DNS), that
+// the backends shared them fairly, and returns the count per backend.
+func spreadFromVIP(t *testing.T, res harness.ClientResult, vip netip.AddrPort, n int) map[string]int {
+	t.Helper()
+	if len(res.Errors) > 0 {
+		t.Fatalf("%s: %d of %d requests failed, first: %s", vip, len(res.Errors), n, res.Errors[0])
+	}
+	counts := map[string]int{}
+	seen := func(backend string, from netip.AddrPort) {
+		counts[backend]++
+		if from != vip {
+			t.Fatalf("the client saw the answer come from %s, want the ClusterIP %s", from, vip)
+		}
+	}
+	for _, a := range res.TCP {
+		seen(a.Backend, a.Peer)
+	}
+	for _, a := range res.DNS {
+		seen(a.Backend, a.From)
+	}
+	fairShare(t, counts, []string{"backend-1", "backend-2"}, n)
+	return counts
+}
+
 func sqrt(x float64) float64 {
 	z := x
 	for i := 0; i < 50; i++ {
@@ -49,18 +74,7 @@ func TestTCPToClusterIPReachesBackendsFairlyOnBothFamilies(t *testing.T) {
 	client := env.Host("client")
 	const n = 200
 	for _, vip := range []netip.Addr{vip4, vip6} {
-		res := env.Run(t, client, "tcp", tcpTo(vip), n)
-		if len(res.Errors) > 0 {
-			t.Fatalf("%s: %d of %d connects failed, first: %s", vip, len(res.Errors), n, res.Errors[0])
-		}
-		counts := map[string]int{}
-		for _, a := range res.TCP {
-			counts[a.Backend]++
-			if a.Peer != tcpTo(vip) {
-				t.Fatalf("getpeername() = %s, want the ClusterIP %s", a.Peer, tcpTo(vip))
-			}
-		}
-		fairShare(t, counts, []string{"backend-1", "backend-2"}, n)
+		counts := spreadFromVIP(t, env.Run(t, client, "tcp", tcpTo(vip), n), tcpTo(vip), n)
 		t.Logf("%s: %v", vip, counts)
 	}
 }

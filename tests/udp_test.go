@@ -3,6 +3,7 @@ package tests
 import (
 	"net/netip"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -18,7 +19,7 @@ func trackConnections(t *testing.T, h *demo.Host) {
 	t.Helper()
 	rules := "table inet smtest {\n chain out {\n  type filter hook output priority 0;\n  ct state new counter\n }\n}\n"
 	cmd := exec.Command("nsenter", "--net="+h.NetNS, "nft", "-f", "-")
-	cmd.Stdin = stringReader(rules)
+	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
@@ -62,18 +63,7 @@ func TestDNSToClusterIPAnswersFromClusterIPWithoutConntrack(t *testing.T) {
 
 	const n = 100
 	for _, vip := range []netip.Addr{vip4, vip6} {
-		res := env.Run(t, client, "dns", dnsTo(vip), n)
-		if len(res.Errors) > 0 {
-			t.Fatalf("%s: %d of %d queries failed, first: %s", vip, len(res.Errors), n, res.Errors[0])
-		}
-		counts := map[string]int{}
-		for _, a := range res.DNS {
-			counts[a.Backend]++
-			if a.From != dnsTo(vip) {
-				t.Fatalf("reply came from %s as the client sees it, want the ClusterIP %s", a.From, dnsTo(vip))
-			}
-		}
-		fairShare(t, counts, []string{"backend-1", "backend-2"}, n)
+		spreadFromVIP(t, env.Run(t, client, "dns", dnsTo(vip), n), dnsTo(vip), n)
 	}
 	dsts := conntrackDestinations(t, client)
 	for _, vip := range []netip.Addr{vip4, vip6} {

@@ -1,11 +1,5 @@
 package tests
 
-import (
-	"io"
-	"strconv"
-	"strings"
-)
-
-func stringReader(s string) io.Reader { return strings.NewReader(s) }
+import "strconv"
 
 func itoa(i int) string { return strconv.Itoa(i) }
