@@ -138,6 +138,7 @@ static __always_inline void remember_vip(struct bpf_sock_addr *ctx, const struct
 {
 	struct revnat_key rkey = {};
 	struct revnat_value rval = {};
+	struct revnat_value *cur;
 
 	rkey.cookie = bpf_get_socket_cookie(ctx);
 	rkey.addr = *addr;
@@ -148,6 +149,14 @@ static __always_inline void remember_vip(struct bpf_sock_addr *ctx, const struct
 	rval.proto = key->proto;
 	rval.family = key->family;
 	rval.svc_id = svc_id;
+	/* UDP sends come here per datagram, mostly to a backend already remembered: skip
+	 * the LRU map's locked update when the entry is there and the same. */
+	cur = bpf_map_lookup_elem(&sm_revnat, &rkey);
+	if (cur && cur->svc_id == svc_id && cur->port == rval.port && cur->proto == rval.proto &&
+	    cur->family == rval.family && cur->vip.addr[0] == rval.vip.addr[0] &&
+	    cur->vip.addr[1] == rval.vip.addr[1] && cur->vip.addr[2] == rval.vip.addr[2] &&
+	    cur->vip.addr[3] == rval.vip.addr[3])
+		return;
 	if (bpf_map_update_elem(&sm_revnat, &rkey, &rval, BPF_ANY))
 		count(CNT_REVNAT_UPDATE_FAIL);
 }
