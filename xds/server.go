@@ -54,6 +54,7 @@ type Server struct {
 	mu      sync.Mutex
 	version uint64
 	builder builder
+	sent    sentVersions
 }
 
 // NewServer makes an ADS server; Update gives it something to serve. With a proxy,
@@ -63,7 +64,7 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
 	s.builder.proxy = proxy
 	cb := serverv3.CallbackFuncs{
 		StreamOpenFunc:        func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
-		StreamClosedFunc:      func(int64, *corev3.Node) { call(stats.Streams, -1) },
+		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.sent.forget(id); call(stats.Streams, -1) },
 		DeltaStreamOpenFunc:   func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
 		DeltaStreamClosedFunc: func(int64, *corev3.Node) { call(stats.Streams, -1) },
 		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
@@ -73,8 +74,18 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
 				if stats.Nacks != nil {
 					stats.Nacks()
 				}
+				// The cache would answer a NACK by sending the rejected version again at
+				// once (the request's version is not the snapshot's), and a proxy would
+				// reject it again, in a loop. Stating the rejected version as the one the
+				// client has makes the cache wait for the next model change instead.
+				if v, ok := s.sent.versionOf(id, r.TypeUrl, r.ResponseNonce); ok {
+					r.VersionInfo = v
+				}
 			}
 			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+			s.sent.record(id, resp.TypeUrl, resp.Nonce, resp.VersionInfo)
 		},
 	}
 	// Ordered: SotW responses go CDS → EDS → LDS → RDS, so a cluster never waits for
@@ -82,6 +93,46 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
 	srv := serverv3.NewServer(context.Background(), s.cache, cb, sotwv3.WithOrderedADS())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, srv)
 	return s
+}
+
+// sentVersions remembers, per stream and type, the nonce and version of the last
+// SotW response, so a NACK can be pinned to the version it rejects.
+type sentVersions struct {
+	mu   sync.Mutex
+	last map[sentKey]sentResponse
+}
+
+type sentKey struct {
+	stream  int64
+	typeURL string
+}
+
+type sentResponse struct{ nonce, version string }
+
+func (v *sentVersions) record(stream int64, typeURL, nonce, version string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.last == nil {
+		v.last = map[sentKey]sentResponse{}
+	}
+	v.last[sentKey{stream, typeURL}] = sentResponse{nonce, version}
+}
+
+func (v *sentVersions) versionOf(stream int64, typeURL, nonce string) (string, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r, ok := v.last[sentKey{stream, typeURL}]
+	return r.version, ok && r.nonce == nonce
+}
+
+func (v *sentVersions) forget(stream int64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for k := range v.last {
+		if k.stream == stream {
+			delete(v.last, k)
+		}
+	}
 }
 
 func call(f func(int), n int) {

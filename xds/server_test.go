@@ -157,6 +157,12 @@ func TestSotWNackIsCountedAndOtherClientsKeepBeingServed(t *testing.T) {
 		ErrorDetail: &statuspb.Status{Code: 3, Message: "injected rejection"}}); err != nil {
 		t.Fatal(err)
 	}
+	// Once the NACK is in, the rejected version is not sent again (a proxy would reject it
+	// again, in a loop): the next thing this client gets is the next model version.
+	for deadline := time.Now().Add(5 * time.Second); ts.nacks.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // let the server act on the NACK before the change
 	// The stream lives on: a new model version still reaches this client.
 	if err := ts.Update(context.Background(), scaled(4, 0)); err != nil {
 		t.Fatal(err)
