@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -16,12 +17,27 @@ import (
 // Service is missing is reported and left out, and is used by the next Build that sees
 // the Service. The inputs are not modified; nil entries are ignored.
 func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice) *Snapshot {
+	return BuildAll(Input{Services: services, EndpointSlices: slices})
+}
+
+// Input is every object kind the model is built from.
+type Input struct {
+	Services       []*corev1.Service
+	EndpointSlices []*discoveryv1.EndpointSlice
+	Pods           []*corev1.Pod
+	Policies       []*AuthorizationPolicy
+}
+
+// BuildAll is Build with pods and AuthorizationPolicies: policies are resolved against
+// the pods (for peer identities) and attached to the services they target.
+func BuildAll(in Input) *Snapshot {
 	b := &builder{snap: NewSnapshot()}
-	svcs := b.acceptServices(services)
-	bySvc := b.indexSlices(slices)
+	svcs := b.acceptServices(in.Services)
+	bySvc := b.indexSlices(in.EndpointSlices)
 	for _, svc := range svcs {
 		b.addService(svc, bySvc[ServiceName{svc.Namespace, svc.Name}])
 	}
+	b.resolvePolicies(in.Pods, in.Policies)
 	// Errors are sorted per object so that two Builds of the same input compare equal
 	// and logs and metrics do not flap; within one object they keep their field order.
 	sortErrors(b.snap.Errors)
@@ -94,10 +110,32 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
 				Frontend:        fe,
 				AffinityTimeout: timeout,
 				L7:              l7,
+				AppProtocol:     appProtocolOf(port),
 				Backends:        backendsFor(slices, fe, port.Name),
 			}
 		}
 	}
+}
+
+// appProtocolOf reads the port's appProtocol, or else the protocol its name starts with
+// ("http-web", "grpc"), the way Istio selects protocols.
+func appProtocolOf(port corev1.ServicePort) AppProtocol {
+	p := ""
+	if port.AppProtocol != nil {
+		p = strings.ToLower(*port.AppProtocol)
+	} else {
+		p, _, _ = strings.Cut(strings.ToLower(port.Name), "-")
+		if strings.HasPrefix(strings.ToLower(port.Name), "grpc-web") {
+			p = "grpc-web"
+		}
+	}
+	switch p {
+	case "http", "grpc-web", "kubernetes.io/ws":
+		return AppHTTP
+	case "http2", "h2c", "grpc", "kubernetes.io/h2c":
+		return AppHTTP2
+	}
+	return AppOpaque
 }
 
 // L7Annotation marks a Service whose TCP connections must go through the node's Envoy.

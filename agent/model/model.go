@@ -78,6 +78,8 @@ type Service struct {
 	AffinityTimeout time.Duration
 	// L7 services need the node's Envoy: TCP connects to them are redirected there.
 	L7 bool
+	// AppProtocol is how the node's Envoy reads the connections: as HTTP, or as bytes.
+	AppProtocol AppProtocol
 	// Backends holds every known endpoint for this frontend, sorted by address and port,
 	// whatever its conditions. Selected says which of them take new connections.
 	Backends []Backend
@@ -99,6 +101,21 @@ func (s *Service) Selected() []Backend {
 		return ready
 	}
 	return terminating
+}
+
+// AppProtocol is a service port's application protocol, as far as the proxy cares.
+type AppProtocol uint8
+
+// Application protocols, from the port's appProtocol or its name (Istio's "http-web",
+// "grpc-api" convention).
+const (
+	AppOpaque AppProtocol = iota // raw TCP: a TCP proxy, policies see only peers and ports
+	AppHTTP                      // HTTP/1.1, and h2c with prior knowledge
+	AppHTTP2                     // HTTP/2 only (h2c, gRPC)
+)
+
+func (a AppProtocol) String() string {
+	return [...]string{"tcp", "http", "http2"}[a]
 }
 
 // DisplayName is how logs, errors and the CLI name this L4 service, e.g.
@@ -134,6 +151,9 @@ func (e ObjectError) Error() string {
 // Snapshot is the whole desired state at one moment. Reconcilers treat it as read-only.
 type Snapshot struct {
 	Services map[Frontend]*Service
+	// Policies holds the AuthorizationPolicies that apply to each Service, by policy
+	// name order; a service with any is L7.
+	Policies map[ServiceName][]*Policy
 	// Errors lists the objects that were rejected or only partly used in this snapshot.
 	Errors []ObjectError
 }

@@ -35,6 +35,8 @@ const (
 type Decoded struct {
 	Services []*corev1.Service
 	Slices   []*discoveryv1.EndpointSlice
+	Pods     []*corev1.Pod
+	Policies []*model.AuthorizationPolicy
 	// Ignored counts objects of kinds the agent does not use, by "apiVersion/kind".
 	Ignored map[string]int
 	// Errors are all about the whole file (Kind KindFile). When there is any, Services
@@ -42,8 +44,13 @@ type Decoded struct {
 	Errors []model.ObjectError
 }
 
+// Input is what the model is built from.
+func (d Decoded) Input() model.Input {
+	return model.Input{Services: d.Services, EndpointSlices: d.Slices, Pods: d.Pods, Policies: d.Policies}
+}
+
 // Decode reads multi-document Kubernetes YAML: v1 Services, discovery.k8s.io/v1
-// EndpointSlices, and v1 Lists of them. Other kinds are skipped. Objects without a
+// EndpointSlices, v1 Pods, security.istio.io AuthorizationPolicies, and v1 Lists of them. Other kinds are skipped. Objects without a
 // namespace get "default", as kubectl would give them. Any error is file-level and comes
 // with no objects at all; see DecodeAll for the count of skipped objects.
 func Decode(data []byte) (services []*corev1.Service, slices []*discoveryv1.EndpointSlice, errs []model.ObjectError) {
@@ -80,13 +87,15 @@ func (c *Decoder) Decode(data []byte) Decoded {
 		seen[key] = part
 		d.Services = append(d.Services, part.Services...)
 		d.Slices = append(d.Slices, part.Slices...)
+		d.Pods = append(d.Pods, part.Pods...)
+		d.Policies = append(d.Policies, part.Policies...)
 		for k, n := range part.Ignored {
 			d.Ignored[k] += n
 		}
 	}
 	c.docs = seen
 	if len(d.Errors) > 0 {
-		d.Services, d.Slices = nil, nil
+		d.Services, d.Slices, d.Pods, d.Policies = nil, nil, nil, nil
 	}
 	return d
 }
@@ -150,6 +159,20 @@ func (d *Decoded) object(js []byte, where string) error {
 		}
 		defaultNamespace(&slice.Namespace)
 		d.Slices = append(d.Slices, slice)
+	case head.APIVersion == "v1" && head.Kind == "Pod":
+		pod := &corev1.Pod{}
+		if err := json.Unmarshal(js, pod); err != nil {
+			return fmt.Errorf("%s: Pod: %v", where, err)
+		}
+		defaultNamespace(&pod.Namespace)
+		d.Pods = append(d.Pods, pod)
+	case (head.APIVersion == "security.istio.io/v1" || head.APIVersion == "security.istio.io/v1beta1") &&
+		head.Kind == "AuthorizationPolicy":
+		p, err := decodePolicy(js)
+		if err != nil {
+			return fmt.Errorf("%s: AuthorizationPolicy: %v", where, err)
+		}
+		d.Policies = append(d.Policies, p)
 	default:
 		d.Ignored[head.APIVersion+"/"+head.Kind]++
 	}

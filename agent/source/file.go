@@ -139,7 +139,7 @@ func (f *File) snapshot(path string, data []byte, readErr, watchErr error) *mode
 		}
 	} else {
 		f.good = true
-		f.store.Replace(d.Services, d.Slices)
+		f.store.Replace(d.Input())
 	}
 	if watchErr != nil {
 		fileErrs = append(fileErrs, fileError(ReasonUnwatched, fmt.Sprintf(
@@ -161,17 +161,17 @@ func Parse(path string) (*model.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	services, slices, errs := Decode(data)
-	if len(errs) > 0 {
-		all := make([]error, len(errs))
-		for i, e := range errs {
+	d := DecodeAll(data)
+	if len(d.Errors) > 0 {
+		all := make([]error, len(d.Errors))
+		for i, e := range d.Errors {
 			e.Name = path
 			all[i] = e
 		}
 		return nil, errors.Join(all...)
 	}
 	var s Store
-	s.Replace(services, slices)
+	s.Replace(d.Input())
 	return s.Snapshot(), nil
 }
 

@@ -21,6 +21,10 @@ type Store struct {
 	mu       sync.Mutex
 	services map[objectKey]*corev1.Service
 	slices   map[objectKey]*discoveryv1.EndpointSlice
+	pods     map[objectKey]*corev1.Pod
+	// policies are not validated here: a policy is never kept at a last good version,
+	// since its newest intent may be stricter. Build rejects it and fails closed instead.
+	policies map[objectKey]*model.AuthorizationPolicy
 	errs     []model.ObjectError // validation errors of the current input
 }
 
@@ -33,14 +37,18 @@ const keepingSuffix = "; keeping the last good version"
 // Each object in it is validated alone; a valid one is stored, an invalid one is
 // reported and leaves the last good version of that object (if any) in place. The
 // returned errors are also part of every later Snapshot, until the next Replace.
-func (s *Store) Replace(services []*corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) []model.ObjectError {
+func (s *Store) Replace(in model.Input) []model.ObjectError {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []model.ObjectError
-	s.services = replace(s.services, services, model.KindService,
+	s.services = replace(s.services, in.Services, model.KindService,
 		func(o *corev1.Service) *metav1.ObjectMeta { return &o.ObjectMeta }, model.ValidateService, &errs)
-	s.slices = replace(s.slices, endpointSlices, model.KindEndpointSlice,
+	s.slices = replace(s.slices, in.EndpointSlices, model.KindEndpointSlice,
 		func(o *discoveryv1.EndpointSlice) *metav1.ObjectMeta { return &o.ObjectMeta }, model.ValidateEndpointSlice, &errs)
+	s.pods = replace(s.pods, in.Pods, model.KindPod,
+		func(o *corev1.Pod) *metav1.ObjectMeta { return &o.ObjectMeta }, noValidation, &errs)
+	s.policies = replace(s.policies, in.Policies, model.KindAuthorizationPolicy,
+		func(o *model.AuthorizationPolicy) *metav1.ObjectMeta { return &o.ObjectMeta }, noValidation, &errs)
 	s.errs = errs
 	return slices.Clone(errs)
 }
@@ -81,16 +89,18 @@ func replace[T any](old map[objectKey]*T, in []*T, kind string, meta func(*T) *m
 // validation errors appended to the ones Build finds.
 func (s *Store) Snapshot() *model.Snapshot {
 	s.mu.Lock()
-	services := values(s.services)
-	endpointSlices := values(s.slices)
+	in := model.Input{Services: values(s.services), EndpointSlices: values(s.slices),
+		Pods: values(s.pods), Policies: values(s.policies)}
 	errs := slices.Clone(s.errs)
 	s.mu.Unlock()
 	// Build runs unlocked: stored objects are never modified, and a large Build must not
 	// stall a concurrent Replace.
-	snap := model.Build(services, endpointSlices)
+	snap := model.BuildAll(in)
 	snap.Errors = append(snap.Errors, errs...)
 	return snap
 }
+
+func noValidation[T any](*T) []model.ObjectError { return nil }
 
 // values returns the map's objects; Build sorts them, so their order does not matter.
 func values[T any](m map[objectKey]*T) []*T {
