@@ -33,3 +33,10 @@ func (p servicePort) authority() string { return fmt.Sprintf("%s:%d", p.host(), 
 func (p servicePort) clusterName() string {
 	return fmt.Sprintf("outbound|%d||%s", p.port, p.host())
 }
+
+// InboundRoutePrefix starts the names of the node Envoy's route configurations for L7
+// service ports (the proxyless snapshot leaves them out).
+const InboundRoutePrefix = "sockmesh_l7|"
+
+// inboundRouteName names the node Envoy's route configuration for the port.
+func (p servicePort) inboundRouteName() string { return InboundRoutePrefix + p.authority() }

@@ -6,7 +6,11 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -28,11 +32,15 @@ type Proxy struct {
 	Mark   uint32           // SO_MARK on Envoy's upstream sockets, so they are not redirected back
 }
 
-// l7Chain is one L7 service destination: connections to VIP:port go to the cluster.
+// l7Chain is one L7 service destination: connections to VIP:port go to the cluster,
+// through an HTTP connection manager with the port's routes (RDS), or a TCP proxy.
 type l7Chain struct {
-	vip     netip.Addr
-	port    uint16
-	cluster string
+	vip      netip.Addr
+	port     uint16
+	cluster  string
+	protocol model.AppProtocol
+	route    string          // RDS route configuration, for HTTP ports
+	policies []*model.Policy // enforced by network RBAC, for TCP ports
 }
 
 // buildRedirectListener accepts what the datapath redirected, recovers the original
@@ -62,23 +70,68 @@ func buildRedirectListener(listen netip.AddrPort, chains []l7Chain) *listenerv3.
 			PrefixRanges: []*corev3.CidrRange{{AddressPrefix: c.vip.String(),
 				PrefixLen: wrapperspb.UInt32(uint32(c.vip.BitLen()))}},
 		}
-		l.FilterChains = append(l.FilterChains, tcpProxyChain(netip.AddrPortFrom(c.vip, c.port).String(), c.cluster, match))
+		name := netip.AddrPortFrom(c.vip, c.port).String()
+		if c.protocol == model.AppOpaque {
+			l.FilterChains = append(l.FilterChains, tcpProxyChain(name, c.cluster, match, c.policies...))
+		} else {
+			l.FilterChains = append(l.FilterChains, httpChain(name, c.route, c.protocol, match))
+		}
 	}
 	return l
 }
 
-// tcpProxyChain forwards the connection's bytes to a cluster. (HTTP services get an
-// HTTP connection manager with per-route policy when AuthorizationPolicy lands.)
-func tcpProxyChain(name, cluster string, match *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
+// tcpProxyChain forwards the connection's bytes to a cluster, after the network RBAC
+// filters of the service's policies, if any. (A policy change rewrites the chain and
+// so drains its connections; HTTP chains take policies over RDS instead.)
+func tcpProxyChain(name, cluster string, match *listenerv3.FilterChainMatch, policies ...*model.Policy) *listenerv3.FilterChain {
+	chain := &listenerv3.FilterChain{Name: name, FilterChainMatch: match}
+	for _, f := range []struct {
+		name   string
+		action model.PolicyAction
+	}{{rbacDenyFilter, model.PolicyDeny}, {rbacAllowFilter, model.PolicyAllow}} {
+		if rules := buildRBAC(policies, f.action, viewTCP); rules != nil {
+			chain.Filters = append(chain.Filters, &listenerv3.Filter{
+				Name: "envoy.filters.network.rbac",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&netrbacv3.RBAC{
+					StatPrefix: f.name, Rules: rules})},
+			})
+		}
+	}
+	chain.Filters = append(chain.Filters, &listenerv3.Filter{
+		Name: "envoy.filters.network.tcp_proxy",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+			StatPrefix:       name,
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+		})},
+	})
+	return chain
+}
+
+// httpChain parses requests (HTTP/1.1 and h2c, or HTTP/2 only) and routes them with the
+// port's RDS route configuration, which carries the per-route RBAC. The chain holds the
+// two RBAC filters with no rules of their own, so policy changes never touch it.
+func httpChain(name, route string, protocol model.AppProtocol, match *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
+	codec := hcmv3.HttpConnectionManager_AUTO
+	if protocol == model.AppHTTP2 {
+		codec = hcmv3.HttpConnectionManager_HTTP2
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		CodecType:  codec,
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource: adsSource(), RouteConfigName: route}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: rbacDenyFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&httprbacv3.RBAC{})}},
+			{Name: rbacAllowFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&httprbacv3.RBAC{})}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}},
+		},
+	}
 	return &listenerv3.FilterChain{
 		Name:             name,
 		FilterChainMatch: match,
 		Filters: []*listenerv3.Filter{{
-			Name: "envoy.filters.network.tcp_proxy",
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
-				StatPrefix:       name,
-				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
-			})},
+			Name:       "envoy.filters.network.http_connection_manager",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 		}},
 	}
 }
@@ -110,27 +163,42 @@ func markedBind(mark uint32) *corev3.BindConfig {
 	}
 }
 
-// l7Chains lists the frontends of L7 services (TCP) with their clusters.
-func l7Chains(snap *model.Snapshot) []l7Chain {
-	var out []l7Chain
+// l7Chains lists the frontends of L7 services (TCP) with their clusters, and the route
+// configurations of their HTTP ports, one per service port.
+func l7Chains(snap *model.Snapshot) ([]l7Chain, []types.Resource) {
+	var chains []l7Chain
+	var routes []types.Resource
+	done := map[servicePort]bool{}
 	for _, svc := range snap.SortedServices() {
 		if !svc.L7 || svc.Frontend.Protocol != model.TCP {
 			continue
 		}
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
-		out = append(out, l7Chain{vip: svc.Frontend.Addr, port: svc.Frontend.Port, cluster: p.clusterName()})
+		policies := snap.Policies[svc.Name]
+		c := l7Chain{vip: svc.Frontend.Addr, port: svc.Frontend.Port, cluster: p.clusterName(), protocol: svc.AppProtocol}
+		if svc.AppProtocol == model.AppOpaque {
+			c.policies = policies
+		} else {
+			c.route = p.inboundRouteName()
+			if !done[p] {
+				done[p] = true
+				routes = append(routes, buildInboundRouteConfig(p, policies))
+			}
+		}
+		chains = append(chains, c)
 	}
-	return out
+	return chains, routes
 }
 
-// proxyResources are the redirect listeners and the passthrough cluster.
-func proxyResources(px *Proxy, snap *model.Snapshot) (listeners, clusters []types.Resource) {
+// proxyResources are the redirect listeners, their route configurations and the
+// passthrough cluster.
+func proxyResources(px *Proxy, snap *model.Snapshot) (listeners, routes, clusters []types.Resource) {
 	if px == nil || len(px.Listen) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
-	chains := l7Chains(snap)
+	chains, routes := l7Chains(snap)
 	for _, ap := range px.Listen {
 		listeners = append(listeners, buildRedirectListener(ap, chains))
 	}
-	return listeners, []types.Resource{buildPassthroughCluster(*px)}
+	return listeners, routes, []types.Resource{buildPassthroughCluster(*px)}
 }

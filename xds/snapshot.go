@@ -105,11 +105,12 @@ func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resou
 	b.built = built
 	// The redirect listeners change with any L7 service; there are one or two, so they
 	// are rebuilt and hashed every time.
-	ls, cs := proxyResources(b.proxy, snap)
+	ls, rs, cs := proxyResources(b.proxy, snap)
+	versions[resourcev3.RouteType] = map[string]string{}
 	for _, pair := range []struct {
 		t   resourcev3.Type
 		res []types.Resource
-	}{{resourcev3.ListenerType, ls}, {resourcev3.ClusterType, cs}} {
+	}{{resourcev3.ListenerType, ls}, {resourcev3.RouteType, rs}, {resourcev3.ClusterType, cs}} {
 		for _, r := range pair.res {
 			wire, err := cachev3.MarshalResource(r)
 			if err != nil {
@@ -163,7 +164,8 @@ func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyl
 		plainVersions[t] = map[string]string{}
 		for _, r := range list {
 			name := cachev3.GetResourceName(r)
-			if name == PassthroughCluster || strings.HasPrefix(name, RedirectListenerName) {
+			if name == PassthroughCluster || strings.HasPrefix(name, RedirectListenerName) ||
+				strings.HasPrefix(name, InboundRoutePrefix) {
 				continue
 			}
 			plain[t] = append(plain[t], r)

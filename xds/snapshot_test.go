@@ -1,8 +1,14 @@
 package xds
 
 import (
+	"fmt"
+	"maps"
 	"net/netip"
 	"testing"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -33,10 +39,52 @@ func richModel() *model.Snapshot {
 	// L7 services, which the node's Envoy serves on its redirect listeners.
 	add("shop", "pay", "https", "10.96.0.13", 443, model.TCP, be("10.0.3.1", 8443, 1, true))
 	add("shop", "pay", "https", "fd00:96::13", 443, model.TCP, be("fd00:3::1", 8443, 1, true))
+	// HTTP services with policies: their chains take RBAC per route over RDS.
+	add("shop", "orders", "http", "10.96.0.14", 80, model.TCP, be("10.0.4.1", 8080, 1, true))
+	add("shop", "orders", "http", "fd00:96::14", 80, model.TCP, be("fd00:4::1", 8080, 1, true))
+	add("shop", "orders", "grpc", "10.96.0.14", 9090, model.TCP, be("10.0.4.1", 9090, 1, true))
 	for _, svc := range s.Services {
-		svc.L7 = svc.Name.Name == "pay"
+		svc.L7 = svc.Name.Name == "pay" || svc.Name.Name == "orders"
+		switch svc.PortName {
+		case "http":
+			svc.AppProtocol = model.AppHTTP
+		case "grpc":
+			svc.AppProtocol = model.AppHTTP2
+		}
+	}
+	s.Policies = map[model.ServiceName][]*model.Policy{
+		{Namespace: "shop", Name: "orders"}: richPolicies(),
+		{Namespace: "shop", Name: "pay"}:    richPolicies(),
 	}
 	return s
+}
+
+// richPolicies use every field of the supported subset, in both actions, and a
+// rejected policy.
+func richPolicies() []*model.Policy {
+	peers := func(ps ...string) *model.Peers {
+		out := &model.Peers{}
+		for _, p := range ps {
+			out.Prefixes = append(out.Prefixes, netip.MustParsePrefix(p))
+		}
+		return out
+	}
+	return []*model.Policy{
+		{Name: model.PolicyName{Namespace: "shop", Name: "allow"}, Action: model.PolicyAllow, Rules: []model.Rule{
+			{From: []model.Source{{Principals: peers("10.0.9.1/32", "fd00:9::1/128"), NotNamespaces: peers()},
+				{IPBlocks: peers("192.0.2.0/24"), NotIPBlocks: peers("192.0.2.7/32"), Namespaces: peers()}},
+				To: []model.Operation{{Hosts: []string{"orders.shop*"}, NotHosts: []string{"*.evil"}, Ports: []uint16{80},
+					NotPorts: []uint16{81}, Methods: []string{"GET", "POST"}, NotMethods: []string{"DELETE"},
+					Paths: []string{"/api/*", "*.json", "/exact", "*"}, NotPaths: []string{"/api/admin*"}}},
+				When: []model.Condition{{Header: "x-team", Values: []string{"blue", "gr*", "*"}, NotValues: []string{"red"}}}},
+			{}, // allow everything
+		}},
+		{Name: model.PolicyName{Namespace: "shop", Name: "deny"}, Action: model.PolicyDeny, Rules: []model.Rule{
+			{To: []model.Operation{{Paths: []string{"/private*"}}}},
+			{From: []model.Source{{NotPrincipals: peers("10.0.9.1/32")}}, When: []model.Condition{{Header: "x-debug", Values: []string{"*"}}}},
+		}},
+		{Name: model.PolicyName{Namespace: "shop", Name: "broken"}, Action: model.PolicyDeny, Rejected: true},
+	}
 }
 
 var testProxy = &Proxy{Listen: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.5:15001"), netip.MustParseAddrPort("[fd00::5]:15001")}, Mark: 0x539}
@@ -46,20 +94,17 @@ func TestEveryResourcePassesEnvoysValidation(t *testing.T) {
 	total := 0
 	for typ, list := range res {
 		for _, r := range list {
-			v, ok := r.(interface{ ValidateAll() error })
-			if !ok {
-				t.Fatalf("%s resource %T has no validation", typ, r)
-			}
-			if err := v.ValidateAll(); err != nil {
+			if err := validateDeep(r); err != nil {
 				t.Errorf("%s %s: %v", typ, cachev3.GetResourceName(r), err)
 			}
 			total++
 		}
 	}
-	// web:80 (both families), web:9090, cart:80, empty:80, pay:443 — UDP is not served
-	// over xDS — plus the passthrough cluster and the two redirect listeners.
-	if n := len(res[resourcev3.ClusterType]); n != 6 || total != 18 {
-		t.Fatalf("%d clusters, %d resources; want 6 and 18", n, total)
+	// web:80 (both families), web:9090, cart:80, empty:80, pay:443, orders:80 and 9090 —
+	// UDP is not served over xDS — plus the passthrough cluster, the two redirect
+	// listeners and the route configurations of orders' two HTTP ports.
+	if n := len(res[resourcev3.ClusterType]); n != 8 || total != 26 {
+		t.Fatalf("%d clusters, %d resources; want 8 and 26", n, total)
 	}
 	if _, err := (&builder{proxy: testProxy}).snapshot("1", richModel()); err != nil {
 		t.Fatal(err)
@@ -68,28 +113,49 @@ func TestEveryResourcePassesEnvoysValidation(t *testing.T) {
 
 func TestRedirectListenerHasAChainPerL7Frontend(t *testing.T) {
 	res := (&builder{proxy: testProxy}).resources(richModel())
-	found := 0
+	chains := map[string]string{} // listener/chain name -> what it runs
 	for _, r := range res[resourcev3.ListenerType] {
 		l := r.(*listenerv3.Listener)
 		if l.ApiListener != nil {
 			continue
 		}
-		found++
-		if len(l.ListenerFilters) != 1 || l.ListenerFilters[0].Name != "envoy.filters.listener.original_dst" {
-			t.Fatalf("%s: listener filters %v", l.Name, l.ListenerFilters)
+		if len(l.ListenerFilters) != 1 || l.ListenerFilters[0].Name != "envoy.filters.listener.original_dst" || l.DefaultFilterChain == nil {
+			t.Fatalf("%s: listener filters %v, default chain %v", l.Name, l.ListenerFilters, l.DefaultFilterChain)
 		}
-		// One family's L7 frontend each: pay's VIP of that family.
-		if len(l.FilterChains) != 1 || l.DefaultFilterChain == nil {
-			t.Fatalf("%s: %d chains, default %v", l.Name, len(l.FilterChains), l.DefaultFilterChain)
-		}
-		m := l.FilterChains[0].FilterChainMatch
-		if m.DestinationPort.GetValue() != 443 {
-			t.Fatalf("%s: chain matches port %d", l.Name, m.DestinationPort.GetValue())
+		for _, c := range l.FilterChains {
+			desc := fmt.Sprint(c.FilterChainMatch.PrefixRanges[0].AddressPrefix, ":", c.FilterChainMatch.DestinationPort.GetValue())
+			for _, f := range c.Filters {
+				desc += " " + f.Name
+				if hcm, ok := unpack[*hcmv3.HttpConnectionManager](t, f.GetTypedConfig()); ok {
+					desc += fmt.Sprint("(", hcm.CodecType, " rds=", hcm.GetRds().GetRouteConfigName(), ")")
+				}
+			}
+			chains[l.Name+" "+c.Name] = desc
 		}
 	}
-	if found != 2 {
-		t.Fatalf("%d redirect listeners, want one per family", found)
+	want := map[string]string{
+		"sockmesh_redirect_ipv4 10.96.0.13:443":    "10.96.0.13:443 envoy.filters.network.rbac envoy.filters.network.rbac envoy.filters.network.tcp_proxy",
+		"sockmesh_redirect_ipv4 10.96.0.14:80":     "10.96.0.14:80 envoy.filters.network.http_connection_manager(AUTO rds=sockmesh_l7|orders.shop.svc.cluster.local:80)",
+		"sockmesh_redirect_ipv4 10.96.0.14:9090":   "10.96.0.14:9090 envoy.filters.network.http_connection_manager(HTTP2 rds=sockmesh_l7|orders.shop.svc.cluster.local:9090)",
+		"sockmesh_redirect_ipv6 [fd00:96::13]:443": "fd00:96::13:443 envoy.filters.network.rbac envoy.filters.network.rbac envoy.filters.network.tcp_proxy",
+		"sockmesh_redirect_ipv6 [fd00:96::14]:80":  "fd00:96::14:80 envoy.filters.network.http_connection_manager(AUTO rds=sockmesh_l7|orders.shop.svc.cluster.local:80)",
 	}
+	if !maps.Equal(chains, want) {
+		t.Fatalf("redirect chains:\n%v\nwant\n%v", chains, want)
+	}
+}
+
+func unpack[T proto.Message](t *testing.T, a *anypb.Any) (T, bool) {
+	var zero T
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, ok := m.(T)
+	if !ok {
+		return zero, false
+	}
+	return out, true
 }
 
 func TestEndpointsFollowTheModelsSelection(t *testing.T) {
