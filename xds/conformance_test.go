@@ -76,7 +76,9 @@ type request struct {
 	allow     bool
 }
 
-func req(from, method string, allow bool) request { return request{from: from, method: method, allow: allow} }
+func req(from, method string, allow bool) request {
+	return request{from: from, method: method, allow: allow}
+}
 
 const (
 	get    = "/shop.Orders/Get"
@@ -303,8 +305,8 @@ func grpcServerConfig(t *testing.T, snap *model.Snapshot, addr string) (*listene
 	var p uint16
 	fmt.Sscan(port, &p)
 	listener := &listenerv3.Listener{
-		Name:         "grpc/server?xds.resource.listening_address=" + addr,
-		Address:      socketAddress(host, p),
+		Name:    "grpc/server?xds.resource.listening_address=" + addr,
+		Address: socketAddress(host, p),
 		FilterChains: []*listenerv3.FilterChain{{Name: "orders", Filters: []*listenerv3.Filter{{
 			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 		}}}},
