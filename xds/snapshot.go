@@ -31,15 +31,35 @@ type builtPort struct {
 	cluster     types.Resource
 	endpoints   types.Resource
 	listener    types.Resource
+	// proxylessEndpoints, for L7 ports only, replace endpoints for proxyless clients:
+	// the ClusterIPs, so their connections are redirected to the node's Envoy and its
+	// policies apply (a direct connection to a pod would bypass them).
+	proxylessEndpoints types.Resource
 	// versions are the resources' delta xDS versions (hashes of their encoding),
-	// computed once when built rather than for every resource of every snapshot.
-	versions [3]string
+	// computed once when built rather than for every resource of every snapshot;
+	// the fourth is proxylessEndpoints'.
+	versions [4]string
 }
 
-func newBuiltPort(p servicePort, fp string, bs []model.Backend) (builtPort, error) {
+// portState is what the model says of one service port across its frontends.
+type portState struct {
+	backends []model.Backend
+	vips     []model.Frontend // the frontends of L7 ports
+}
+
+func newBuiltPort(p servicePort, fp string, st portState) (builtPort, error) {
 	r := builtPort{fingerprint: fp, cluster: buildCluster(p.clusterName()),
-		endpoints: buildLoadAssignment(p.clusterName(), bs), listener: buildAPIListener(p)}
-	for i, res := range []types.Resource{r.cluster, r.endpoints, r.listener} {
+		endpoints: buildLoadAssignment(p.clusterName(), st.backends), listener: buildAPIListener(p)}
+	res := []types.Resource{r.cluster, r.endpoints, r.listener}
+	if len(st.vips) > 0 {
+		vips := make([]model.Backend, len(st.vips))
+		for i, fe := range st.vips {
+			vips[i] = model.Backend{Addr: fe.Addr, Port: fe.Port, Weight: 1, Ready: true, Serving: true}
+		}
+		r.proxylessEndpoints = buildLoadAssignment(p.clusterName(), vips)
+		res = append(res, r.proxylessEndpoints)
+	}
+	for i, res := range res {
 		wire, err := cachev3.MarshalResource(res)
 		if err != nil {
 			return r, err
@@ -59,13 +79,18 @@ func (b *builder) resources(snap *model.Snapshot) map[resourcev3.Type][]types.Re
 
 // build returns the resources by type and their delta versions by type and name.
 func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resource, map[string]map[string]string, error) {
-	ports := map[servicePort][]model.Backend{}
+	ports := map[servicePort]portState{}
 	for _, svc := range snap.Services {
 		if svc.Frontend.Protocol != model.TCP {
 			continue
 		}
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
-		ports[p] = append(ports[p], svc.Selected()...) // both IP families' endpoints
+		st := ports[p]
+		st.backends = append(st.backends, svc.Selected()...) // both IP families' endpoints
+		if svc.L7 {
+			st.vips = append(st.vips, svc.Frontend)
+		}
+		ports[p] = st
 	}
 	type keyed struct {
 		p    servicePort
@@ -86,13 +111,15 @@ func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resou
 	}
 	for _, k := range keys {
 		// Stable order, so an unchanged model gives identical resources (no pushes).
-		bs := ports[k.p]
+		st := ports[k.p]
+		bs := st.backends
 		sort.Slice(bs, func(i, j int) bool { return bs[i].AddrPort().Compare(bs[j].AddrPort()) < 0 })
-		fp := fingerprint(bs)
+		sort.Slice(st.vips, func(i, j int) bool { return model.FrontendLess(st.vips[i], st.vips[j]) })
+		fp := fingerprint(bs, st.vips)
 		r, ok := b.built[k.p]
 		if !ok || r.fingerprint != fp {
 			var err error
-			if r, err = newBuiltPort(k.p, fp, bs); err != nil {
+			if r, err = newBuiltPort(k.p, fp, st); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -123,9 +150,14 @@ func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resou
 	return out, versions, nil
 }
 
-// fingerprint is everything of the endpoints that reaches a resource.
-func fingerprint(bs []model.Backend) string {
+// fingerprint is everything of the endpoints (and L7 frontends) that reaches a resource.
+func fingerprint(bs []model.Backend, vips []model.Frontend) string {
 	buf := make([]byte, 0, 32*len(bs))
+	for _, fe := range vips {
+		buf = append(buf, fe.String()...)
+		buf = append(buf, ';')
+	}
+	buf = append(buf, '|')
 	for _, b := range bs {
 		buf = b.AddrPort().AppendTo(buf)
 		buf = append(buf, '/')
@@ -158,6 +190,12 @@ func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyl
 	if envoy, err = consistentSnapshot(version, res, versions); err != nil {
 		return nil, nil, err
 	}
+	viaProxy := map[string]builtPort{} // L7 ports' proxyless endpoints, by cluster name
+	for _, r := range b.built {
+		if r.proxylessEndpoints != nil {
+			viaProxy[cachev3.GetResourceName(r.endpoints)] = r
+		}
+	}
 	plain := map[resourcev3.Type][]types.Resource{}
 	plainVersions := map[string]map[string]string{}
 	for t, list := range res {
@@ -168,8 +206,12 @@ func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyl
 				strings.HasPrefix(name, InboundRoutePrefix) {
 				continue
 			}
+			version := versions[t][name]
+			if bp, ok := viaProxy[name]; ok && t == resourcev3.EndpointType {
+				r, version = bp.proxylessEndpoints, bp.versions[3]
+			}
 			plain[t] = append(plain[t], r)
-			plainVersions[t][name] = versions[t][name]
+			plainVersions[t][name] = version
 		}
 	}
 	if proxyless, err = consistentSnapshot(version, plain, plainVersions); err != nil {

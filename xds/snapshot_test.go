@@ -185,3 +185,37 @@ func TestEndpointsFollowTheModelsSelection(t *testing.T) {
 		}
 	}
 }
+
+func TestProxylessClientsReachL7ServicesThroughTheClusterIP(t *testing.T) {
+	envoy, proxyless, err := (&builder{proxy: testProxy}).snapshots("1", richModel())
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoints := func(s *cachev3.Snapshot, cluster string) []string {
+		cla, ok := s.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
+		if !ok {
+			t.Fatalf("no endpoints for %s", cluster)
+		}
+		var out []string
+		for _, l := range cla.Endpoints {
+			for _, e := range l.LbEndpoints {
+				a := e.GetEndpoint().Address.GetSocketAddress()
+				out = append(out, netip.AddrPortFrom(netip.MustParseAddr(a.Address), uint16(a.GetPortValue())).String())
+			}
+		}
+		return out
+	}
+	const orders, web = "outbound|80||orders.shop.svc.cluster.local", "outbound|80||web.shop.svc.cluster.local"
+	if got := endpoints(proxyless, orders); fmt.Sprint(got) != "[10.96.0.14:80 [fd00:96::14]:80]" {
+		t.Fatalf("proxyless endpoints of an L7 service: %v, want its ClusterIPs (so the node's Envoy applies its policies)", got)
+	}
+	if got := endpoints(envoy, orders); fmt.Sprint(got) != "[10.0.4.1:8080 [fd00:4::1]:8080]" {
+		t.Fatalf("Envoy's endpoints of an L7 service: %v, want its pods", got)
+	}
+	if a, b := endpoints(proxyless, web), endpoints(envoy, web); fmt.Sprint(a) != fmt.Sprint(b) || len(a) != 3 {
+		t.Fatalf("a plain service's endpoints differ: proxyless %v, Envoy %v", a, b)
+	}
+	if proxyless.GetResources(resourcev3.RouteType) != nil && len(proxyless.GetResources(resourcev3.RouteType)) != 0 {
+		t.Fatal("proxyless clients got the node Envoy's route configurations")
+	}
+}
