@@ -48,8 +48,13 @@ type Stats struct {
 // Server is the ADS server (state-of-the-world and delta) for this node's proxies and
 // proxyless gRPC clients.
 type Server struct {
-	log     *slog.Logger
-	cache   cachev3.SnapshotCache
+	log *slog.Logger
+	// Two caches, picked per stream by client kind. Envoy's runs in ADS mode, which
+	// answers a request only once it names every resource of its type (Envoy's EDS and
+	// RDS requests do, and this keeps it from seeing half an update). A proxyless
+	// client asks for just the listener and cluster it dials, so its cache is not in
+	// ADS mode, or it would never be answered once there are two services.
+	envoyCache, proxylessCache cachev3.SnapshotCache
 	grpc    *grpc.Server
 	mu      sync.Mutex
 	version uint64
@@ -60,7 +65,14 @@ type Server struct {
 // NewServer makes an ADS server; Update gives it something to serve. With a proxy,
 // the snapshots also carry the node Envoy's redirect listeners.
 func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
-	s := &Server{log: log, cache: cachev3.NewSnapshotCache(true, clientKind{}, nil), grpc: grpc.NewServer()}
+	s := &Server{log: log, grpc: grpc.NewServer(),
+		envoyCache:     cachev3.NewSnapshotCache(true, clientKind{}, nil),
+		proxylessCache: cachev3.NewSnapshotCache(false, clientKind{}, nil)}
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return clientKind{}.ID(r.GetNode()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return clientKind{}.ID(r.GetNode()) },
+		Caches:        map[string]cachev3.Cache{envoyClients: s.envoyCache, proxylessClients: s.proxylessCache},
+	}
 	s.builder.proxy = proxy
 	cb := serverv3.CallbackFuncs{
 		StreamOpenFunc:        func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
@@ -90,7 +102,7 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
 	}
 	// Ordered: SotW responses go CDS → EDS → LDS → RDS, so a cluster never waits for
 	// endpoints that were sent before it (Envoy would leave it warming).
-	srv := serverv3.NewServer(context.Background(), s.cache, cb, sotwv3.WithOrderedADS())
+	srv := serverv3.NewServer(context.Background(), mux, cb, sotwv3.WithOrderedADS())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, srv)
 	return s
 }
@@ -150,10 +162,10 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if err := s.cache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
+	if err := s.envoyCache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
 		return err
 	}
-	return s.cache.SetSnapshot(ctx, proxylessClients, proxyless)
+	return s.proxylessCache.SetSnapshot(ctx, proxylessClients, proxyless)
 }
 
 // Serve answers ADS on ln until Stop.

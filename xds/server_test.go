@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -180,5 +181,29 @@ func TestSotWNackIsCountedAndOtherClientsKeepBeingServed(t *testing.T) {
 	}
 	if n := ts.streams.Load(); n != 1 {
 		t.Fatalf("%d open streams after one client left, want 1", n)
+	}
+}
+
+// A proxyless gRPC client subscribes to the one listener and cluster it dials, not to
+// every resource; it must be answered however many services there are.
+func TestProxylessClientAskingForOneOfManyIsAnswered(t *testing.T) {
+	ts := startServer(t, scaled(3, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := ts.ads().StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "svcbaa.ns.svc.cluster.local:80"
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", UserAgentName: "gRPC Go"},
+		TypeUrl: resourcev3.ListenerType, ResourceNames: []string{name}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("no answer to a request for one listener of three: %v", err)
+	}
+	if len(resp.Resources) != 1 {
+		t.Fatalf("%d listeners sent, want the one asked for", len(resp.Resources))
 	}
 }

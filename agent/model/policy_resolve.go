@@ -103,14 +103,17 @@ func (b *builder) acceptPods(in []*corev1.Pod) []Pod {
 	return out
 }
 
-type policyError struct{ reason, msg string }
+type policyError struct {
+	reason, msg string
+	empty       bool // a source or operation with no field the subset knows
+}
 
 // resolvePolicy checks a policy against the subset and resolves it. Any error rejects it.
 func resolvePolicy(in *AuthorizationPolicy, pods []Pod) (*Policy, []policyError) {
 	p := &Policy{Name: PolicyName{in.Namespace, in.Name}}
 	var errs []policyError
 	fail := func(reason, format string, args ...any) {
-		errs = append(errs, policyError{reason, fmt.Sprintf(format, args...)})
+		errs = append(errs, policyError{reason: reason, msg: fmt.Sprintf(format, args...)})
 	}
 	for _, f := range in.Unsupported {
 		fail(ReasonUnsupportedField, "%s is not supported by sockmesh", f)
@@ -131,14 +134,14 @@ func resolvePolicy(in *AuthorizationPolicy, pods []Pod) (*Policy, []policyError)
 		var rule Rule
 		for j, f := range r.From {
 			src, err := resolveSource(f.Source, pods, fmt.Sprintf("%s.from[%d].source", path, j))
-			if err != nil {
+			if err != nil && !(err.empty && len(in.Unsupported) > 0) { // empty but for unsupported fields
 				errs = append(errs, *err)
 			}
 			rule.From = append(rule.From, src)
 		}
 		for j, t := range r.To {
 			op, err := resolveOperation(t.Operation, fmt.Sprintf("%s.to[%d].operation", path, j))
-			if err != nil {
+			if err != nil && !(err.empty && len(in.Unsupported) > 0) {
 				errs = append(errs, *err)
 			}
 			rule.To = append(rule.To, op)
@@ -167,7 +170,7 @@ func resolveSource(in PolicySource, pods []Pod, path string) (Source, *policyErr
 		peers := &Peers{}
 		for _, v := range values {
 			if err := checkPattern(v); err != nil {
-				return nil, &policyError{ReasonInvalidPolicy, fmt.Sprintf("%s.%s: %q %v", path, field, v, err)}
+				return nil, &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q %v", path, field, v, err)}
 			}
 			for _, pod := range pods {
 				if matchPattern(v, identity(pod)) {
@@ -203,7 +206,7 @@ func resolveSource(in PolicySource, pods []Pod, path string) (Source, *policyErr
 		for _, v := range f.values {
 			pfx, perr := parseBlock(v)
 			if perr != nil {
-				err = &policyError{ReasonInvalidPolicy, fmt.Sprintf("%s.%s: %q is not an IP address or CIDR", path, f.field, v)}
+				err = &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q is not an IP address or CIDR", path, f.field, v)}
 				break
 			}
 			peers.Prefixes = appendUnique(peers.Prefixes, pfx)
@@ -212,7 +215,7 @@ func resolveSource(in PolicySource, pods []Pod, path string) (Source, *policyErr
 	}
 	if err == nil && in.Principals == nil && in.NotPrincipals == nil && in.Namespaces == nil &&
 		in.NotNamespaces == nil && in.IPBlocks == nil && in.NotIPBlocks == nil {
-		err = &policyError{ReasonInvalidPolicy, path + " is empty; a source needs at least one field"}
+		err = &policyError{reason: ReasonInvalidPolicy, msg: path + " is empty; a source needs at least one field", empty: true}
 	}
 	return out, err
 }
@@ -236,7 +239,7 @@ func resolveOperation(in PolicyOperation, path string) (Operation, *policyError)
 		{"methods", in.Methods}, {"notMethods", in.NotMethods}} {
 		for _, v := range f.values {
 			if err := checkPattern(v); err != nil {
-				return out, &policyError{ReasonUnsupportedField, fmt.Sprintf("%s.%s: %q %v", path, f.field, v, err)}
+				return out, &policyError{reason: ReasonUnsupportedField, msg: fmt.Sprintf("%s.%s: %q %v", path, f.field, v, err)}
 			}
 		}
 	}
@@ -248,14 +251,14 @@ func resolveOperation(in PolicyOperation, path string) (Operation, *policyError)
 		for _, v := range f.values {
 			n, err := strconv.ParseUint(v, 10, 16)
 			if err != nil || n == 0 {
-				return out, &policyError{ReasonInvalidPolicy, fmt.Sprintf("%s.%s: %q is not a port number", path, f.field, v)}
+				return out, &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q is not a port number", path, f.field, v)}
 			}
 			*f.dst = append(*f.dst, uint16(n))
 		}
 	}
 	if len(in.Hosts)+len(in.NotHosts)+len(in.Ports)+len(in.NotPorts)+len(in.Methods)+len(in.NotMethods)+
 		len(in.Paths)+len(in.NotPaths) == 0 {
-		return out, &policyError{ReasonInvalidPolicy, path + " is empty; an operation needs at least one field"}
+		return out, &policyError{reason: ReasonInvalidPolicy, msg: path + " is empty; an operation needs at least one field", empty: true}
 	}
 	return out, nil
 }
@@ -263,16 +266,16 @@ func resolveOperation(in PolicyOperation, path string) (Operation, *policyError)
 func resolveCondition(in PolicyCondition, path string) (Condition, *policyError) {
 	header, ok := strings.CutPrefix(in.Key, "request.headers[")
 	if !ok || !strings.HasSuffix(header, "]") || len(header) < 2 {
-		return Condition{}, &policyError{ReasonUnsupportedField, fmt.Sprintf(
+		return Condition{}, &policyError{reason: ReasonUnsupportedField, msg: fmt.Sprintf(
 			"%s.key %q is not supported; sockmesh supports request.headers[NAME]", path, in.Key)}
 	}
 	c := Condition{Header: strings.ToLower(strings.TrimSuffix(header, "]")), Values: in.Values, NotValues: in.NotValues}
 	if len(c.Values)+len(c.NotValues) == 0 {
-		return c, &policyError{ReasonInvalidPolicy, path + " has neither values nor notValues"}
+		return c, &policyError{reason: ReasonInvalidPolicy, msg: path + " has neither values nor notValues"}
 	}
 	for _, v := range append(slices.Clone(c.Values), c.NotValues...) {
 		if err := checkPattern(v); err != nil {
-			return c, &policyError{ReasonUnsupportedField, fmt.Sprintf("%s: %q %v", path, v, err)}
+			return c, &policyError{reason: ReasonUnsupportedField, msg: fmt.Sprintf("%s: %q %v", path, v, err)}
 		}
 	}
 	return c, nil
@@ -339,7 +342,7 @@ func policyTargets(in *AuthorizationPolicy, byName map[ServiceName][]*Service, p
 		for i, ref := range in.Spec.TargetRefs {
 			if ref.Kind != "Service" || (ref.Group != "" && ref.Group != "core") ||
 				(ref.Namespace != "" && ref.Namespace != in.Namespace) {
-				errs = append(errs, policyError{ReasonUnsupportedField, fmt.Sprintf(
+				errs = append(errs, policyError{reason: ReasonUnsupportedField, msg: fmt.Sprintf(
 					"spec.targetRefs[%d]: %s %q in group %q: only Services of the policy's namespace can be targeted; "+
 						"applying the policy to every service of namespace %s", i, ref.Kind, ref.Name, ref.Group, in.Namespace)})
 				out = append(out, all()...)
@@ -347,7 +350,7 @@ func policyTargets(in *AuthorizationPolicy, byName map[ServiceName][]*Service, p
 			}
 			n := ServiceName{in.Namespace, ref.Name}
 			if _, ok := byName[n]; !ok {
-				errs = append(errs, policyError{ReasonUnknownService, fmt.Sprintf(
+				errs = append(errs, policyError{reason: ReasonUnknownService, msg: fmt.Sprintf(
 					"spec.targetRefs[%d] names Service %s, which does not exist (or is not load-balanced); "+
 						"the policy applies to it once it does", i, n)})
 				continue
