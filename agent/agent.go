@@ -190,6 +190,7 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 		}
 	}
 
+	a.metrics.observePolicies(snap)
 	errs := append(append([]model.ObjectError(nil), snap.Errors...), res.Errors...)
 	a.logNewErrors(errs)
 	a.metrics.observeErrors(a.prevErrs, errs)

@@ -21,6 +21,7 @@ type Metrics struct {
 	reconcileErrors   prometheus.Counter
 	inputErrors       *prometheus.CounterVec
 	rejected          *prometheus.GaugeVec
+	policyServices    *prometheus.GaugeVec
 	xdsStreams        prometheus.Gauge
 	xdsNacks          prometheus.Counter
 	xdsErrors         prometheus.Counter
@@ -45,6 +46,8 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 			Help: "Input objects rejected or only partly used, by kind and reason, counted when they appear."}, []string{"kind", "reason"}),
 		rejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_rejected_objects",
 			Help: "Input objects currently rejected or only partly used, by kind and reason."}, []string{"kind", "reason"}),
+		policyServices: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_policy_services",
+			Help: "Services with AuthorizationPolicies: enforced, or fail_closed (a rejected policy targets them and every request is denied)."}, []string{"state"}),
 		xdsStreams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_xds_streams",
 			Help: "Open ADS streams (SotW and delta) from Envoy and proxyless gRPC clients."}),
 		xdsNacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_nacks_total",
@@ -52,13 +55,29 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 		xdsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_snapshot_errors_total",
 			Help: "Model snapshots that could not be turned into a consistent xDS snapshot (the last good one is served)."}),
 	}
-	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors)
+	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors, m.policyServices)
 	m.Registry.MustRegister(m.services, m.backends, m.mapOps, m.reconcileDuration, m.reconcileErrors,
 		m.inputErrors, m.rejected, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if maps != nil {
 		m.Registry.MustRegister(&datapathCollector{maps: maps})
 	}
 	return m
+}
+
+// observePolicies counts the services policies apply to, and those failing closed.
+func (m *Metrics) observePolicies(snap *model.Snapshot) {
+	enforced, failClosed := 0, 0
+	for _, ps := range snap.Policies {
+		enforced++
+		for _, p := range ps {
+			if p.Rejected {
+				failClosed++
+				break
+			}
+		}
+	}
+	m.policyServices.WithLabelValues("enforced").Set(float64(enforced - failClosed))
+	m.policyServices.WithLabelValues("fail_closed").Set(float64(failClosed))
 }
 
 // MapOp implements lbmap.Observer.

@@ -128,6 +128,11 @@ func TestPolicyTargetedServiceIsReachedThroughTheProxyByProxylessClients(t *test
 	if n := inputErrors(t, a, "AuthorizationPolicy", "unknown_service"); n != 1 {
 		t.Fatalf("unknown_service errors counted: %v, want 1", n)
 	}
+	for state, want := range map[string]float64{"enforced": 1, "fail_closed": 1} {
+		if n := a.Metric(t, "sockmesh_policy_services", map[string]string{"state": state}); n != want {
+			t.Fatalf("sockmesh_policy_services{state=%q} = %v, want %v (greeter enforced, web failing closed)", state, n, want)
+		}
+	}
 
 	redirects, translations := counter(t, env, "redirect"), counter(t, env, "xlate_tcp4")
 	res := grpcViaXDS(t, env, 40)
