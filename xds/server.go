@@ -55,11 +55,11 @@ type Server struct {
 	// client asks for just the listener and cluster it dials, so its cache is not in
 	// ADS mode, or it would never be answered once there are two services.
 	envoyCache, proxylessCache cachev3.SnapshotCache
-	grpc    *grpc.Server
-	mu      sync.Mutex
-	version uint64
-	builder builder
-	sent    sentVersions
+	grpc                       *grpc.Server
+	mu                         sync.Mutex
+	version                    uint64
+	builder                    builder
+	sent                       sentVersions
 }
 
 // NewServer makes an ADS server; Update gives it something to serve. With a proxy,
