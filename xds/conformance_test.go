@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,4 +425,76 @@ func callAs(t *testing.T, addr string, r request) (bool, error) {
 		return false, nil
 	}
 	return false, errors.New("unexpected result: " + err.Error())
+}
+
+// A policy change reaches the proxy as a route configuration update only: the listener
+// is byte-for-byte the same, so no connection is drained, and the next request on an
+// open connection is judged by the new policy.
+func TestPolicyChangeIsAppliedOnTheOpenConnection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a gRPC xDS server")
+	}
+	cp := startControlPlane(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(lis.Addr().(*net.TCPAddr).Port)
+	open := caseModel(t, port, []string{`
+  rules: [{}]`})
+	closed := caseModel(t, port, []string{`
+  action: DENY
+  rules: [{to: [{operation: {paths: [` + get + `]}}]}]`})
+	l1, r1 := grpcServerConfig(t, open, lis.Addr().String())
+	l2, r2 := grpcServerConfig(t, closed, lis.Addr().String())
+	if !proto.Equal(l1, l2) {
+		t.Fatal("a policy change altered the listener: Envoy would drain its connections")
+	}
+	if proto.Equal(r1, r2) {
+		t.Fatal("the policy change is not in the route configuration")
+	}
+	if err := cp.serve("live", l1, r1); err != nil {
+		t.Fatal(err)
+	}
+	addr := runRBACServer(t, cp, "live", lis)
+
+	var dials atomic.Int32
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			dials.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, "tcp", a)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rpc := func() codes.Code {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return status.Code(conn.Invoke(ctx, get, &emptypb.Empty{}, &emptypb.Empty{}))
+	}
+	if c := rpc(); c != codes.OK {
+		t.Fatalf("before the change: %v", c)
+	}
+	snap, err := cachev3.NewSnapshot("2", map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: {l2}, resourcev3.RouteType: {r2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.cache.SetSnapshot(context.Background(), "live", snap); err != nil {
+		t.Fatal(err)
+	}
+	// The update arrives asynchronously; the same connection carries every attempt.
+	var last codes.Code
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if last = rpc(); last != codes.OK {
+			break
+		}
+	}
+	if last != codes.PermissionDenied {
+		t.Fatalf("after the policy change: %v, want PermissionDenied", last)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d connections dialled: the policy change closed the open one", n)
+	}
 }
