@@ -26,10 +26,13 @@ func buildAPIListener(p servicePort) *listenerv3.Listener {
 	}
 }
 
-// mustAny wraps a message we built ourselves; marshalling it cannot fail.
+// mustAny wraps a message we built ourselves; marshalling it cannot fail. It is
+// deterministic (map entries sorted), so equal configs give equal bytes: the
+// resources' versions are hashes of those bytes, and a random order would push
+// unchanged resources.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		panic(err)
 	}
 	return a

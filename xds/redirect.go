@@ -2,6 +2,7 @@ package xds
 
 import (
 	"net/netip"
+	"slices"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -169,10 +170,19 @@ func l7Chains(snap *model.Snapshot) ([]l7Chain, []types.Resource) {
 	var chains []l7Chain
 	var routes []types.Resource
 	done := map[servicePort]bool{}
-	for _, svc := range snap.SortedServices() {
-		if !svc.L7 || svc.Frontend.Protocol != model.TCP {
-			continue
+	var l7 []*model.Service // sorted after filtering: few of many services are L7
+	for _, svc := range snap.Services {
+		if svc.L7 && svc.Frontend.Protocol == model.TCP {
+			l7 = append(l7, svc)
 		}
+	}
+	slices.SortFunc(l7, func(a, b *model.Service) int {
+		if model.FrontendLess(a.Frontend, b.Frontend) {
+			return -1
+		}
+		return 1
+	})
+	for _, svc := range l7 {
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
 		policies := snap.Policies[svc.Name]
 		c := l7Chain{vip: svc.Frontend.Addr, port: svc.Frontend.Port, cluster: p.clusterName(), protocol: svc.AppProtocol}

@@ -2,13 +2,14 @@ package xds
 
 import (
 	"fmt"
-	"sort"
-	"strconv"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sockmesh/sockmesh/agent/model"
 )
@@ -19,36 +20,61 @@ func Resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
 	return (&builder{}).resources(snap)
 }
 
-// builder remembers the resources it built for each service port, so a model change
-// rebuilds only the ports whose endpoints changed (the rest are reused as they are).
+// builder turns model snapshots into xDS snapshots. It remembers what it built for
+// each service port and the snapshots it made last, so that a model change touching
+// only endpoints — the common churn — rebuilds just those ports' endpoints and patches
+// the last snapshots, instead of rebuilding and re-checking 10,000 services.
 type builder struct {
 	proxy *Proxy // nil: no Envoy redirect listeners (proxyless clients only)
 	built map[servicePort]builtPort
+	// frontends and portFrontends remember what each model service contributed and
+	// which frontends make up each port, to find changed ports without rebuilding all.
+	frontends     map[model.Frontend]frontendState
+	portFrontends map[servicePort][]model.Frontend
+	// proxyRes are the redirect listeners, their routes and the passthrough cluster
+	// last built, by type.
+	proxyRes map[resourcev3.Type][]types.Resource
+	// last are the snapshots made last; nil until the first.
+	last *snapshotPair
 }
 
+type snapshotPair struct{ envoy, proxyless *cachev3.Snapshot }
+
 type builtPort struct {
-	fingerprint string
-	cluster     types.Resource
-	endpoints   types.Resource
-	listener    types.Resource
+	state     portState // what the resources were built from
+	cluster   types.Resource
+	endpoints types.Resource
+	listener  types.Resource
 	// proxylessEndpoints, for L7 ports only, replace endpoints for proxyless clients:
 	// the ClusterIPs, so their connections are redirected to the node's Envoy and its
 	// policies apply (a direct connection to a pod would bypass them).
 	proxylessEndpoints types.Resource
 	// versions are the resources' delta xDS versions (hashes of their encoding),
-	// computed once when built rather than for every resource of every snapshot;
-	// the fourth is proxylessEndpoints'.
+	// computed once when built rather than for every resource of every snapshot:
+	// cluster, endpoints, listener, proxyless endpoints.
 	versions [4]string
 }
 
-// portState is what the model says of one service port across its frontends.
+// proxylessEDS is the endpoints resource proxyless clients get, and its version.
+func (r builtPort) proxylessEDS() (types.Resource, string) {
+	if r.proxylessEndpoints != nil {
+		return r.proxylessEndpoints, r.versions[3]
+	}
+	return r.endpoints, r.versions[1]
+}
+
+// portState is what the model says of one service port across its frontends, sorted.
 type portState struct {
 	backends []model.Backend
 	vips     []model.Frontend // the frontends of L7 ports
 }
 
-func newBuiltPort(p servicePort, fp string, st portState) (builtPort, error) {
-	r := builtPort{fingerprint: fp, cluster: buildCluster(p.clusterName()),
+func (s portState) equal(o portState) bool {
+	return slices.Equal(s.backends, o.backends) && slices.Equal(s.vips, o.vips)
+}
+
+func newBuiltPort(p servicePort, st portState) (builtPort, error) {
+	r := builtPort{state: st, cluster: buildCluster(p.clusterName()),
 		endpoints: buildLoadAssignment(p.clusterName(), st.backends), listener: buildAPIListener(p)}
 	res := []types.Resource{r.cluster, r.endpoints, r.listener}
 	if len(st.vips) > 0 {
@@ -60,118 +86,150 @@ func newBuiltPort(p servicePort, fp string, st portState) (builtPort, error) {
 		res = append(res, r.proxylessEndpoints)
 	}
 	for i, res := range res {
-		wire, err := cachev3.MarshalResource(res)
+		v, err := hashOf(res)
 		if err != nil {
 			return r, err
 		}
-		r.versions[i] = cachev3.HashResource(wire)
+		r.versions[i] = v
 	}
 	return r, nil
 }
 
-func (b *builder) resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
-	res, _, err := b.build(snap)
+func hashOf(r types.Resource) (string, error) {
+	wire, err := cachev3.MarshalResource(r)
 	if err != nil {
-		panic(err) // marshalling resources we built ourselves cannot fail
+		return "", err
 	}
-	return res
+	return cachev3.HashResource(wire), nil
 }
 
-// build returns the resources by type and their delta versions by type and name.
-func (b *builder) build(snap *model.Snapshot) (map[resourcev3.Type][]types.Resource, map[string]map[string]string, error) {
-	ports := map[servicePort]portState{}
-	for _, svc := range snap.Services {
-		if svc.Frontend.Protocol != model.TCP {
+// frontendState is what one model service (a frontend) last contributed to its port.
+type frontendState struct {
+	port     servicePort
+	backends []model.Backend // selected, in the model's order
+	l7       bool
+}
+
+// update brings the per-port resources and the proxy's resources to the model. It
+// compares each frontend with what it contributed last time (cheap: a frontend hashes
+// without strings, and the selection is compared in place), rebuilds only the ports
+// of the frontends that changed, and reports them, and whether anything beyond
+// endpoints changed (a port added or removed, a proxy resource changed).
+func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structural bool, err error) {
+	if b.built == nil {
+		b.built, b.frontends, b.portFrontends = map[servicePort]builtPort{}, map[model.Frontend]frontendState{}, map[servicePort][]model.Frontend{}
+	}
+	dirty := map[servicePort]bool{}
+	var scratch []model.Backend
+	present := 0
+	for fe, svc := range snap.Services {
+		if fe.Protocol != model.TCP {
 			continue
 		}
-		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
-		st := ports[p]
-		st.backends = append(st.backends, svc.Selected()...) // both IP families' endpoints
-		if svc.L7 {
-			st.vips = append(st.vips, svc.Frontend)
+		present++
+		p := servicePort{name: svc.Name, portName: svc.PortName, port: fe.Port, protocol: fe.Protocol}
+		scratch = svc.AppendSelected(scratch[:0])
+		old, ok := b.frontends[fe]
+		if ok && old.port == p && old.l7 == svc.L7 && slices.Equal(old.backends, scratch) {
+			continue
 		}
-		ports[p] = st
+		if ok {
+			b.unlink(fe, old.port)
+			dirty[old.port] = true
+		}
+		b.frontends[fe] = frontendState{port: p, backends: slices.Clone(scratch), l7: svc.L7}
+		b.portFrontends[p] = append(b.portFrontends[p], fe)
+		dirty[p] = true
 	}
-	type keyed struct {
-		p    servicePort
-		name string
+	if present != len(b.frontends) { // some frontends left the model
+		for fe, old := range b.frontends {
+			if svc, ok := snap.Services[fe]; !ok || svc.Frontend.Protocol != model.TCP {
+				delete(b.frontends, fe)
+				b.unlink(fe, old.port)
+				dirty[old.port] = true
+			}
+		}
 	}
-	keys := make([]keyed, 0, len(ports))
-	for p := range ports {
-		keys = append(keys, keyed{p, p.authority()})
+	for p := range dirty {
+		fes := b.portFrontends[p]
+		if len(fes) == 0 {
+			delete(b.portFrontends, p)
+			delete(b.built, p)
+			structural = true
+			continue
+		}
+		var st portState
+		for _, fe := range fes {
+			f := b.frontends[fe]
+			st.backends = append(st.backends, f.backends...) // both IP families' endpoints
+			if f.l7 {
+				st.vips = append(st.vips, fe)
+			}
+		}
+		// A stable order, so an unchanged model gives identical resources (no pushes).
+		slices.SortFunc(st.backends, func(a, b model.Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
+		slices.SortFunc(st.vips, func(a, b model.Frontend) int {
+			if model.FrontendLess(a, b) {
+				return -1
+			}
+			return 1
+		})
+		r, ok := b.built[p]
+		if ok && r.state.equal(st) {
+			continue
+		}
+		if !ok {
+			structural = true
+		}
+		if r, err = newBuiltPort(p, st); err != nil {
+			return nil, false, err
+		}
+		b.built[p] = r
+		changed = append(changed, p)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].name < keys[j].name })
 
-	typeURLs := [3]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
-	built := make(map[servicePort]builtPort, len(keys))
-	out := map[resourcev3.Type][]types.Resource{}
-	versions := map[string]map[string]string{}
-	for _, t := range typeURLs {
-		versions[t] = make(map[string]string, len(keys))
-	}
-	for _, k := range keys {
-		// Stable order, so an unchanged model gives identical resources (no pushes).
-		st := ports[k.p]
-		bs := st.backends
-		sort.Slice(bs, func(i, j int) bool { return bs[i].AddrPort().Compare(bs[j].AddrPort()) < 0 })
-		sort.Slice(st.vips, func(i, j int) bool { return model.FrontendLess(st.vips[i], st.vips[j]) })
-		fp := fingerprint(bs, st.vips)
-		r, ok := b.built[k.p]
-		if !ok || r.fingerprint != fp {
-			var err error
-			if r, err = newBuiltPort(k.p, fp, st); err != nil {
-				return nil, nil, err
-			}
-		}
-		built[k.p] = r
-		for i, res := range []types.Resource{r.cluster, r.endpoints, r.listener} {
-			out[typeURLs[i]] = append(out[typeURLs[i]], res)
-			versions[typeURLs[i]][cachev3.GetResourceName(res)] = r.versions[i]
-		}
-	}
-	b.built = built
-	// The redirect listeners change with any L7 service; there are one or two, so they
-	// are rebuilt and hashed every time.
 	ls, rs, cs := proxyResources(b.proxy, snap)
-	versions[resourcev3.RouteType] = map[string]string{}
-	for _, pair := range []struct {
-		t   resourcev3.Type
-		res []types.Resource
-	}{{resourcev3.ListenerType, ls}, {resourcev3.RouteType, rs}, {resourcev3.ClusterType, cs}} {
-		for _, r := range pair.res {
-			wire, err := cachev3.MarshalResource(r)
-			if err != nil {
-				return nil, nil, err
-			}
-			out[pair.t] = append(out[pair.t], r)
-			versions[pair.t][cachev3.GetResourceName(r)] = cachev3.HashResource(wire)
+	proxyRes := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: ls, resourcev3.RouteType: rs, resourcev3.ClusterType: cs}
+	for t, res := range proxyRes {
+		if !slices.EqualFunc(res, b.proxyRes[t], func(a, b types.Resource) bool { return proto.Equal(a, b) }) {
+			structural = true
 		}
 	}
-	return out, versions, nil
+	b.proxyRes = proxyRes
+	return changed, structural, nil
 }
 
-// fingerprint is everything of the endpoints (and L7 frontends) that reaches a resource.
-func fingerprint(bs []model.Backend, vips []model.Frontend) string {
-	buf := make([]byte, 0, 32*len(bs))
-	for _, fe := range vips {
-		buf = append(buf, fe.String()...)
-		buf = append(buf, ';')
+// unlink removes a frontend from its port's list.
+func (b *builder) unlink(fe model.Frontend, p servicePort) {
+	b.portFrontends[p] = slices.DeleteFunc(b.portFrontends[p], func(f model.Frontend) bool { return f == fe })
+}
+
+func (b *builder) resources(snap *model.Snapshot) map[resourcev3.Type][]types.Resource {
+	if _, _, err := b.update(snap); err != nil {
+		panic(err) // marshalling resources we built ourselves cannot fail
 	}
-	buf = append(buf, '|')
-	for _, b := range bs {
-		buf = b.AddrPort().AppendTo(buf)
-		buf = append(buf, '/')
-		buf = strconv.AppendUint(buf, uint64(b.Weight), 10)
-		buf = strconv.AppendBool(buf, b.Ready)
-		buf = append(buf, ';')
+	out := map[resourcev3.Type][]types.Resource{}
+	for _, r := range b.built {
+		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], r.cluster)
+		out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], r.endpoints)
+		out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], r.listener)
 	}
-	return string(buf)
+	for t, res := range b.proxyRes {
+		out[t] = append(out[t], res...)
+	}
+	for t := range out {
+		slices.SortFunc(out[t], func(a, b types.Resource) int {
+			return strings.Compare(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
+		})
+	}
+	return out
 }
 
 // NewSnapshot builds a consistent snapshot of the model at version: every cluster has
 // its endpoints and every listener its routes, or it is an error.
 func NewSnapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
-	return (&builder{}).snapshot(version, snap)
+	s, _, err := (&builder{}).snapshots(version, snap)
+	return s, err
 }
 
 func (b *builder) snapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
@@ -181,53 +239,98 @@ func (b *builder) snapshot(version string, snap *model.Snapshot) (*cachev3.Snaps
 
 // snapshots builds the node Envoy's snapshot and the proxyless clients' one, which
 // lacks the Envoy-only resources (grpc-go rejects a listener that is not an API
-// listener, and has no use for the passthrough cluster).
+// listener, and has no use for the passthrough cluster or the Envoy's routes) and has
+// the ClusterIPs as the endpoints of L7 ports. When the model did not change, the last
+// snapshots are returned as they are.
 func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyless *cachev3.Snapshot, err error) {
-	res, versions, err := b.build(snap)
+	changed, structural, err := b.update(snap)
 	if err != nil {
 		return nil, nil, err
 	}
-	if envoy, err = consistentSnapshot(version, res, versions); err != nil {
-		return nil, nil, err
+	switch {
+	case b.last != nil && !structural && len(changed) == 0:
+		return b.last.envoy, b.last.proxyless, nil
+	case b.last != nil && !structural:
+		envoy, proxyless = b.patchEndpoints(version, changed)
+	default:
+		if envoy, proxyless, err = b.fullSnapshots(version); err != nil {
+			return nil, nil, err
+		}
 	}
-	viaProxy := map[string]builtPort{} // L7 ports' proxyless endpoints, by cluster name
+	b.last = &snapshotPair{envoy, proxyless}
+	return envoy, proxyless, nil
+}
+
+// fullSnapshots builds both snapshots from every resource and checks them with
+// Consistent(): every cluster has its endpoints, every listener its routes.
+func (b *builder) fullSnapshots(version string) (envoy, proxyless *cachev3.Snapshot, err error) {
+	envoy, proxyless = newSnapshot(version), newSnapshot(version)
 	for _, r := range b.built {
-		if r.proxylessEndpoints != nil {
-			viaProxy[cachev3.GetResourceName(r.endpoints)] = r
+		add(envoy, resourcev3.ClusterType, r.cluster, r.versions[0])
+		add(envoy, resourcev3.EndpointType, r.endpoints, r.versions[1])
+		add(envoy, resourcev3.ListenerType, r.listener, r.versions[2])
+		add(proxyless, resourcev3.ClusterType, r.cluster, r.versions[0])
+		add(proxyless, resourcev3.ListenerType, r.listener, r.versions[2])
+		eds, v := r.proxylessEDS()
+		add(proxyless, resourcev3.EndpointType, eds, v)
+	}
+	for t, res := range b.proxyRes {
+		for _, r := range res { // Envoy-only; one or two listeners and a few routes
+			v, err := hashOf(r)
+			if err != nil {
+				return nil, nil, err
+			}
+			add(envoy, t, r, v)
 		}
 	}
-	plain := map[resourcev3.Type][]types.Resource{}
-	plainVersions := map[string]map[string]string{}
-	for t, list := range res {
-		plainVersions[t] = map[string]string{}
-		for _, r := range list {
-			name := cachev3.GetResourceName(r)
-			if name == PassthroughCluster || strings.HasPrefix(name, RedirectListenerName) ||
-				strings.HasPrefix(name, InboundRoutePrefix) {
-				continue
-			}
-			version := versions[t][name]
-			if bp, ok := viaProxy[name]; ok && t == resourcev3.EndpointType {
-				r, version = bp.proxylessEndpoints, bp.versions[3]
-			}
-			plain[t] = append(plain[t], r)
-			plainVersions[t][name] = version
+	for _, s := range []*cachev3.Snapshot{envoy, proxyless} {
+		if err := s.Consistent(); err != nil {
+			return nil, nil, fmt.Errorf("xds snapshot %s is not consistent: %w", version, err)
 		}
-	}
-	if proxyless, err = consistentSnapshot(version, plain, plainVersions); err != nil {
-		return nil, nil, err
 	}
 	return envoy, proxyless, nil
 }
 
-func consistentSnapshot(version string, res map[resourcev3.Type][]types.Resource, versions map[string]map[string]string) (*cachev3.Snapshot, error) {
-	s, err := cachev3.NewSnapshot(version, res)
-	if err != nil {
-		return nil, err
+// patchEndpoints makes the next snapshots from the last ones when only endpoints
+// changed: the endpoints of the changed ports are replaced and only the endpoint type
+// gets the new version, so state-of-the-world clients are sent endpoints alone and
+// delta clients just the changed resources. The resource names are those of the last
+// snapshots, which passed Consistent(), and endpoints refer to nothing, so the check
+// would give the same answer; it is not run again over every resource.
+func (b *builder) patchEndpoints(version string, changed []servicePort) (envoy, proxyless *cachev3.Snapshot) {
+	// Shallow copies: the other types' item maps are shared with the last snapshots,
+	// which the cache only reads.
+	e, px := *b.last.envoy, *b.last.proxyless
+	envoy, proxyless = &e, &px
+	eds := cachev3.GetResponseType(resourcev3.EndpointType)
+	for _, s := range []*cachev3.Snapshot{envoy, proxyless} {
+		s.Resources[eds] = cachev3.Resources{Version: version, Items: maps.Clone(s.Resources[eds].Items)}
+		s.VersionMap = maps.Clone(s.VersionMap)
+		s.VersionMap[resourcev3.EndpointType] = maps.Clone(s.VersionMap[resourcev3.EndpointType])
 	}
-	s.VersionMap = versions // what ConstructVersionMap would compute, mostly reused
-	if err := s.Consistent(); err != nil {
-		return nil, fmt.Errorf("xds snapshot %s is not consistent: %w", version, err)
+	for _, p := range changed {
+		r := b.built[p]
+		add(envoy, resourcev3.EndpointType, r.endpoints, r.versions[1])
+		res, v := r.proxylessEDS()
+		add(proxyless, resourcev3.EndpointType, res, v)
 	}
-	return s, nil
+	return envoy, proxyless
+}
+
+func newSnapshot(version string) *cachev3.Snapshot {
+	s := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+	for i := range s.Resources {
+		s.Resources[i] = cachev3.Resources{Version: version, Items: map[string]types.ResourceWithTTL{}}
+	}
+	return s
+}
+
+// add puts a resource of type t and its delta version in a snapshot.
+func add(s *cachev3.Snapshot, t resourcev3.Type, r types.Resource, version string) {
+	name := cachev3.GetResourceName(r)
+	s.Resources[cachev3.GetResponseType(t)].Items[name] = types.ResourceWithTTL{Resource: r}
+	if s.VersionMap[t] == nil {
+		s.VersionMap[t] = map[string]string{}
+	}
+	s.VersionMap[t][name] = version
 }

@@ -219,3 +219,78 @@ func TestProxylessClientsReachL7ServicesThroughTheClusterIP(t *testing.T) {
 		t.Fatal("proxyless clients got the node Envoy's route configurations")
 	}
 }
+
+// The incremental builder must serve exactly what a fresh full build serves, through
+// every kind of change, and an endpoint-only change must leave the other types'
+// versions alone (state-of-the-world clients are then sent endpoints only).
+func TestIncrementalSnapshotsMatchAFullBuild(t *testing.T) {
+	inc := &builder{proxy: testProxy}
+	step := func(name string, m *model.Snapshot) (envoy, proxyless *cachev3.Snapshot) {
+		t.Helper()
+		version := fmt.Sprint(name)
+		e, p, err := inc.snapshots(version, m)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		fe, fp, err := (&builder{proxy: testProxy}).snapshots(version, m)
+		if err != nil {
+			t.Fatalf("%s: full build: %v", name, err)
+		}
+		for _, pair := range [][2]*cachev3.Snapshot{{e, fe}, {p, fp}} {
+			for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+				got, want := pair[0].GetResources(typ), pair[1].GetResources(typ)
+				if len(got) != len(want) {
+					t.Fatalf("%s: %d %s resources, a full build has %d", name, len(got), typ, len(want))
+				}
+				for n, r := range want {
+					if !proto.Equal(got[n], r) {
+						t.Fatalf("%s: %s %s differs from a full build", name, typ, n)
+					}
+					if pair[0].GetVersionMap(typ)[n] != pair[1].GetVersionMap(typ)[n] {
+						t.Fatalf("%s: %s %s has another delta version than in a full build", name, typ, n)
+					}
+				}
+			}
+			if err := pair[0].Consistent(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		return e, p
+	}
+	m := richModel()
+	e1, p1 := step("start", m)
+
+	// An endpoint added to web:80: only endpoints get a new version.
+	web := m.Services[model.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}]
+	web.Backends = append(web.Backends, model.Backend{Addr: netip.MustParseAddr("10.0.1.3"), Port: 8080, Weight: 1, Ready: true, Serving: true})
+	e2, p2 := step("endpoint", m)
+	for _, pair := range [][2]*cachev3.Snapshot{{e1, e2}, {p1, p2}} {
+		if pair[1].GetVersion(resourcev3.EndpointType) != "endpoint" {
+			t.Fatal("changed endpoints kept their old version")
+		}
+		for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.ListenerType} {
+			if pair[0].GetVersion(typ) != pair[1].GetVersion(typ) {
+				t.Fatalf("an endpoint change gave %s a new version: SotW clients would be sent them all again", typ)
+			}
+		}
+	}
+	// Nothing changed: the same snapshots, so nothing is pushed.
+	if e, p := step("same", m); e != e2 || p != p2 {
+		t.Fatal("an unchanged model made new snapshots")
+	}
+	// An endpoint of an L7 service: Envoy's endpoints change, proxyless ones stay the ClusterIPs.
+	orders := m.Services[model.Frontend{Addr: netip.MustParseAddr("10.96.0.14"), Port: 80, Protocol: model.TCP}]
+	orders.Backends = orders.Backends[:0]
+	step("l7 endpoint", m)
+	// A service removed, one added, an L7 flag and a policy changed: full rebuilds.
+	delete(m.Services, model.Frontend{Addr: netip.MustParseAddr("10.96.0.11"), Port: 80, Protocol: model.TCP})
+	step("removed", m)
+	add := &model.Service{Name: model.ServiceName{Namespace: "shop", Name: "new"}, PortName: "http",
+		Frontend: model.Frontend{Addr: netip.MustParseAddr("10.96.0.99"), Port: 80, Protocol: model.TCP}}
+	m.Services[add.Frontend] = add
+	step("added", m)
+	add.L7 = true
+	step("made L7", m)
+	m.Policies[model.ServiceName{Namespace: "shop", Name: "orders"}] = nil
+	step("policy removed", m)
+}

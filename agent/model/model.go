@@ -87,20 +87,26 @@ type Service struct {
 
 // Selected returns the backends that take new connections, following KEP-1669: the ready
 // ones; when none is ready, the ones that are serving and terminating; else none.
-func (s *Service) Selected() []Backend {
-	var ready, terminating []Backend
+func (s *Service) Selected() []Backend { return s.AppendSelected(nil) }
+
+// AppendSelected appends Selected() to dst, in Backends order, without allocating when
+// dst has room: for callers that compare selections of many services.
+func (s *Service) AppendSelected(dst []Backend) []Backend {
+	n := len(dst)
 	for _, b := range s.Backends {
-		switch {
-		case b.Ready:
-			ready = append(ready, b)
-		case b.Serving && b.Terminating:
-			terminating = append(terminating, b)
+		if b.Ready {
+			dst = append(dst, b)
 		}
 	}
-	if len(ready) > 0 {
-		return ready
+	if len(dst) > n {
+		return dst
 	}
-	return terminating
+	for _, b := range s.Backends {
+		if b.Serving && b.Terminating {
+			dst = append(dst, b)
+		}
+	}
+	return dst
 }
 
 // AppProtocol is a service port's application protocol, as far as the proxy cares.
