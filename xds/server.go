@@ -59,6 +59,7 @@ type Server struct {
 	mu                         sync.Mutex
 	version                    uint64
 	builder                    builder
+	served                     snapshotPair // what the caches hold
 	sent                       sentVersions
 }
 
@@ -162,10 +163,17 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) error {
 	if err != nil {
 		return err
 	}
+	if envoy == s.served.envoy && proxyless == s.served.proxyless {
+		return nil // the model changed nothing the clients see
+	}
 	if err := s.envoyCache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
 		return err
 	}
-	return s.proxylessCache.SetSnapshot(ctx, proxylessClients, proxyless)
+	if err := s.proxylessCache.SetSnapshot(ctx, proxylessClients, proxyless); err != nil {
+		return err
+	}
+	s.served = snapshotPair{envoy, proxyless}
+	return nil
 }
 
 // Serve answers ADS on ln until Stop.

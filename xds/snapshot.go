@@ -243,6 +243,13 @@ func (b *builder) snapshot(version string, snap *model.Snapshot) (*cachev3.Snaps
 // the ClusterIPs as the endpoints of L7 ports. When the model did not change, the last
 // snapshots are returned as they are.
 func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyless *cachev3.Snapshot, err error) {
+	// On any error the next call builds in full, not from snapshots that lag the
+	// builder's state.
+	defer func() {
+		if err != nil {
+			b.last = nil
+		}
+	}()
 	changed, structural, err := b.update(snap)
 	if err != nil {
 		return nil, nil, err
