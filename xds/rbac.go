@@ -21,6 +21,12 @@ const (
 	rbacAllowFilter = "sockmesh.rbac.allow"
 )
 
+// rbacFilters are the two RBAC filters in the order they run.
+var rbacFilters = []struct {
+	name   string
+	action model.PolicyAction
+}{{rbacDenyFilter, model.PolicyDeny}, {rbacAllowFilter, model.PolicyAllow}}
+
 // protocolView says which request attributes the enforcing filter can see.
 type protocolView uint8
 

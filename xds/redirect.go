@@ -86,10 +86,7 @@ func buildRedirectListener(listen netip.AddrPort, chains []l7Chain) *listenerv3.
 // so drains its connections; HTTP chains take policies over RDS instead.)
 func tcpProxyChain(name, cluster string, match *listenerv3.FilterChainMatch, policies ...*model.Policy) *listenerv3.FilterChain {
 	chain := &listenerv3.FilterChain{Name: name, FilterChainMatch: match}
-	for _, f := range []struct {
-		name   string
-		action model.PolicyAction
-	}{{rbacDenyFilter, model.PolicyDeny}, {rbacAllowFilter, model.PolicyAllow}} {
+	for _, f := range rbacFilters {
 		if rules := buildRBAC(policies, f.action, viewTCP); rules != nil {
 			chain.Filters = append(chain.Filters, &listenerv3.Filter{
 				Name: "envoy.filters.network.rbac",

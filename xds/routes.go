@@ -36,10 +36,7 @@ func buildInboundRouteConfig(p servicePort, policies []*model.Policy) *routev3.R
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: p.clusterName()},
 		}},
 	}
-	for _, f := range []struct {
-		name   string
-		action model.PolicyAction
-	}{{rbacDenyFilter, model.PolicyDeny}, {rbacAllowFilter, model.PolicyAllow}} {
+	for _, f := range rbacFilters {
 		if rules := buildRBAC(policies, f.action, viewHTTP); rules != nil {
 			if route.TypedPerFilterConfig == nil {
 				route.TypedPerFilterConfig = map[string]*anypb.Any{}
