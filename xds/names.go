@@ -1,8 +1,9 @@
 // Package xds turns the agent's model into Envoy resources (one builder per resource
-// type), keeps them as per-node snapshots in go-control-plane's cache and serves them
-// over ADS. This first part builds the resources a proxyless gRPC client or Envoy
-// needs to reach a service's endpoints: an API listener, its route configuration, an
-// EDS cluster and the cluster's endpoints.
+// type: clusters, endpoints, listeners, routes, RBAC), keeps them as snapshots in
+// go-control-plane's caches (one view for the node's Envoy, one for proxyless gRPC
+// clients) and serves them over ADS, state-of-the-world and delta. It owns the
+// translation of AuthorizationPolicies into Envoy RBAC and the incremental update of
+// snapshots when only endpoints change.
 package xds
 
 import (
