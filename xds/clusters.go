@@ -5,21 +5,43 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/sockmesh/sockmesh/agent/model"
 )
 
 // connectTimeout bounds Envoy's upstream connects.
 const connectTimeout = time.Second
 
-// buildCluster is an EDS cluster whose endpoints come over the same ADS stream.
-func buildCluster(name string) *clusterv3.Cluster {
-	return &clusterv3.Cluster{
+// buildCluster is an EDS cluster whose endpoints come over the same ADS stream. Its
+// upstream protocol follows the port's: HTTP/2 for gRPC and h2c ports, the client's
+// own protocol for HTTP ports (HTTP/1.1 stays HTTP/1.1, h2c stays h2c).
+func buildCluster(name string, app model.AppProtocol) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
 		ConnectTimeout:       durationpb.New(connectTimeout),
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
 	}
+	var opts *httpv3.HttpProtocolOptions
+	switch app {
+	case model.AppHTTP2:
+		opts = &httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}}
+	case model.AppHTTP:
+		opts = &httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+			UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}
+	}
+	if opts != nil {
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(opts)}
+	}
+	return c
 }
 
 // adsSource points a resource at the ADS stream it came from.

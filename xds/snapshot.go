@@ -67,14 +67,15 @@ func (r builtPort) proxylessEDS() (types.Resource, string) {
 type portState struct {
 	backends []model.Backend
 	vips     []model.Frontend // the frontends of L7 ports
+	app      model.AppProtocol
 }
 
 func (s portState) equal(o portState) bool {
-	return slices.Equal(s.backends, o.backends) && slices.Equal(s.vips, o.vips)
+	return s.app == o.app && slices.Equal(s.backends, o.backends) && slices.Equal(s.vips, o.vips)
 }
 
 func newBuiltPort(p servicePort, st portState) (builtPort, error) {
-	r := builtPort{state: st, cluster: buildCluster(p.clusterName()),
+	r := builtPort{state: st, cluster: buildCluster(p.clusterName(), st.app),
 		endpoints: buildLoadAssignment(p.clusterName(), st.backends), listener: buildAPIListener(p)}
 	res := []types.Resource{r.cluster, r.endpoints, r.listener}
 	if len(st.vips) > 0 {
@@ -108,6 +109,7 @@ type frontendState struct {
 	port     servicePort
 	backends []model.Backend // selected, in the model's order
 	l7       bool
+	app      model.AppProtocol
 }
 
 // update brings the per-port resources and the proxy's resources to the model. It
@@ -130,14 +132,14 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: fe.Port, protocol: fe.Protocol}
 		scratch = svc.AppendSelected(scratch[:0])
 		old, ok := b.frontends[fe]
-		if ok && old.port == p && old.l7 == svc.L7 && slices.Equal(old.backends, scratch) {
+		if ok && old.port == p && old.l7 == svc.L7 && old.app == svc.AppProtocol && slices.Equal(old.backends, scratch) {
 			continue
 		}
 		if ok {
 			b.unlink(fe, old.port)
 			dirty[old.port] = true
 		}
-		b.frontends[fe] = frontendState{port: p, backends: slices.Clone(scratch), l7: svc.L7}
+		b.frontends[fe] = frontendState{port: p, backends: slices.Clone(scratch), l7: svc.L7, app: svc.AppProtocol}
 		b.portFrontends[p] = append(b.portFrontends[p], fe)
 		dirty[p] = true
 	}
@@ -165,6 +167,7 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 			if f.l7 {
 				st.vips = append(st.vips, fe)
 			}
+			st.app = max(st.app, f.app) // the same port of one Service: the same protocol
 		}
 		// A stable order, so an unchanged model gives identical resources (no pushes).
 		slices.SortFunc(st.backends, func(a, b model.Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
@@ -174,15 +177,17 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 			}
 			return 1
 		})
-		r, ok := b.built[p]
-		if ok && r.state.equal(st) {
+		old, ok := b.built[p]
+		if ok && old.state.equal(st) {
 			continue
 		}
-		if !ok {
-			structural = true
-		}
-		if r, err = newBuiltPort(p, st); err != nil {
+		r, err := newBuiltPort(p, st)
+		if err != nil {
 			return nil, false, err
+		}
+		// Endpoints alone can be patched in; a new cluster (its protocol) cannot.
+		if !ok || r.versions[0] != old.versions[0] || r.versions[2] != old.versions[2] {
+			structural = true
 		}
 		b.built[p] = r
 		changed = append(changed, p)

@@ -282,6 +282,9 @@ func TestIncrementalSnapshotsMatchAFullBuild(t *testing.T) {
 	orders := m.Services[model.Frontend{Addr: netip.MustParseAddr("10.96.0.14"), Port: 80, Protocol: model.TCP}]
 	orders.Backends = orders.Backends[:0]
 	step("l7 endpoint", m)
+	// The port's protocol changed: its cluster's upstream protocol follows.
+	web.AppProtocol = model.AppHTTP2
+	step("protocol", m)
 	// A service removed, one added, an L7 flag and a policy changed: full rebuilds.
 	delete(m.Services, model.Frontend{Addr: netip.MustParseAddr("10.96.0.11"), Port: 80, Protocol: model.TCP})
 	step("removed", m)
