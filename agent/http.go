@@ -25,6 +25,11 @@ type DebugService struct {
 	Frontend string   `json:"frontend"`
 	Backends []string `json:"backends"`
 	Selected []string `json:"selected"`
+	// L7 services go through the node's Envoy; Policies names the AuthorizationPolicies
+	// that apply, a rejected one as "NS/NAME (rejected: denies all)".
+	L7       bool     `json:"l7,omitempty"`
+	Protocol string   `json:"appProtocol,omitempty"`
+	Policies []string `json:"policies,omitempty"`
 }
 
 // DebugState is the JSON body of /debug/state.
@@ -41,7 +46,18 @@ func (s *state) debug() DebugState {
 	out := DebugState{Ready: s.ready, LastApplyError: s.lastError, Services: []DebugService{}, Errors: []string{}}
 	if s.snapshot != nil {
 		for _, svc := range s.snapshot.SortedServices() {
-			ds := DebugService{Name: svc.Name.String(), Frontend: svc.Frontend.String(), Backends: []string{}, Selected: []string{}}
+			ds := DebugService{Name: svc.Name.String(), Frontend: svc.Frontend.String(), Backends: []string{}, Selected: []string{},
+				L7: svc.L7}
+			if svc.L7 {
+				ds.Protocol = svc.AppProtocol.String()
+			}
+			for _, p := range s.snapshot.Policies[svc.Name] {
+				name := p.Name.String() + " (" + p.Action.String() + ")"
+				if p.Rejected {
+					name = p.Name.String() + " (rejected: denies all)"
+				}
+				ds.Policies = append(ds.Policies, name)
+			}
 			for _, b := range svc.Backends {
 				ds.Backends = append(ds.Backends, b.AddrPort().String())
 			}

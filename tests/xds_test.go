@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -127,6 +128,26 @@ func TestPolicyTargetedServiceIsReachedThroughTheProxyByProxylessClients(t *test
 	}
 	if n := inputErrors(t, a, "AuthorizationPolicy", "unknown_service"); n != 1 {
 		t.Fatalf("unknown_service errors counted: %v, want 1", n)
+	}
+	// /debug/state says which policies apply where, and which fail closed.
+	resp, err := http.Get("http://" + a.Addr + "/debug/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st agent.DebugState
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	policies := map[string]string{}
+	for _, svc := range st.Services {
+		if svc.L7 {
+			policies[svc.Name] = strings.Join(svc.Policies, ",")
+		}
+	}
+	if policies["demo/greeter"] != "demo/greeter-open (ALLOW)" || policies["demo/web"] != "demo/web-jwt (rejected: denies all)" {
+		t.Fatalf("/debug/state policies of L7 services: %v", policies)
 	}
 	for state, want := range map[string]float64{"enforced": 1, "fail_closed": 1} {
 		if n := a.Metric(t, "sockmesh_policy_services", map[string]string{"state": state}); n != want {
