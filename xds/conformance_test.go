@@ -168,6 +168,11 @@ func conformanceCases(port uint16) []policyCase {
   rules: [{to: [{operation: {ports: ["` + p + `"]}}]}]`}, []request{req(clientIP, get, true)}},
 		{"ports: another port", []string{`
   rules: [{to: [{operation: {ports: ["1"]}}]}]`}, []request{req(clientIP, get, false)}},
+		{"ports: the workload's (target) port, as Istio policies name it", []string{`
+  rules: [{to: [{operation: {ports: ["8080"]}}]}]`}, []request{req(clientIP, get, true)}},
+		{"DENY on the target port catches connections to the service port", []string{`
+  action: DENY
+  rules: [{to: [{operation: {ports: ["8080"]}}]}]`}, []request{req(clientIP, get, false)}},
 		{"notPorts", []string{`
   rules: [{to: [{operation: {notPorts: ["` + p + `"]}}]}]`}, []request{req(clientIP, get, false)}},
 		{"when request.headers: values and notValues", []string{`
@@ -249,7 +254,14 @@ func caseModel(t *testing.T, port uint16, specs []string) *model.Snapshot {
 	docs := []string{conformancePods, fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: orders, namespace: shop, annotations: {sockmesh.io/l7: "true"}}
-spec: {clusterIP: 10.96.0.14, ports: [{name: grpc, port: %d}]}`, port)}
+spec: {clusterIP: 10.96.0.14, ports: [{name: grpc, port: %d, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: orders-1, namespace: shop, labels: {kubernetes.io/service-name: orders}}
+addressType: IPv4
+ports: [{name: grpc, port: 8080}]
+endpoints: [{addresses: [10.1.0.5]}]`, port)}
 	for i, spec := range specs {
 		docs = append(docs, fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

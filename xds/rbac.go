@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -35,13 +36,31 @@ const (
 	viewTCP                      // network filter: peers and ports only
 )
 
+// rbacTarget is one service port the RBAC filters protect, with its policies.
+type rbacTarget struct {
+	policies []*model.Policy
+	port     uint16   // the service port: the original destination Envoy sees
+	targets  []uint16 // the endpoints' ports, which Istio policies name (workload ports)
+}
+
+// destPort is the destination port Envoy sees for a port a policy names: the service
+// port for the service port itself and for its endpoints' target ports, so a policy
+// written for the workload's port matches what the client dialled (a DENY on port 8080
+// must not miss connections made to service port 80 → 8080).
+func (t rbacTarget) destPort(p uint16) uint16 {
+	if slices.Contains(t.targets, p) {
+		return t.port
+	}
+	return p
+}
+
 // buildRBAC translates a service's policies of one action into Envoy RBAC rules, or
 // nil when there are none (no enforcement by that filter). Rejected policies become a
 // deny-everything rule: a policy sockmesh cannot read fails closed.
-func buildRBAC(policies []*model.Policy, action model.PolicyAction, view protocolView) *rbacv3.RBAC {
+func buildRBAC(t rbacTarget, action model.PolicyAction, view protocolView) *rbacv3.RBAC {
 	rules := map[string]*rbacv3.Policy{}
 	present := false
-	for _, p := range policies {
+	for _, p := range t.policies {
 		if p.Rejected {
 			if action == model.PolicyDeny {
 				present = true
@@ -57,7 +76,7 @@ func buildRBAC(policies []*model.Policy, action model.PolicyAction, view protoco
 		// to "must match an ALLOW rule": Istio's allow-nothing.
 		present = true
 		for i, r := range p.Rules {
-			if rp, ok := rulePolicy(r, action, view); ok {
+			if rp, ok := rulePolicy(r, action, view, t); ok {
 				rules[fmt.Sprintf("%s[%d]", p.Name, i)] = rp
 			}
 		}
@@ -76,7 +95,7 @@ func buildRBAC(policies []*model.Policy, action model.PolicyAction, view protoco
 // "to" and "when". On a TCP view, an ALLOW rule that needs HTTP attributes can never
 // match and is dropped, while a DENY rule loses its HTTP conditions and so denies more
 // (Istio's conservative choice in both cases). ok is false for a dropped rule.
-func rulePolicy(r model.Rule, action model.PolicyAction, view protocolView) (*rbacv3.Policy, bool) {
+func rulePolicy(r model.Rule, action model.PolicyAction, view protocolView, t rbacTarget) (*rbacv3.Policy, bool) {
 	var perms []*rbacv3.Permission
 	if r.To != nil {
 		var ops []*rbacv3.Permission
@@ -87,7 +106,7 @@ func rulePolicy(r model.Rule, action model.PolicyAction, view protocolView) (*rb
 				}
 				op = model.Operation{Ports: op.Ports, NotPorts: op.NotPorts}
 			}
-			ops = append(ops, operationPermission(op))
+			ops = append(ops, operationPermission(op, t))
 		}
 		if len(ops) == 0 {
 			return nil, false
@@ -115,7 +134,7 @@ func rulePolicy(r model.Rule, action model.PolicyAction, view protocolView) (*rb
 }
 
 // operationPermission matches every set field of the operation.
-func operationPermission(op model.Operation) *rbacv3.Permission {
+func operationPermission(op model.Operation, t rbacTarget) *rbacv3.Permission {
 	var all []*rbacv3.Permission
 	field := func(ps []*rbacv3.Permission, negate bool) {
 		if len(ps) == 0 {
@@ -138,8 +157,9 @@ func operationPermission(op model.Operation) *rbacv3.Permission {
 	}
 	field(each(op.Hosts, host), false)
 	field(each(op.NotHosts, host), true)
-	field(each(op.Ports, portPermission), false)
-	field(each(op.NotPorts, portPermission), true)
+	port := func(p uint16) *rbacv3.Permission { return portPermission(t.destPort(p)) }
+	field(each(op.Ports, port), false)
+	field(each(op.NotPorts, port), true)
 	field(each(op.Methods, method), false)
 	field(each(op.NotMethods, method), true)
 	field(each(op.Paths, path), false)

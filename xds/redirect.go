@@ -40,8 +40,8 @@ type l7Chain struct {
 	port     uint16
 	cluster  string
 	protocol model.AppProtocol
-	route    string          // RDS route configuration, for HTTP ports
-	policies []*model.Policy // enforced by network RBAC, for TCP ports
+	route    string     // RDS route configuration, for HTTP ports
+	rbac     rbacTarget // enforced by network RBAC, for TCP ports
 }
 
 // buildRedirectListener accepts what the datapath redirected, recovers the original
@@ -60,7 +60,7 @@ func buildRedirectListener(listen netip.AddrPort, chains []l7Chain) *listenerv3.
 			Name:       "envoy.filters.listener.original_dst",
 			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&origdstv3.OriginalDst{})},
 		}},
-		DefaultFilterChain: tcpProxyChain("passthrough", PassthroughCluster, nil),
+		DefaultFilterChain: tcpProxyChain("passthrough", PassthroughCluster, nil, rbacTarget{}),
 	}
 	for _, c := range chains {
 		if c.vip.Is4() != listen.Addr().Is4() {
@@ -73,7 +73,7 @@ func buildRedirectListener(listen netip.AddrPort, chains []l7Chain) *listenerv3.
 		}
 		name := netip.AddrPortFrom(c.vip, c.port).String()
 		if c.protocol == model.AppOpaque {
-			l.FilterChains = append(l.FilterChains, tcpProxyChain(name, c.cluster, match, c.policies...))
+			l.FilterChains = append(l.FilterChains, tcpProxyChain(name, c.cluster, match, c.rbac))
 		} else {
 			l.FilterChains = append(l.FilterChains, httpChain(name, c.route, c.protocol, match))
 		}
@@ -84,10 +84,10 @@ func buildRedirectListener(listen netip.AddrPort, chains []l7Chain) *listenerv3.
 // tcpProxyChain forwards the connection's bytes to a cluster, after the network RBAC
 // filters of the service's policies, if any. (A policy change rewrites the chain and
 // so drains its connections; HTTP chains take policies over RDS instead.)
-func tcpProxyChain(name, cluster string, match *listenerv3.FilterChainMatch, policies ...*model.Policy) *listenerv3.FilterChain {
+func tcpProxyChain(name, cluster string, match *listenerv3.FilterChainMatch, target rbacTarget) *listenerv3.FilterChain {
 	chain := &listenerv3.FilterChain{Name: name, FilterChainMatch: match}
 	for _, f := range rbacFilters {
-		if rules := buildRBAC(policies, f.action, viewTCP); rules != nil {
+		if rules := buildRBAC(target, f.action, viewTCP); rules != nil {
 			chain.Filters = append(chain.Filters, &listenerv3.Filter{
 				Name: "envoy.filters.network.rbac",
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&netrbacv3.RBAC{
@@ -179,17 +179,28 @@ func l7Chains(snap *model.Snapshot) ([]l7Chain, []types.Resource) {
 		}
 		return 1
 	})
+	// A port's endpoints' target ports, across its frontends (both IP families).
+	targets := map[servicePort][]uint16{}
 	for _, svc := range l7 {
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
-		policies := snap.Policies[svc.Name]
+		for _, b := range svc.Backends {
+			if !slices.Contains(targets[p], b.Port) {
+				targets[p] = append(targets[p], b.Port)
+			}
+		}
+	}
+	for _, svc := range l7 {
+		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
+		rbac := rbacTarget{policies: snap.Policies[svc.Name], port: p.port, targets: targets[p]}
+		slices.Sort(rbac.targets)
 		c := l7Chain{vip: svc.Frontend.Addr, port: svc.Frontend.Port, cluster: p.clusterName(), protocol: svc.AppProtocol}
 		if svc.AppProtocol == model.AppOpaque {
-			c.policies = policies
+			c.rbac = rbac
 		} else {
 			c.route = p.inboundRouteName()
 			if !done[p] {
 				done[p] = true
-				routes = append(routes, buildInboundRouteConfig(p, policies))
+				routes = append(routes, buildInboundRouteConfig(p, rbac))
 			}
 		}
 		chains = append(chains, c)

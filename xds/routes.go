@@ -4,8 +4,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/sockmesh/sockmesh/agent/model"
 )
 
 // buildRouteConfig sends every request for the service's authority to its cluster.
@@ -29,7 +27,7 @@ func buildRouteConfig(p servicePort) *routev3.RouteConfiguration {
 // (the filter chain already chose it by original destination, so any Host is fine) to
 // the port's cluster, with the service's policies as per-route RBAC: a policy change
 // is an RDS update, which keeps open connections.
-func buildInboundRouteConfig(p servicePort, policies []*model.Policy) *routev3.RouteConfiguration {
+func buildInboundRouteConfig(p servicePort, target rbacTarget) *routev3.RouteConfiguration {
 	route := &routev3.Route{
 		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
@@ -37,7 +35,7 @@ func buildInboundRouteConfig(p servicePort, policies []*model.Policy) *routev3.R
 		}},
 	}
 	for _, f := range rbacFilters {
-		if rules := buildRBAC(policies, f.action, viewHTTP); rules != nil {
+		if rules := buildRBAC(target, f.action, viewHTTP); rules != nil {
 			if route.TypedPerFilterConfig == nil {
 				route.TypedPerFilterConfig = map[string]*anypb.Any{}
 			}
