@@ -74,6 +74,7 @@ type request struct {
 	method    string // gRPC full method, the HTTP path
 	authority string // "" for the default
 	headers   map[string]string
+	repeated  map[string][]string // headers sent more than once
 	allow     bool
 }
 
@@ -184,6 +185,14 @@ func conformanceCases(port uint16) []policyCase {
 			{from: clientIP, method: get, headers: map[string]string{"x-team": "grey"}, allow: false},
 			{from: clientIP, method: get, headers: map[string]string{"x-team": "red"}, allow: false},
 			{from: clientIP, method: get, allow: false}}},
+		{"when: a repeated header matches by any of its values", []string{`
+  action: DENY
+  rules: [{when: [{key: "request.headers[x-team]", values: [red, "gr*", "*ue"]}]}]`}, []request{
+			{from: clientIP, method: get, repeated: map[string][]string{"x-team": {"orange", "red"}}, allow: false},
+			{from: clientIP, method: get, repeated: map[string][]string{"x-team": {"green", "orange"}}, allow: false},
+			{from: clientIP, method: get, repeated: map[string][]string{"x-team": {"orange", "blue", "pink"}}, allow: false},
+			{from: clientIP, method: get, repeated: map[string][]string{"x-team": {"orange", "reddish", "ungreen"}}, allow: true},
+			{from: clientIP, method: get, headers: map[string]string{"x-team": "redblue-x"}, allow: true}}},
 		{"when: presence", []string{`
   action: DENY
   rules: [{when: [{key: "request.headers[x-debug]", values: ["*"]}]}]`}, []request{
@@ -428,6 +437,11 @@ func callAs(t *testing.T, addr string, r request) (bool, error) {
 	defer cancel()
 	for k, v := range r.headers {
 		ctx = metadata.AppendToOutgoingContext(ctx, k, v)
+	}
+	for k, vs := range r.repeated {
+		for _, v := range vs {
+			ctx = metadata.AppendToOutgoingContext(ctx, k, v)
+		}
 	}
 	err = conn.Invoke(ctx, r.method, &emptypb.Empty{}, &emptypb.Empty{})
 	switch status.Code(err) {

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -175,9 +176,11 @@ func each[T any](values []T, f func(T) *rbacv3.Permission) []*rbacv3.Permission 
 	return out
 }
 
-// conditionPermission matches a request header against a "when" entry.
+// conditionPermission matches a request header against a "when" entry. A header sent
+// more than once is seen as its values joined by commas, so a value matches any one
+// element of that list: otherwise repeating a header would slip past a DENY rule.
 func conditionPermission(c model.Condition) *rbacv3.Permission {
-	one := func(v string) *rbacv3.Permission { return headerPermission(c.Header, v, false) }
+	one := func(v string) *rbacv3.Permission { return headerListPermission(c.Header, v) }
 	var all []*rbacv3.Permission
 	if len(c.Values) > 0 {
 		all = append(all, orPermissions(each(c.Values, one)))
@@ -225,6 +228,26 @@ func sourcePrincipal(s model.Source) *rbacv3.Principal {
 		return all[0]
 	}
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: all}}}
+}
+
+// headerListPermission matches a pattern against any element of a comma-joined header.
+func headerListPermission(name, pattern string) *rbacv3.Permission {
+	if pattern == "*" {
+		return headerPermission(name, pattern, false)
+	}
+	var elem string
+	switch {
+	case strings.HasSuffix(pattern, "*"):
+		elem = regexp.QuoteMeta(strings.TrimSuffix(pattern, "*")) + ".*"
+	case strings.HasPrefix(pattern, "*"):
+		elem = ".*" + regexp.QuoteMeta(strings.TrimPrefix(pattern, "*"))
+	default:
+		elem = regexp.QuoteMeta(pattern)
+	}
+	h := &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+		StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
+			SafeRegex: &matcherv3.RegexMatcher{Regex: "^(.*,)?" + elem + "(,.*)?$"}}}}}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: h}}
 }
 
 func headerPermission(name, pattern string, ignoreCase bool) *rbacv3.Permission {
