@@ -116,6 +116,11 @@ func httpChain(name, route string, protocol model.AppProtocol, match *listenerv3
 	hcm := &hcmv3.HttpConnectionManager{
 		CodecType:  codec,
 		StatPrefix: name,
+		// Paths are normalized before RBAC sees them ("/a/../private", "//private",
+		// "%2Fprivate" are "/private"), or a DENY on a path could be walked around.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource: adsSource(), RouteConfigName: route}},
 		HttpFilters: []*hcmv3.HttpFilter{
