@@ -128,6 +128,9 @@ func TestRedirectListenerHasAChainPerL7Frontend(t *testing.T) {
 				desc += " " + f.Name
 				if hcm, ok := unpack[*hcmv3.HttpConnectionManager](t, f.GetTypedConfig()); ok {
 					desc += fmt.Sprint("(", hcm.CodecType, " rds=", hcm.GetRds().GetRouteConfigName(), ")")
+					if !hcm.NormalizePath.GetValue() || !hcm.MergeSlashes || hcm.PathWithEscapedSlashesAction != hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD {
+						t.Errorf("%s: paths reach RBAC unnormalized: a DENY on a path could be walked around", c.Name)
+					}
 				}
 			}
 			chains[l.Name+" "+c.Name] = desc
