@@ -97,6 +97,18 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
 			}
 			return nil
 		},
+		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+			// A delta client that rejects a response keeps its resources; the cache
+			// sends only later changes, so there is no resend to prevent here.
+			if r.ErrorDetail != nil {
+				s.log.Error("xDS client rejected a config; it keeps its last good version", "stream", id,
+					"node", r.GetNode().GetId(), "type", r.TypeUrl, "nonce", r.ResponseNonce, "err", r.ErrorDetail.Message)
+				if stats.Nacks != nil {
+					stats.Nacks()
+				}
+			}
+			return nil
+		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 			s.sent.record(id, resp.TypeUrl, resp.Nonce, resp.VersionInfo)
 		},

@@ -207,3 +207,34 @@ func TestProxylessClientAskingForOneOfManyIsAnswered(t *testing.T) {
 		t.Fatalf("%d listeners sent, want the one asked for", len(resp.Resources))
 	}
 }
+
+func TestDeltaNackIsCountedAndTheStreamLives(t *testing.T) {
+	ts := startServer(t, scaled(3, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := ts.ads().DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType})
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.Nonce,
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "injected rejection"}})
+	for deadline := time.Now().Add(5 * time.Second); ts.nacks.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := ts.nacks.Load(); n != 1 {
+		t.Fatalf("%d NACKs counted, want 1", n)
+	}
+	// The stream lives on and the next change still arrives, alone.
+	if err := ts.Update(context.Background(), scaled(3, 1)); err != nil {
+		t.Fatal(err)
+	}
+	next, err := stream.Recv()
+	if err != nil || len(next.Resources) != 1 {
+		t.Fatalf("after a delta NACK and a change: %v, %v; want the one changed resource", next, err)
+	}
+}
