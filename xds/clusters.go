@@ -17,14 +17,17 @@ const connectTimeout = time.Second
 
 // buildCluster is an EDS cluster whose endpoints come over the same ADS stream. Its
 // upstream protocol follows the port's: HTTP/2 for gRPC and h2c ports, the client's
-// own protocol for HTTP ports (HTTP/1.1 stays HTTP/1.1, h2c stays h2c).
-func buildCluster(name string, app model.AppProtocol) *clusterv3.Cluster {
+// own protocol for HTTP ports (HTTP/1.1 stays HTTP/1.1, h2c stays h2c). With a mark,
+// Envoy's upstream sockets carry it, so the datapath knows them as Envoy's (never
+// redirected back to it); proxyless gRPC clients ignore the bind config.
+func buildCluster(name string, app model.AppProtocol, mark uint32) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
 		ConnectTimeout:       durationpb.New(connectTimeout),
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		UpstreamBindConfig:   markedBind(mark),
 	}
 	var opts *httpv3.HttpProtocolOptions
 	switch app {

@@ -74,8 +74,8 @@ func (s portState) equal(o portState) bool {
 	return s.app == o.app && slices.Equal(s.backends, o.backends) && slices.Equal(s.vips, o.vips)
 }
 
-func newBuiltPort(p servicePort, st portState) (builtPort, error) {
-	r := builtPort{state: st, cluster: buildCluster(p.clusterName(), st.app),
+func newBuiltPort(p servicePort, st portState, mark uint32) (builtPort, error) {
+	r := builtPort{state: st, cluster: buildCluster(p.clusterName(), st.app, mark),
 		endpoints: buildLoadAssignment(p.clusterName(), st.backends), listener: buildAPIListener(p)}
 	res := []types.Resource{r.cluster, r.endpoints, r.listener}
 	if len(st.vips) > 0 {
@@ -181,7 +181,7 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 		if ok && old.state.equal(st) {
 			continue
 		}
-		r, err := newBuiltPort(p, st)
+		r, err := newBuiltPort(p, st, b.mark())
 		if err != nil {
 			return nil, false, err
 		}
@@ -202,6 +202,14 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 	}
 	b.proxyRes = proxyRes
 	return changed, structural, nil
+}
+
+// mark is the Envoy mark, or 0 without a proxy.
+func (b *builder) mark() uint32 {
+	if b.proxy == nil {
+		return 0
+	}
+	return b.proxy.Mark
 }
 
 // unlink removes a frontend from its port's list.

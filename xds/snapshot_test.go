@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -108,6 +109,14 @@ func TestEveryResourcePassesEnvoysValidation(t *testing.T) {
 	}
 	if _, err := (&builder{proxy: testProxy}).snapshot("1", richModel()); err != nil {
 		t.Fatal(err)
+	}
+	// Every upstream socket of Envoy's carries the mark, so it is never redirected back.
+	for _, r := range res[resourcev3.ClusterType] {
+		c := r.(*clusterv3.Cluster)
+		opts := c.GetUpstreamBindConfig().GetSocketOptions()
+		if len(opts) != 1 || opts[0].GetIntValue() != int64(testProxy.Mark) {
+			t.Errorf("cluster %s: upstream socket options %v, want SO_MARK %#x", c.Name, opts, testProxy.Mark)
+		}
 	}
 }
 
