@@ -123,12 +123,13 @@ func httpChain(name, route string, protocol model.AppProtocol, match *listenerv3
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource: adsSource(), RouteConfigName: route}},
-		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: rbacDenyFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&httprbacv3.RBAC{})}},
-			{Name: rbacAllowFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&httprbacv3.RBAC{})}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}},
-		},
 	}
+	for _, f := range rbacFilters {
+		hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{Name: f.name,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&httprbacv3.RBAC{})}})
+	}
+	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{Name: "envoy.filters.http.router",
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}})
 	return &listenerv3.FilterChain{
 		Name:             name,
 		FilterChainMatch: match,

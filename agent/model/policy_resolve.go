@@ -33,6 +33,9 @@ const RootNamespace = "istio-system"
 // service is in the snapshot.
 func (b *builder) resolvePolicies(pods []*corev1.Pod, policies []*AuthorizationPolicy) {
 	known := b.acceptPods(pods)
+	if len(policies) == 0 {
+		return // the rest indexes every service, for nothing
+	}
 	byName := map[ServiceName][]*Service{}
 	for _, svc := range b.snap.Services {
 		byName[svc.Name] = append(byName[svc.Name], svc)
