@@ -164,63 +164,55 @@ func resolvePolicy(in *AuthorizationPolicy, pods []Pod) (*Policy, []policyError)
 	return p, nil
 }
 
+// resolveSource turns a source's fields into peer address sets. An empty list is the
+// same as an absent field, as in Istio.
 func resolveSource(in PolicySource, pods []Pod, path string) (Source, *policyError) {
 	var out Source
-	byIdentity := func(values []string, field string, identity func(Pod) string) (*Peers, *policyError) {
-		if values == nil {
-			return nil, nil
+	principal := func(p Pod) string { return p.Principal() }
+	namespace := func(p Pod) string { return p.Namespace }
+	for _, f := range []struct {
+		dst      **Peers
+		values   []string
+		field    string
+		identity func(Pod) string // nil: the values are addresses or CIDRs
+	}{
+		{&out.Principals, in.Principals, "principals", principal},
+		{&out.NotPrincipals, in.NotPrincipals, "notPrincipals", principal},
+		{&out.Namespaces, in.Namespaces, "namespaces", namespace},
+		{&out.NotNamespaces, in.NotNamespaces, "notNamespaces", namespace},
+		{&out.IPBlocks, in.IPBlocks, "ipBlocks", nil},
+		{&out.NotIPBlocks, in.NotIPBlocks, "notIpBlocks", nil},
+	} {
+		if len(f.values) == 0 {
+			continue
 		}
 		peers := &Peers{}
-		for _, v := range values {
+		for _, v := range f.values {
+			if f.identity == nil {
+				pfx, err := parseBlock(v)
+				if err != nil {
+					return out, &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q is not an IP address or CIDR", path, f.field, v)}
+				}
+				peers.Prefixes = appendUnique(peers.Prefixes, pfx)
+				continue
+			}
 			if err := checkPattern(v); err != nil {
-				return nil, &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q %v", path, field, v, err)}
+				return out, &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q %v", path, f.field, v, err)}
 			}
 			for _, pod := range pods {
-				if matchPattern(v, identity(pod)) {
+				if matchPattern(v, f.identity(pod)) {
 					for _, ip := range pod.IPs {
 						peers.Prefixes = appendUnique(peers.Prefixes, netip.PrefixFrom(ip, ip.BitLen()))
 					}
 				}
 			}
 		}
-		return peers, nil
-	}
-	principal := func(p Pod) string { return p.Principal() }
-	namespace := func(p Pod) string { return p.Namespace }
-	var err *policyError
-	set := func(dst **Peers, values []string, field string, identity func(Pod) string) {
-		if err == nil {
-			*dst, err = byIdentity(values, field, identity)
-		}
-	}
-	set(&out.Principals, in.Principals, "principals", principal)
-	set(&out.NotPrincipals, in.NotPrincipals, "notPrincipals", principal)
-	set(&out.Namespaces, in.Namespaces, "namespaces", namespace)
-	set(&out.NotNamespaces, in.NotNamespaces, "notNamespaces", namespace)
-	for _, f := range []struct {
-		dst    **Peers
-		values []string
-		field  string
-	}{{&out.IPBlocks, in.IPBlocks, "ipBlocks"}, {&out.NotIPBlocks, in.NotIPBlocks, "notIpBlocks"}} {
-		if err != nil || f.values == nil {
-			continue
-		}
-		peers := &Peers{}
-		for _, v := range f.values {
-			pfx, perr := parseBlock(v)
-			if perr != nil {
-				err = &policyError{reason: ReasonInvalidPolicy, msg: fmt.Sprintf("%s.%s: %q is not an IP address or CIDR", path, f.field, v)}
-				break
-			}
-			peers.Prefixes = appendUnique(peers.Prefixes, pfx)
-		}
 		*f.dst = peers
 	}
-	if err == nil && in.Principals == nil && in.NotPrincipals == nil && in.Namespaces == nil &&
-		in.NotNamespaces == nil && in.IPBlocks == nil && in.NotIPBlocks == nil {
-		err = &policyError{reason: ReasonInvalidPolicy, msg: path + " is empty; a source needs at least one field", empty: true}
+	if out == (Source{}) {
+		return out, &policyError{reason: ReasonInvalidPolicy, msg: path + " is empty; a source needs at least one field", empty: true}
 	}
-	return out, err
+	return out, nil
 }
 
 func parseBlock(s string) (netip.Prefix, error) {

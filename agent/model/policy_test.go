@@ -202,3 +202,22 @@ func TestUnreadableTargetFailsClosedNamespaceWide(t *testing.T) {
 		t.Fatalf("policy %+v is not rejected", ps[0])
 	}
 }
+
+func TestEmptyPolicyListsAreUnset(t *testing.T) {
+	p := policy("shop", "p", AuthorizationPolicySpec{
+		TargetRefs: []PolicyTargetRef{{Kind: "Service", Name: "web"}},
+		Rules:      []PolicyRule{{From: []PolicyFrom{{Source: PolicySource{Principals: []string{}, Namespaces: []string{"data"}}}}}},
+	})
+	snap := policyWorld(p)
+	src := snap.Policies[ServiceName{"shop", "web"}][0].Rules[0].From[0]
+	if src.Principals != nil || src.Namespaces == nil {
+		t.Fatalf("principals: [] resolved to %+v (want unset, as in Istio), namespaces to %+v", src.Principals, src.Namespaces)
+	}
+	only := policy("shop", "q", AuthorizationPolicySpec{
+		TargetRefs: []PolicyTargetRef{{Kind: "Service", Name: "web"}},
+		Rules:      []PolicyRule{{From: []PolicyFrom{{Source: PolicySource{IPBlocks: []string{}}}}}},
+	})
+	if snap := policyWorld(only); len(snap.Errors) != 1 || !strings.Contains(snap.Errors[0].Error(), "source is empty") {
+		t.Fatalf("a source with only empty lists: errors %v, want it named as empty", snap.Errors)
+	}
+}
