@@ -85,7 +85,7 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 	path := env.WriteFile(b, "svc.yaml", echoYAML(backend.IPv4))
 	env.StartAgent(b, path, "--splice", "on", "--node-name", "node-1", "--envoy-redirect", listen.String())
 
-	modes := map[string]uint32{"on": bpf.SpliceOn, "off": bpf.SpliceOff}
+	modes := map[string]uint32{"on": bpf.SpliceOn, "off": bpf.SpliceOff, "auto": bpf.SpliceAuto}
 	rr := func(to netip.AddrPort, size, n int) time.Duration {
 		out, err := env.RunOp(b, harness.ClientRequest{Op: "bench-rr", NetNS: client.NetNS, To: to, N: n, Args: []string{strconv.Itoa(size)}})
 		if err != nil {
@@ -97,24 +97,30 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 		}
 		return res.P50
 	}
-	// measure alternates the modes batch by batch and returns each mode's median p50.
-	measure := func(to netip.AddrPort, size int) map[string]time.Duration {
+	// measure alternates a splicing mode ("on" or "auto") with "off" batch by batch and
+	// returns each one's median p50, the splicing one under "on".
+	measure := func(to netip.AddrPort, size int, splicing ...string) map[string]time.Duration {
 		const batches = 12
 		n := 300
 		if size >= 16384 {
 			n = 100
 		}
+		on := "on"
+		if len(splicing) > 0 {
+			on = splicing[0]
+		}
 		got := map[string][]time.Duration{}
 		for i := 0; i < batches; i++ {
-			for _, mode := range []string{"on", "off"} {
-				if i%2 == 1 {
-					mode = map[string]string{"on": "off", "off": "on"}[mode]
-				}
+			order := []string{on, "off"}
+			if i%2 == 1 {
+				order = []string{"off", on}
+			}
+			for _, mode := range order {
 				setSplice(b, env, modes[mode])
 				got[mode] = append(got[mode], rr(to, size, n))
 			}
 		}
-		return map[string]time.Duration{"on": median(got["on"]), "off": median(got["off"])}
+		return map[string]time.Duration{"on": median(got[on]), "off": median(got["off"])}
 	}
 	report := func(prefix string, size int, m map[string]time.Duration) {
 		b.ReportMetric(float64(m["on"].Microseconds()), fmt.Sprintf("%srr%d-on-p50-us", prefix, size))
@@ -127,6 +133,10 @@ func BenchmarkSpliceVsTCP(b *testing.B) {
 	}
 	for _, size := range []int{64, 1024, 4096} {
 		report("hop-", size, measure(echoPlainVIP, size))
+	}
+	// The default mode, auto, on the relay path: it must never be slower than TCP.
+	for _, size := range []int{64, 262144} {
+		report("auto-", size, measure(echoVIP, size, "auto"))
 	}
 	if counter(b, env, "splice_pairs") == before {
 		b.Fatal("nothing was spliced: the comparison would be TCP against TCP")

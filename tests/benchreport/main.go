@@ -43,6 +43,8 @@ var goals = []goal{
 	{"SpliceVsTCP", "hop-rr4096-latency-cut-%", 30, "splice: p50 round trip cut at 4 KiB, one hop (%)", true},
 	{"SpliceVsTCP", "rr262144-latency-cut-%", 0, "splice: p50 round trip at 256 KiB not worse (%)", true},
 	{"SpliceVsTCP", "stream-on/off-x", 1, "splice: bulk stream throughput, on / off", true},
+	{"SpliceVsTCP", "auto-rr64-latency-cut-%", 0, "splice auto (the default): p50 at 64 B not worse, app → relay → backend (%)", true},
+	{"SpliceVsTCP", "auto-rr262144-latency-cut-%", 0, "splice auto: p50 at 256 KiB not worse (%)", true},
 	{"Snapshot10kServices", "ms/snapshot", 500, "xDS: full snapshot, 10k services × 10 endpoints (ms)", false},
 	{"EndpointChangeDeltaVsSotW", "delta-bytes", 2048, "xDS: one endpoint change to a delta client, 10k services (bytes)", false},
 	{"EndpointChangeDeltaVsSotW", "update-to-client-p50-ms", 10, "xDS: one endpoint change reaches a delta client, median of 50 (ms)", false},
