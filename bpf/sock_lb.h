@@ -166,6 +166,9 @@ struct splice_peer {
 	__u64 cookie;      /* the socket this entry belongs to */
 	__u64 peer_cookie; /* and its peer */
 	__u64 spliced;     /* bytes this socket's sends moved into its peer so far */
+	__u64 psock;       /* before pairing: this socket's psock (kernel address); once
+			    * paired: the peer's, whose queue length says what its reader
+			    * has not consumed yet (0: unknown) */
 	__u32 budget;      /* before pairing: how many bytes may be spliced into this
 			    * socket; once paired: how many its sends may splice into the
 			    * peer (the peer's figure), so sk_msg needs no second lookup */

@@ -15,6 +15,7 @@
  *   good once it has spliced the receiver's budget, since spliced bytes bypass the
  *   receive window: that bounds what a stalled reader can pin. */
 #include "shared_maps.h"
+#include <bpf/bpf_core_read.h>
 
 #define SOL_IP 0
 #define SOL_IPV6 41
@@ -218,6 +219,43 @@ static __always_inline __u32 budget(struct bpf_sock_ops *s)
 	return rcvbuf > 0 && (__u32)rcvbuf > floor ? (__u32)rcvbuf : floor;
 }
 
+/* The two kernel fields the budget reads, located by CO-RE in the running kernel's BTF. */
+struct sock___sm {
+	void *sk_user_data; /* the psock, with flag bits in the low three */
+} __attribute__((preserve_access_index));
+struct sk_psock___sm {
+	__u32 msg_tot_len; /* bytes in the psock's message queue: spliced, not read yet */
+} __attribute__((preserve_access_index));
+
+#define SK_USER_DATA_PTRMASK (~7UL)
+
+/* psock_of returns the address of a socket's psock (it has one once it is in the
+ * sockhash), or 0. It is only ever read through bpf_probe_read_kernel. */
+static __always_inline __u64 psock_of(struct bpf_sock_ops *s)
+{
+	struct bpf_sock *sk = s->sk;
+	struct tcp_sock *tp;
+
+	if (!sk || !bpf_core_field_exists(struct sk_psock___sm, msg_tot_len))
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	return (__u64)((struct sock___sm *)tp)->sk_user_data & SK_USER_DATA_PTRMASK;
+}
+
+/* unread returns how many bytes spliced into a socket its reader has not consumed yet
+ * (its psock's queue length, which recvmsg() lowers), or -1 when unknown. */
+static __always_inline long unread(__u64 psock)
+{
+	__u32 len;
+
+	if (!psock || bpf_probe_read_kernel(&len, sizeof(len),
+			(void *)(psock + bpf_core_field_offset(struct sk_psock___sm, msg_tot_len))))
+		return -1;
+	return len;
+}
+
 /* spliced files a socket under key in the sockhash and its own storage. */
 static __always_inline int spliced(struct bpf_sock_ops *s, struct sock_key *key, __u64 cookie)
 {
@@ -262,6 +300,7 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 	struct pending_key pkey = {};
 	struct splice_pending pend = {};
 	struct splice_peer peer = {};
+	struct splice_peer *filed;
 	__u64 cookie;
 
 	tuple_of(s, &key.t);
@@ -277,6 +316,9 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 		count(CNT_FALLBACK_MAP_FULL);
 		return;
 	}
+	filed = bpf_map_lookup_elem(&sm_peers, &key);
+	if (filed)
+		filed->psock = psock_of(s); /* read by the peer's sends, once paired */
 	pkey.t = key.t;
 	pkey.snd_nxt = s->snd_nxt;
 	pkey.netns = is_loopback(&key.t) ? key.netns : 0;
@@ -322,6 +364,7 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	mine.cookie = cookie;
 	mine.peer_cookie = their_cookie;
 	mine.budget = theirs->budget; /* what they may receive is what we may send */
+	mine.psock = theirs->psock;   /* and how much of it they have not read */
 	mine.state = SPLICE_ACTIVE; /* nothing sent yet: this callback runs before accept() */
 	if (bpf_map_update_elem(&sm_peers, &me, &mine, BPF_ANY) || spliced(s, &me, cookie)) {
 		bpf_map_delete_elem(&sm_peers, &me);
@@ -333,6 +376,7 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	theirs->peer = me;
 	theirs->peer_cookie = cookie;
 	theirs->budget = budget(s);
+	theirs->psock = psock_of(s);
 	if (__sync_val_compare_and_swap(&theirs->state, SPLICE_FRESH, SPLICE_ACTIVE) != SPLICE_FRESH)
 		count(CNT_FALLBACK_SENT_EARLY);
 	count(CNT_SPLICE_PAIRS);
@@ -467,7 +511,7 @@ int sock_msg(struct sk_msg_md *m)
 	struct splice_peer *p;
 	__u32 size = m->size;
 	__u32 state;
-	long ret;
+	long ret, queued;
 
 	msg_key(m, &me);
 	p = bpf_map_lookup_elem(&sm_peers, &me);
@@ -478,13 +522,16 @@ int sock_msg(struct sk_msg_md *m)
 		count(CNT_FALLBACK_PEER_GONE);
 	if (state != SPLICE_ACTIVE)
 		return SK_PASS;
-	/* The kernel queues spliced bytes without looking at the receiver's buffer, and
-	 * no hook tells BPF what the reader consumed (tracing is not available on every
-	 * kernel we run on). A receiver that stops reading would let this sender pin memory
-	 * without limit, so once a direction has spliced the receiver's budget it goes
-	 * back to TCP for good: its bytes queue behind the spliced ones, which are read
-	 * first, and TCP's window pushes back. */
-	if (p->spliced + size > p->budget) {
+	/* The kernel queues spliced bytes without looking at the receiver's buffer. A
+	 * receiver that stops reading would let this sender pin memory without limit, so
+	 * once the receiver holds its budget unread a direction goes back to TCP for good:
+	 * its bytes queue behind the spliced ones, which are read first, and TCP's window
+	 * pushes back. Unread is the receiver's psock queue length; where the kernel does
+	 * not have it, everything spliced so far counts (which only grows). */
+	queued = unread(p->psock);
+	if (queued < 0)
+		queued = p->spliced;
+	if ((__u64)queued + size > p->budget) {
 		__sync_val_compare_and_swap(&p->state, SPLICE_ACTIVE, SPLICE_UNSPLICED);
 		count(CNT_FALLBACK_BACKPRESSURE);
 		return SK_PASS;

@@ -74,6 +74,7 @@ type sockopsSplicePeer struct {
 	Cookie     uint64
 	PeerCookie uint64
 	Spliced    uint64
+	Psock      uint64
 	Budget     uint32
 	State      uint32
 }
