@@ -41,7 +41,6 @@ type builder struct {
 type snapshotPair struct{ envoy, proxyless *cachev3.Snapshot }
 
 type builtPort struct {
-	state     portState // what the resources were built from
 	cluster   types.Resource
 	endpoints types.Resource
 	listener  types.Resource
@@ -70,12 +69,8 @@ type portState struct {
 	app      model.AppProtocol
 }
 
-func (s portState) equal(o portState) bool {
-	return s.app == o.app && slices.Equal(s.backends, o.backends) && slices.Equal(s.vips, o.vips)
-}
-
 func newBuiltPort(p servicePort, st portState, mark uint32) (builtPort, error) {
-	r := builtPort{state: st, cluster: buildCluster(p.clusterName(), st.app, mark),
+	r := builtPort{cluster: buildCluster(p.clusterName(), st.app, mark),
 		endpoints: buildLoadAssignment(p.clusterName(), st.backends), listener: buildAPIListener(p)}
 	res := []types.Resource{r.cluster, r.endpoints, r.listener}
 	if len(st.vips) > 0 {
@@ -177,10 +172,9 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 			}
 			return 1
 		})
+		// A dirty port is rebuilt; if its resources come out the same (a change the
+		// resources do not carry, such as a node name), their versions say so.
 		old, ok := b.built[p]
-		if ok && old.state.equal(st) {
-			continue
-		}
 		r, err := newBuiltPort(p, st, b.mark())
 		if err != nil {
 			return nil, false, err
@@ -190,7 +184,9 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 			structural = true
 		}
 		b.built[p] = r
-		changed = append(changed, p)
+		if !ok || r.versions != old.versions {
+			changed = append(changed, p)
+		}
 	}
 
 	ls, rs, cs := proxyResources(b.proxy, snap)

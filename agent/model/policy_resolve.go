@@ -383,6 +383,3 @@ func selects(match, labels map[string]string) bool {
 	}
 	return true
 }
-
-// PoliciesFor returns the policies that apply to a service, by name order.
-func (s *Snapshot) PoliciesFor(n ServiceName) []*Policy { return s.Policies[n] }
