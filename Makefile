@@ -18,7 +18,7 @@ build: deps
 
 # Regenerates the bpf2go bindings; the output is committed and CI checks it is fresh.
 generate: deps
-	cd bpf && $(GO) generate ./...
+	$(GO) generate ./bpf/... ./sockops/...
 
 # Privileged tests skip without root/BPF on a laptop; CI=true turns those skips into
 # failures (see tests/harness).

@@ -55,6 +55,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer dp.Close()
+	ops, err := sockops.Load(cfg.BPFFS)
+	if err != nil {
+		return err
+	}
+	defer ops.Close()
 	for _, d := range dp.Degraded {
 		log.Warn("kernel feature missing", "detail", d)
 	}
@@ -68,6 +73,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	a.writer.SetNode(cfg.NodeName, nodeAddrs)
+	if rep := sockops.GateSplice(&dpCfg, sockops.CheckKernel); rep != nil {
+		a.metrics.observeSpliceCheck(rep)
+		if !rep.Safe() {
+			log.Warn("splicing is off: on this kernel a spliced socket does not behave like TCP, and real programs would stall or lose data",
+				"splice", cfg.Splice, "differences", rep.Summary())
+		}
+	}
+	a.metrics.spliceEnabled.Set(boolGauge(dpCfg.Splice != bpf.SpliceOff))
 	// Settings first: the programs must never run with a stale or empty redirect.
 	if err := dp.SetConfig(dpCfg); err != nil {
 		return err
@@ -75,8 +88,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := dp.Attach(cfg.CgroupPath); err != nil {
 		return err
 	}
+	if err := ops.Attach(cfg.CgroupPath); err != nil {
+		return err
+	}
 	log.Info("datapath attached", "cgroup", cfg.CgroupPath, "bpffs", cfg.BPFFS,
-		"envoyRedirect", nodeAddrs, "envoyMark", fmt.Sprintf("%#x", cfg.EnvoyMark), "splice", cfg.Splice)
+		"envoyRedirect", nodeAddrs, "envoyMark", fmt.Sprintf("%#x", cfg.EnvoyMark), "splice", cfg.Splice,
+		"splicing", dpCfg.Splice != bpf.SpliceOff)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -238,5 +255,5 @@ func proxySettings(cfg Config, log *slog.Logger) sockops.Settings {
 			addrs = []netip.AddrPort{netip.AddrPortFrom(ip, DefaultEnvoyPort)}
 		}
 	}
-	return sockops.Settings{Redirect: addrs, Mark: cfg.EnvoyMark, Splice: cfg.Splice, Budget: cfg.SpliceBudget}
+	return sockops.Settings{Redirect: addrs, Mark: cfg.EnvoyMark, Splice: cfg.Splice}
 }

@@ -32,7 +32,6 @@ type Config struct {
 	EnvoyRedirect string
 	EnvoyMark     uint32 // SO_MARK on Envoy's own sockets: never redirected
 	Splice        string // auto | on | off
-	SpliceBudget  uint32 // bytes per direction before a spliced connection goes back to TCP
 }
 
 // DefaultEnvoyPort is Envoy's redirect listener port when --envoy-redirect names none.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/sockops"
 )
 
 // Metrics are the agent's Prometheus metrics, all named sockmesh_*.
@@ -25,6 +26,8 @@ type Metrics struct {
 	xdsStreams        prometheus.Gauge
 	xdsNacks          prometheus.Counter
 	xdsErrors         prometheus.Counter
+	spliceEnabled     prometheus.Gauge
+	spliceCheck       *prometheus.GaugeVec
 }
 
 // NewMetrics registers the agent's metrics; maps, when not nil, adds the collectors that
@@ -54,7 +57,12 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 			Help: "xDS responses a client rejected (it keeps its last good version)."}),
 		xdsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_snapshot_errors_total",
 			Help: "Model snapshots that could not be turned into a consistent xDS snapshot (the last good one is served)."}),
+		spliceEnabled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_splice_enabled",
+			Help: "1 when the datapath splices local socket pairs (--splice auto or on, and the kernel check found every receiver like TCP)."}),
+		spliceCheck: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_splice_kernel_check",
+			Help: "The start-up kernel check, by receiver and behaviour: 1 = a spliced socket behaved like TCP, 0 = it did not (splicing stays off)."}, []string{"receiver", "behaviour"}),
 	}
+	m.Registry.MustRegister(m.spliceEnabled, m.spliceCheck)
 	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors, m.policyServices)
 	m.Registry.MustRegister(m.services, m.backends, m.mapOps, m.reconcileDuration, m.reconcileErrors,
 		m.inputErrors, m.rejected, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -78,6 +86,20 @@ func (m *Metrics) observePolicies(snap *model.Snapshot) {
 	}
 	m.policyServices.WithLabelValues("enforced").Set(float64(enforced - failClosed))
 	m.policyServices.WithLabelValues("fail_closed").Set(float64(failClosed))
+}
+
+// observeSpliceCheck publishes the kernel check's findings.
+func (m *Metrics) observeSpliceCheck(rep *sockops.Report) {
+	for _, f := range rep.Findings {
+		m.spliceCheck.WithLabelValues(f.Receiver, f.Behaviour).Set(boolGauge(f.LikeTCP()))
+	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // MapOp implements lbmap.Observer.

@@ -27,7 +27,6 @@ var DefaultLimits = Limits{MaxServices: 65536, MaxBackends: 262144}
 type Datapath struct {
 	dir  string
 	objs socklbObjects
-	ops  sockopsObjects
 	// links stay open while the agent runs, so `sockmesh cleanup` can tell that an agent
 	// still holds the attachments; they are pinned, so closing them detaches nothing.
 	links []link.Link
@@ -37,18 +36,18 @@ type Datapath struct {
 
 // Maps returns the loaded maps.
 func (d *Datapath) Maps() *Maps {
-	lb, ops := d.objs.socklbMaps, d.ops.sockopsMaps
+	lb := d.objs.socklbMaps
 	return &Maps{
 		SmServices: lb.SmServices, SmSlots: lb.SmSlots, SmBackends: lb.SmBackends,
 		SmAffinity: lb.SmAffinity, SmRevnat: lb.SmRevnat, SmSvcNames: lb.SmSvcNames,
 		SmCounters: lb.SmCounters, SmConfig: lb.SmConfig, SmOrigdstCk: lb.SmOrigdstCk,
-		SmOrigdst: ops.SmOrigdst, SmLocal: ops.SmLocal, SmSockhash: ops.SmSockhash,
-		SmPending: ops.SmPending, SmPeers: ops.SmPeers, SmSkKey: ops.SmSkKey,
+		SmLocal: lb.SmLocal,
 	}
 }
 
-// Load loads the programs and maps. Maps are pinned by name in dir: existing pins are
-// adopted with their contents, so a restarted agent sees what the last one programmed.
+// Load loads the socket-LB programs and maps. Maps are pinned by name in dir: existing
+// pins are adopted with their contents, so a restarted agent sees what the last one
+// programmed. Load it before other objects (sockops): it creates the shared maps.
 func Load(dir string, lim Limits) (*Datapath, error) {
 	if err := EnsureBPFFS(dir); err != nil {
 		return nil, err
@@ -70,25 +69,16 @@ func Load(dir string, lim Limits) (*Datapath, error) {
 	} else {
 		d.Degraded = append(d.Degraded, "bpf_set_retval unavailable (kernel < 5.18): connects to a service without backends fail with EPERM instead of ECONNREFUSED")
 	}
-	opsSpec, err := loadSockops()
-	if err != nil {
-		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
-	}
-
-	// The socket-LB object creates the shared maps; sockops then finds them pinned.
-	if err := loadPinned(spec, &d.objs, dir, "socket-LB"); err != nil {
-		return nil, err
-	}
-	if err := loadPinned(opsSpec, &d.ops, dir, "sockops"); err != nil {
-		d.objs.Close()
+	if err := LoadPinned(spec, &d.objs, dir, "socket-LB"); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// loadPinned loads one object with its maps pinned by name in dir, after checking that
-// pins left by an earlier agent fit.
-func loadPinned(spec *ebpf.CollectionSpec, to any, dir, what string) error {
+// LoadPinned loads one object into to (bpf2go's objects struct) with its maps pinned by
+// name in dir, after checking that pins left by an earlier agent fit. Maps another
+// object pinned there already (the shared ones) are reused.
+func LoadPinned(spec *ebpf.CollectionSpec, to any, dir, what string) error {
 	names := make([]string, 0, len(spec.Maps))
 	for name := range spec.Maps {
 		names = append(names, name)
@@ -136,22 +126,19 @@ func (d *Datapath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	d.links = nil
-	return errors.Join(append(errs, d.objs.Close(), d.ops.Close())...)
+	return errors.Join(append(errs, d.objs.Close())...)
 }
 
-// hook is one cgroup attachment: a program and the pin name of its link.
-type hook struct {
-	name   string
-	attach ebpf.AttachType
-	prog   *ebpf.Program
+// Hook is one cgroup attachment: a program and the pin name of its link.
+type Hook struct {
+	Name   string
+	Attach ebpf.AttachType
+	Prog   *ebpf.Program
 }
 
-func (d *Datapath) hooks() []hook {
-	p, o := d.objs.socklbPrograms, d.ops.sockopsPrograms
-	return []hook{
-		{"sockops", ebpf.AttachCGroupSockOps, o.SockOps},
-		{"getsockopt", ebpf.AttachCGroupGetsockopt, o.SockGetsockopt},
-		{"sock_release", ebpf.AttachCgroupInetSockRelease, o.SockRelease},
+func (d *Datapath) hooks() []Hook {
+	p := d.objs.socklbPrograms
+	return []Hook{
 		{"connect4", ebpf.AttachCGroupInet4Connect, p.Sock4Connect},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, p.Sock4Sendmsg},
 		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, p.Sock4Recvmsg},
@@ -166,32 +153,35 @@ func (d *Datapath) hooks() []hook {
 // LinksDir is where the attachments' bpf_links are pinned.
 func LinksDir(dir string) string { return filepath.Join(dir, "links") }
 
-// Attach attaches every program to the cgroup with a pinned bpf_link. A link pinned by an
-// earlier agent on the same cgroup is updated in place (atomically, no gap in service);
-// one pinned for another cgroup is replaced.
+// Attach attaches the socket-LB programs to the cgroup (see AttachCgroup).
 func (d *Datapath) Attach(cgroupPath string) error {
+	links, err := AttachCgroup(cgroupPath, d.dir, d.hooks())
+	d.links = append(d.links, links...)
+	return err
+}
+
+// AttachCgroup attaches each hook's program to the cgroup with a bpf_link pinned under
+// LinksDir(dir). A link pinned by an earlier agent on the same cgroup is updated in
+// place (atomically, no gap in service); one pinned for another cgroup is replaced. The
+// returned links stay open while the agent runs, so `sockmesh cleanup` can tell that an
+// agent still holds the attachments.
+func AttachCgroup(cgroupPath, dir string, hooks []Hook) ([]link.Link, error) {
 	cgID, err := CgroupID(cgroupPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := os.MkdirAll(LinksDir(d.dir), 0o700); err != nil {
-		return err
+	if err := os.MkdirAll(LinksDir(dir), 0o700); err != nil {
+		return nil, err
 	}
-	for _, h := range d.hooks() {
-		l, err := attachOne(h, cgroupPath, cgID, filepath.Join(LinksDir(d.dir), h.name))
+	var links []link.Link
+	for _, h := range hooks {
+		l, err := attachOne(h, cgroupPath, cgID, filepath.Join(LinksDir(dir), h.Name))
 		if err != nil {
-			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroupPath, err)
+			return links, fmt.Errorf("attach %s to cgroup %s: %w", h.Name, cgroupPath, err)
 		}
-		d.links = append(d.links, l)
+		links = append(links, l)
 	}
-	// sk_msg attaches to the sockhash itself and lives as long as the pinned map; a
-	// new program replaces the old one for sockets added from now on.
-	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
-		Target: d.ops.SmSockhash.FD(), Program: d.ops.SockMsg, Attach: ebpf.AttachSkMsgVerdict,
-	}); err != nil {
-		return fmt.Errorf("attach sk_msg to sm_sockhash: %w", err)
-	}
-	return nil
+	return links, nil
 }
 
 // SetConfig writes the runtime settings the programs read.
@@ -203,11 +193,11 @@ func (d *Datapath) SetConfig(c Config) error {
 	return nil
 }
 
-func attachOne(h hook, cgroupPath string, cgID uint64, pin string) (link.Link, error) {
+func attachOne(h Hook, cgroupPath string, cgID uint64, pin string) (link.Link, error) {
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		info, ierr := old.Info()
 		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
-			if err := old.Update(h.prog); err != nil {
+			if err := old.Update(h.Prog); err != nil {
 				old.Close()
 				return nil, err
 			}
@@ -222,7 +212,7 @@ func attachOne(h hook, cgroupPath string, cgID uint64, pin string) (link.Link, e
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("pinned link %s: %w", pin, err)
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.Attach, Program: h.Prog})
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +240,8 @@ func CgroupID(path string) (uint64, error) {
 }
 
 // Cleanup removes every link (detaching the programs) and map sockmesh pinned in dir,
-// then dir itself. It works without a running agent.
+// then dir itself. It works without a running agent. Every sockmesh map, of any object,
+// is named sm_*.
 func Cleanup(dir string) error {
 	var errs []error
 	links, _ := os.ReadDir(LinksDir(dir))
@@ -269,8 +260,9 @@ func Cleanup(dir string) error {
 	if err := os.Remove(LinksDir(dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	for _, name := range MapNames() {
-		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	pins, _ := filepath.Glob(filepath.Join(dir, "sm_*"))
+	for _, pin := range pins {
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
@@ -351,8 +343,9 @@ func AttachedLinksByID(cgID uint64) ([]string, error) {
 	return out, it.Err()
 }
 
-// ProgramNames are the kernel names of the socket-LB programs (each fits the kernel's
-// 15-byte name limit, so names read back from the kernel match).
+// ProgramNames are the kernel names of every sockmesh cgroup program, socket-LB and
+// sockops alike (each fits the kernel's 15-byte name limit, so names read back from the
+// kernel match): how attachments are recognised as sockmesh's.
 func ProgramNames() []string {
 	return []string{"sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeer",
 		"sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeer", "sock_ops", "sock_getsockopt", "sock_release"}

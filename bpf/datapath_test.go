@@ -10,6 +10,7 @@ import (
 	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/sockops"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -81,6 +82,14 @@ func TestReattachUpdatesLinksInPlaceAndCleanupDetaches(t *testing.T) {
 		if err := dp.Attach(cg.Path); err != nil {
 			t.Fatal(err)
 		}
+		ops, err := sockops.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ops.Attach(cg.Path); err != nil {
+			t.Fatal(err)
+		}
+		ops.Close()
 		dp.Close()
 		names, err := bpf.AttachedLinks(cg.Path)
 		if err != nil || len(names) != len(bpf.ProgramNames()) {

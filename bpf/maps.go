@@ -4,17 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sort"
 
 	"github.com/cilium/ebpf"
 )
 
-// Maps are the datapath's maps, loaded by the agent or opened from pins by the CLI.
-// Maps shared by the two BPF objects appear once.
+// Maps are the socket-LB object's maps, which include the ones every object shares
+// (counters, config, local addresses), loaded by the agent or opened from pins by the
+// CLI.
 type Maps struct {
 	SmServices, SmSlots, SmBackends, SmAffinity, SmRevnat, SmSvcNames *ebpf.Map
-	SmCounters, SmConfig, SmOrigdstCk                                 *ebpf.Map
-	SmOrigdst, SmLocal, SmSockhash, SmPending, SmPeers, SmSkKey       *ebpf.Map
+	SmCounters, SmConfig, SmOrigdstCk, SmLocal                        *ebpf.Map
 }
 
 // byName lists every map with its pin name.
@@ -24,21 +23,8 @@ func (m *Maps) byName() map[string]**ebpf.Map {
 		socklbMapSmBackends: &m.SmBackends, socklbMapSmAffinity: &m.SmAffinity,
 		socklbMapSmRevnat: &m.SmRevnat, socklbMapSmSvcNames: &m.SmSvcNames,
 		socklbMapSmCounters: &m.SmCounters, socklbMapSmConfig: &m.SmConfig,
-		socklbMapSmOrigdstCk: &m.SmOrigdstCk, sockopsMapSmOrigdst: &m.SmOrigdst,
-		sockopsMapSmLocal: &m.SmLocal, sockopsMapSmSockhash: &m.SmSockhash,
-		sockopsMapSmPending: &m.SmPending, sockopsMapSmPeers: &m.SmPeers,
-		sockopsMapSmSkKey: &m.SmSkKey,
+		socklbMapSmOrigdstCk: &m.SmOrigdstCk, socklbMapSmLocal: &m.SmLocal,
 	}
-}
-
-// MapNames lists the pinned maps by name.
-func MapNames() []string {
-	var out []string
-	for name := range (&Maps{}).byName() {
-		out = append(out, name)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // OpenPinned opens the maps an agent pinned in dir, for readers such as `sockmesh lb

@@ -29,6 +29,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_origdst_ck SEC(".maps");
 
+/* Addresses of this node (local pods, the Envoy listener), written by the agent's LB
+ * writer: only connections to them can have a peer to splice with. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_addr);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_local SEC(".maps");
+
 static __always_inline void count_n(__u32 id, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&sm_counters, &id);

@@ -96,14 +96,13 @@ struct config {
 	__u16 redirect6_port;
 	__u32 envoy_mark;         /* SO_MARK of Envoy's own sockets; 0 = none */
 	__u32 splice;             /* enum splice_mode */
-	__u32 splice_budget;      /* least bytes spliced into a receiver before its sender
-				   * goes back to TCP (more if its SO_RCVBUF is larger) */
+	__u32 reserved;           /* was the splice budget; keeps the pinned value's size */
 };
 
 enum splice_mode {
 	SPLICE_OFF = 0,
-	SPLICE_ON = 1,  /* every local pair */
-	SPLICE_AUTO = 2, /* only app <-> Envoy redirect listener (see README for why) */
+	SPLICE_ON = 1,   /* every local pair, both directions */
+	SPLICE_AUTO = 2, /* only app -> Envoy's redirect listener (see README for why) */
 };
 
 /* Where a redirected connection was going. */
@@ -113,73 +112,6 @@ struct origdst {
 	__u8 family;
 	__u8 proto;
 	__u32 svc_id;
-};
-
-/* A TCP 4-tuple as one socket sees it; ports in host order. */
-struct sock_tuple {
-	struct lb_addr local;
-	struct lb_addr remote;
-	__u32 local_port;
-	__u32 remote_port;
-	__u32 family;
-	__u32 pad;
-};
-
-/* A socket in the sockhash: its tuple and its network namespace, so the same loopback
- * tuple in two namespaces are two keys. */
-struct sock_key {
-	struct sock_tuple t;
-	__u64 netns;
-};
-
-/* A connecting socket waiting for its local peer's accept, keyed by its tuple and the
- * sequence number its peer will expect: exactly one passive socket can match, so the
- * same tuple in another namespace, or reused, cannot. */
-struct pending_key {
-	struct sock_tuple t;
-	__u32 snd_nxt;
-	__u32 pad;
-	/* For loopback tuples, the namespace: both ends share it, and initial sequence
-	 * numbers do not depend on it, so the same tuple connecting at the same moment in
-	 * two namespaces would otherwise get the same key. 0 for other tuples, whose ends
-	 * may be in different namespaces. */
-	__u64 netns;
-};
-
-struct splice_pending {
-	__u64 netns;
-	__u64 cookie;
-	__u32 rcv_nxt;
-	__u32 pad;
-};
-
-/* What a spliced socket keeps in its own storage. */
-struct sk_splice {
-	struct sock_key key;
-	__u64 cookie;
-};
-
-/* Where a socket's sends go, and whether they may. Entries are keyed by tuple and
- * namespace, which a later connection can reuse: cookies say whose entry it is. */
-struct splice_peer {
-	struct sock_key peer;
-	__u64 cookie;      /* the socket this entry belongs to */
-	__u64 peer_cookie; /* and its peer */
-	__u64 spliced;     /* bytes this socket's sends moved into its peer so far */
-	__u64 psock;       /* before pairing: this socket's psock (kernel address); once
-			    * paired: the peer's, whose queue length says what its reader
-			    * has not consumed yet (0: unknown) */
-	__u32 budget;      /* before pairing: how many bytes may be spliced into this
-			    * socket; once paired: how many its sends may splice into the
-			    * peer (the peer's figure), so sk_msg needs no second lookup */
-	__u32 state;       /* enum splice_state of this socket's sends */
-};
-
-enum splice_state {
-	SPLICE_FRESH = 0,    /* established, peer not confirmed, nothing sent yet */
-	SPLICE_UNSPLICED = 1, /* sent through TCP first: splicing now would reorder bytes */
-	SPLICE_ACTIVE = 2,   /* sends go straight into the peer's receive queue */
-	SPLICE_BROKEN = 3,   /* peer gone: back to TCP, which reports the reset */
 };
 
 /* Human name of a service id, for `sockmesh lb list` while the agent is down. */
@@ -211,7 +143,8 @@ enum counter_id {
 	CNT_FALLBACK_SEQ_MISMATCH, /* tuple matched but sequence numbers did not */
 	CNT_FALLBACK_PEER_GONE,   /* peer left the sockhash; back to TCP */
 	CNT_FALLBACK_MAP_FULL,    /* sockhash or peer map full */
-	CNT_FALLBACK_BACKPRESSURE, /* receiver stopped reading: the direction goes back to TCP */
+	CNT_RESERVED_23,       /* was the backpressure fallback; splices no longer change course */
+	CNT_ORIGDST_AMBIGUOUS, /* two redirected connections matched one hand-off key: neither answered */
 	CNT_MAX,
 };
 

@@ -44,7 +44,7 @@ type socklbConfig struct {
 	Redirect6Port uint16
 	EnvoyMark     uint32
 	Splice        uint32
-	SpliceBudget  uint32
+	Reserved      uint32
 }
 
 type socklbCounterId uint32
@@ -73,8 +73,9 @@ const (
 	socklbCounterIdCNT_FALLBACK_SEQ_MISMATCH socklbCounterId = 20
 	socklbCounterIdCNT_FALLBACK_PEER_GONE    socklbCounterId = 21
 	socklbCounterIdCNT_FALLBACK_MAP_FULL     socklbCounterId = 22
-	socklbCounterIdCNT_FALLBACK_BACKPRESSURE socklbCounterId = 23
-	socklbCounterIdCNT_MAX                   socklbCounterId = 24
+	socklbCounterIdCNT_RESERVED_23           socklbCounterId = 23
+	socklbCounterIdCNT_ORIGDST_AMBIGUOUS     socklbCounterId = 24
+	socklbCounterIdCNT_MAX                   socklbCounterId = 25
 )
 
 type socklbLbAddr struct {
@@ -158,6 +159,7 @@ const (
 	socklbMapSmBackends       = "sm_backends"
 	socklbMapSmConfig         = "sm_config"
 	socklbMapSmCounters       = "sm_counters"
+	socklbMapSmLocal          = "sm_local"
 	socklbMapSmOrigdstCk      = "sm_origdst_ck"
 	socklbMapSmRevnat         = "sm_revnat"
 	socklbMapSmServices       = "sm_services"
@@ -237,6 +239,7 @@ type socklbMapSpecs struct {
 	SmBackends  *ebpf.MapSpec `ebpf:"sm_backends"`
 	SmConfig    *ebpf.MapSpec `ebpf:"sm_config"`
 	SmCounters  *ebpf.MapSpec `ebpf:"sm_counters"`
+	SmLocal     *ebpf.MapSpec `ebpf:"sm_local"`
 	SmOrigdstCk *ebpf.MapSpec `ebpf:"sm_origdst_ck"`
 	SmRevnat    *ebpf.MapSpec `ebpf:"sm_revnat"`
 	SmServices  *ebpf.MapSpec `ebpf:"sm_services"`
@@ -278,6 +281,7 @@ type socklbMaps struct {
 	SmBackends  *ebpf.Map `ebpf:"sm_backends"`
 	SmConfig    *ebpf.Map `ebpf:"sm_config"`
 	SmCounters  *ebpf.Map `ebpf:"sm_counters"`
+	SmLocal     *ebpf.Map `ebpf:"sm_local"`
 	SmOrigdstCk *ebpf.Map `ebpf:"sm_origdst_ck"`
 	SmRevnat    *ebpf.Map `ebpf:"sm_revnat"`
 	SmServices  *ebpf.Map `ebpf:"sm_services"`
@@ -291,6 +295,7 @@ func (m *socklbMaps) Close() error {
 		m.SmBackends,
 		m.SmConfig,
 		m.SmCounters,
+		m.SmLocal,
 		m.SmOrigdstCk,
 		m.SmRevnat,
 		m.SmServices,

@@ -22,9 +22,6 @@ type (
 	CounterID     = socklbCounterId
 	Config        = socklbConfig
 	OrigDst       = socklbOrigdst
-	SockTuple     = sockopsSockTuple
-	SockKey       = sockopsSockKey
-	SplicePeer    = sockopsSplicePeer
 )
 
 // Service flags (svc_value.flags).
@@ -68,7 +65,7 @@ var CounterNames = [...]string{
 	socklbCounterIdCNT_FALLBACK_SEQ_MISMATCH: "splice_fallback_seq_mismatch",
 	socklbCounterIdCNT_FALLBACK_PEER_GONE:    "splice_fallback_peer_gone",
 	socklbCounterIdCNT_FALLBACK_MAP_FULL:     "splice_fallback_map_full",
-	socklbCounterIdCNT_FALLBACK_BACKPRESSURE: "splice_fallback_backpressure",
+	socklbCounterIdCNT_ORIGDST_AMBIGUOUS:     "origdst_ambiguous",
 }
 
 // NumCounters is the size of the counter array.

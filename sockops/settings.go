@@ -1,7 +1,9 @@
-// Package sockops owns the L7 redirect and splice settings of the datapath: where
-// Envoy's redirect listener is, which mark Envoy's own sockets carry, and which local
-// socket pairs are spliced. The programs themselves (bpf/sockops.c and the redirect in
-// bpf/sock_lb.c) are loaded and attached with the rest of the datapath by package bpf.
+// Package sockops owns the splice and the L7 redirect's bookkeeping: the sock_ops,
+// sk_msg, cgroup/getsockopt and sock_release programs (sockops.c, bpf2go output
+// committed) with their Go side: loading and attaching them beside socket-LB, the
+// settings (Envoy's redirect listener, the mark on Envoy's own sockets, the splice
+// mode), and the kernel check that decides whether splicing may run at all. The
+// redirect itself, at connect(), is socket-LB's (bpf/sock_lb.c).
 package sockops
 
 import (
@@ -15,34 +17,24 @@ import (
 )
 
 // Splice modes, as the --splice flag names them.
+// auto and on splice only where CheckKernel finds every receiver like TCP.
 const (
-	SpliceAuto = "auto" // app <-> Envoy connections only (see README for why)
-	SpliceOn   = "on"   // every local pair
+	SpliceAuto = "auto" // app -> Envoy only: Envoy's accepted socket is the one spliced receiver
+	SpliceOn   = "on"   // every local pair, both directions
 	SpliceOff  = "off"
 )
-
-// SpliceBudget is the default of Settings.Budget.
-const SpliceBudget = 1 << 20
 
 // Settings is what the agent was told about Envoy and splicing.
 type Settings struct {
 	Redirect []netip.AddrPort // Envoy's redirect listener, at most one per family
 	Mark     uint32           // SO_MARK of Envoy's own sockets
 	Splice   string           // SpliceAuto, SpliceOn or SpliceOff
-	// Budget is how many bytes a direction may splice into its receiver (more if the
-	// receiver's SO_RCVBUF is larger) before it goes back to TCP for good: the bound on
-	// kernel memory one stalled reader can pin, since spliced bytes bypass the receive
-	// window. Zero means SpliceBudget.
-	Budget uint32
 }
 
 // Config turns the settings into the datapath's runtime config, and returns the
 // addresses that are local to this node because Envoy listens there.
 func (s Settings) Config() (bpf.Config, []netip.Addr, error) {
-	c := bpf.Config{EnvoyMark: s.Mark, SpliceBudget: s.Budget}
-	if c.SpliceBudget == 0 {
-		c.SpliceBudget = SpliceBudget
-	}
+	c := bpf.Config{EnvoyMark: s.Mark}
 	switch s.Splice {
 	case SpliceOff:
 		c.Splice = bpf.SpliceOff
@@ -64,6 +56,20 @@ func (s Settings) Config() (bpf.Config, []netip.Addr, error) {
 		local = append(local, ap.Addr().Unmap())
 	}
 	return c, local, nil
+}
+
+// GateSplice leaves splicing in c on only if the kernel check finds that every receiver
+// a splice creates behaves like TCP; otherwise it turns it off. The check runs only when
+// c asks for splicing; the report is nil when it did not run.
+func GateSplice(c *bpf.Config, check func() Report) *Report {
+	if c.Splice == bpf.SpliceOff {
+		return nil
+	}
+	rep := check()
+	if !rep.Safe() {
+		c.Splice = bpf.SpliceOff
+	}
+	return &rep
 }
 
 // NodeIPv4 is the source address the kernel would use towards the outside world: a

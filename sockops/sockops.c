@@ -3,27 +3,30 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The L7 redirect's bookkeeping and the local splice.
  *
- * - sock_ops moves a redirected socket's original destination from its cookie to its
- *   4-tuple as Envoy will see it, once the source port exists (TCP_CONNECT_CB), and
- *   pairs the two ends of a connection that both live on this node (sequence numbers
- *   must match, so a reused tuple or the same loopback tuple in another namespace is
- *   never paired).
+ * - sock_ops hands a redirected socket's original destination to the socket Envoy
+ *   accepts for it: the client files it at establishment under the tuple and both
+ *   sequence numbers, and Envoy's accepted socket takes it into its own storage before
+ *   accept() returns. Sequence numbers tell apart the same tuple in two network
+ *   namespaces, so each accepted socket answers for its own connection.
+ * - sock_ops also pairs the two ends of a connection that both live on this node
+ *   (sequence numbers must match, so a reused tuple or the same loopback tuple in
+ *   another namespace is never paired).
  * - getsockopt answers SO_ORIGINAL_DST (and the IPv6 form) for exactly those sockets.
- * - sk_msg moves a paired socket's sends straight into its peer's receive queue, but
- *   only for a direction that has not sent anything through TCP yet: mixing the two
- *   paths would let the receiver read bytes out of order. A direction moves to TCP for
- *   good once it has spliced the receiver's budget, since spliced bytes bypass the
- *   receive window: that bounds what a stalled reader can pin. */
+ * - sk_msg moves a paired socket's sends straight into its peer's receive queue. Each
+ *   direction is decided once, before its first byte: spliced for the connection's
+ *   life, or TCP for its life. Nothing ever moves a direction with a reader from one
+ *   path to the other, so no byte can be reordered or lost in a transition. The agent
+ *   only turns splicing on where the kernel's spliced sockets behave like TCP
+ *   (sockops/kernelcheck.go). */
 #include "shared_maps.h"
-#include <bpf/bpf_core_read.h>
+#include "sockops.h"
 
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80
 #define IP6T_SO_ORIGINAL_DST 80
 #define BPF_TCP_CLOSE 7
-#define SOL_SOCKET 1
-#define SO_RCVBUF 8
+#define EEXIST 17
 
 /* Context fields are read through volatile so clang cannot merge the IPv4 and IPv6
  * branches into one load through a computed context pointer, which the verifier refuses. */
@@ -44,25 +47,25 @@ struct sockaddr_in6x {
 	__u32 scope_id;
 };
 
-/* Original destination by the redirected connection's tuple as Envoy's accepted socket
- * sees it (local = redirect listener, remote = client). */
+/* Redirected connections between the client's establishment and Envoy's. Entries
+ * nobody accepts (Envoy outside the managed cgroup) age out of the LRU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct sock_tuple);
-	__type(value, struct origdst);
+	__type(key, struct origdst_key);
+	__type(value, struct origdst_pending);
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_origdst SEC(".maps");
+} sm_origdst_pend SEC(".maps");
 
-/* Addresses of this node (local pods, the Envoy listener): only connections to them
- * can have a peer to splice with. Loopback always counts. */
+/* The original destination of a socket Envoy accepted, in that socket's own storage:
+ * it lives exactly as long as the socket. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct lb_addr);
-	__type(value, __u8);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct origdst);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_local SEC(".maps");
+} sm_origdst_sk SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -207,55 +210,6 @@ static __always_inline void watch_close(struct bpf_sock_ops *s)
 	bpf_sock_ops_cb_flags_set(s, s->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* budget is how many bytes may be spliced into this socket before its peer's sends go
- * back to TCP, whose window then pushes back on the sender. */
-static __always_inline __u32 budget(struct bpf_sock_ops *s)
-{
-	struct config *cfg = config();
-	int rcvbuf = 0;
-	__u32 floor = cfg ? cfg->splice_budget : 0;
-
-	bpf_getsockopt(s, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-	return rcvbuf > 0 && (__u32)rcvbuf > floor ? (__u32)rcvbuf : floor;
-}
-
-/* The two kernel fields the budget reads, located by CO-RE in the running kernel's BTF. */
-struct sock___sm {
-	void *sk_user_data; /* the psock, with flag bits in the low three */
-} __attribute__((preserve_access_index));
-struct sk_psock___sm {
-	__u32 msg_tot_len; /* bytes in the psock's message queue: spliced, not read yet */
-} __attribute__((preserve_access_index));
-
-#define SK_USER_DATA_PTRMASK (~7UL)
-
-/* psock_of returns the address of a socket's psock (it has one once it is in the
- * sockhash), or 0. It is only ever read through bpf_probe_read_kernel. */
-static __always_inline __u64 psock_of(struct bpf_sock_ops *s)
-{
-	struct bpf_sock *sk = s->sk;
-	struct tcp_sock *tp;
-
-	if (!sk || !bpf_core_field_exists(struct sk_psock___sm, msg_tot_len))
-		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return 0;
-	return (__u64)((struct sock___sm *)tp)->sk_user_data & SK_USER_DATA_PTRMASK;
-}
-
-/* unread returns how many bytes spliced into a socket its reader has not consumed yet
- * (its psock's queue length, which recvmsg() lowers), or -1 when unknown. */
-static __always_inline long unread(__u64 psock)
-{
-	__u32 len;
-
-	if (!psock || bpf_probe_read_kernel(&len, sizeof(len),
-			(void *)(psock + bpf_core_field_offset(struct sk_psock___sm, msg_tot_len))))
-		return -1;
-	return len;
-}
-
 /* spliced files a socket under key in the sockhash and its own storage. */
 static __always_inline int spliced(struct bpf_sock_ops *s, struct sock_key *key, __u64 cookie)
 {
@@ -274,22 +228,52 @@ static __always_inline int spliced(struct bpf_sock_ops *s, struct sock_key *key,
 	return 0;
 }
 
-/* on_connect: the source port is known now; file the original destination under the
- * tuple Envoy's socket will have. */
-static __always_inline void on_connect(struct bpf_sock_ops *s)
+/* origdst_file: a redirected client is established; file its original destination
+ * for the socket Envoy will accept. Two connections with one key (the same tuple and
+ * sequence numbers, in two namespaces at once) get no answer rather than a wrong one. */
+static __always_inline void origdst_file(struct bpf_sock_ops *s)
 {
-	struct sock_tuple mine = {}, envoy_view = {};
+	struct sock_tuple mine = {};
+	struct origdst_key key = {};
+	struct origdst_pending pend = {};
 	struct origdst *od;
 	__u64 cookie = bpf_get_socket_cookie(s);
 
 	od = bpf_map_lookup_elem(&sm_origdst_ck, &cookie);
 	if (!od)
 		return;
-	tuple_of(s, &mine);
-	reverse(&mine, &envoy_view);
-	bpf_map_update_elem(&sm_origdst, &envoy_view, od, BPF_ANY);
+	pend.od = *od;
+	pend.cookie = cookie;
 	bpf_map_delete_elem(&sm_origdst_ck, &cookie);
-	watch_close(s);
+	tuple_of(s, &mine);
+	reverse(&mine, &key.t);
+	key.client_seq = s->snd_nxt;
+	key.proxy_seq = s->rcv_nxt;
+	if (bpf_map_update_elem(&sm_origdst_pend, &key, &pend, BPF_NOEXIST) == -EEXIST) {
+		bpf_map_delete_elem(&sm_origdst_pend, &key);
+		count(CNT_ORIGDST_AMBIGUOUS);
+	}
+}
+
+/* origdst_take: an accepted socket takes the original destination of its own client,
+ * if that client was redirected. This runs before accept() returns the socket. */
+static __always_inline void origdst_take(struct bpf_sock_ops *s)
+{
+	struct origdst_key key = {};
+	struct origdst_pending *pend;
+	struct origdst *od;
+	struct bpf_sock *sk = s->sk;
+
+	tuple_of(s, &key.t);
+	key.client_seq = s->rcv_nxt;
+	key.proxy_seq = s->snd_nxt;
+	pend = bpf_map_lookup_elem(&sm_origdst_pend, &key);
+	if (!pend)
+		return;
+	od = sk ? bpf_sk_storage_get(&sm_origdst_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+	if (od)
+		*od = pend->od;
+	bpf_map_delete_elem(&sm_origdst_pend, &key);
 }
 
 /* on_active: a local connect completed; if the peer may be on this node, join the
@@ -300,7 +284,6 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 	struct pending_key pkey = {};
 	struct splice_pending pend = {};
 	struct splice_peer peer = {};
-	struct splice_peer *filed;
 	__u64 cookie;
 
 	tuple_of(s, &key.t);
@@ -309,16 +292,12 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 	key.netns = bpf_get_netns_cookie(s);
 	cookie = bpf_get_socket_cookie(s);
 	peer.cookie = cookie;
-	peer.budget = budget(s);
 	/* A stale entry of an earlier socket with this key must not steer this one. */
 	if (bpf_map_update_elem(&sm_peers, &key, &peer, BPF_ANY) || spliced(s, &key, cookie)) {
 		bpf_map_delete_elem(&sm_peers, &key);
 		count(CNT_FALLBACK_MAP_FULL);
 		return;
 	}
-	filed = bpf_map_lookup_elem(&sm_peers, &key);
-	if (filed)
-		filed->psock = psock_of(s); /* read by the peer's sends, once paired */
 	pkey.t = key.t;
 	pkey.snd_nxt = s->snd_nxt;
 	pkey.netns = is_loopback(&key.t) ? key.netns : 0;
@@ -329,7 +308,9 @@ static __always_inline void on_active(struct bpf_sock_ops *s)
 }
 
 /* on_passive: an accepted connection; pair it with its connecting end if that one is
- * waiting on this node. */
+ * waiting on this node. The connecting end's sends are spliced (the accepted socket,
+ * Envoy's under auto, is their receiver); the accepted end's own sends only under on,
+ * since under auto their receiver is the app, which may be any program. */
 static __always_inline void on_passive(struct bpf_sock_ops *s)
 {
 	struct sock_key me = {}, them = {};
@@ -337,6 +318,7 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	struct splice_pending *pend;
 	struct splice_peer mine = {};
 	struct splice_peer *theirs;
+	struct config *cfg;
 	__u64 cookie, their_cookie;
 
 	tuple_of(s, &me.t);
@@ -363,9 +345,9 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	mine.peer = them;
 	mine.cookie = cookie;
 	mine.peer_cookie = their_cookie;
-	mine.budget = theirs->budget; /* what they may receive is what we may send */
-	mine.psock = theirs->psock;   /* and how much of it they have not read */
-	mine.state = SPLICE_ACTIVE; /* nothing sent yet: this callback runs before accept() */
+	/* Nothing sent yet: this callback runs before accept(). */
+	cfg = config();
+	mine.state = cfg && cfg->splice == SPLICE_ON ? SPLICE_ACTIVE : SPLICE_UNSPLICED;
 	if (bpf_map_update_elem(&sm_peers, &me, &mine, BPF_ANY) || spliced(s, &me, cookie)) {
 		bpf_map_delete_elem(&sm_peers, &me);
 		count(CNT_FALLBACK_MAP_FULL);
@@ -375,8 +357,6 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 	 * stays on TCP. The peer is written before the state, which publishes it. */
 	theirs->peer = me;
 	theirs->peer_cookie = cookie;
-	theirs->budget = budget(s);
-	theirs->psock = psock_of(s);
 	if (__sync_val_compare_and_swap(&theirs->state, SPLICE_FRESH, SPLICE_ACTIVE) != SPLICE_FRESH)
 		count(CNT_FALLBACK_SENT_EARLY);
 	count(CNT_SPLICE_PAIRS);
@@ -384,14 +364,10 @@ static __always_inline void on_passive(struct bpf_sock_ops *s)
 
 static __always_inline void on_close(struct bpf_sock_ops *s)
 {
-	struct sock_tuple t = {}, envoy_view = {};
 	struct sock_key key = {};
 	struct splice_peer *mine;
 
-	tuple_of(s, &t);
-	reverse(&t, &envoy_view);
-	bpf_map_delete_elem(&sm_origdst, &envoy_view);
-	key.t = t;
+	tuple_of(s, &key.t);
 	key.netns = bpf_get_netns_cookie(s);
 	/* Only our own entry: a newer connection may have this tuple by now. Pending
 	 * entries carry sequence numbers and age out of their LRU map. */
@@ -404,13 +380,12 @@ SEC("sockops")
 int sock_ops(struct bpf_sock_ops *s)
 {
 	switch (s->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		on_connect(s);
-		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		origdst_file(s);
 		on_active(s);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		origdst_take(s);
 		on_passive(s);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
@@ -440,7 +415,7 @@ int sock_getsockopt(struct bpf_sockopt *ctx)
 	 * answered for both, IPv4 destinations as v4-mapped. */
 	if (ctx->level == SOL_IP && t.family != AF_INET)
 		return 1;
-	od = bpf_map_lookup_elem(&sm_origdst, &t);
+	od = bpf_sk_storage_get(&sm_origdst_sk, sk, 0, 0);
 	if (!od) {
 		count(CNT_ORIGDST_MISS);
 		return 1;
@@ -511,38 +486,24 @@ int sock_msg(struct sk_msg_md *m)
 	struct splice_peer *p;
 	__u32 size = m->size;
 	__u32 state;
-	long ret, queued;
+	long ret;
 
 	msg_key(m, &me);
 	p = bpf_map_lookup_elem(&sm_peers, &me);
 	if (!p)
 		return SK_PASS;
+	/* A first send before pairing settles this direction on TCP for good. */
 	state = __sync_val_compare_and_swap(&p->state, SPLICE_FRESH, SPLICE_UNSPLICED);
 	if (state == SPLICE_BROKEN)
 		count(CNT_FALLBACK_PEER_GONE);
 	if (state != SPLICE_ACTIVE)
 		return SK_PASS;
-	/* The kernel queues spliced bytes without looking at the receiver's buffer. A
-	 * receiver that stops reading would let this sender pin memory without limit, so
-	 * once the receiver holds its budget unread a direction goes back to TCP for good:
-	 * its bytes queue behind the spliced ones, which are read first, and TCP's window
-	 * pushes back. Unread is the receiver's psock queue length; where the kernel does
-	 * not have it, everything spliced so far counts (which only grows). */
-	queued = unread(p->psock);
-	if (queued < 0)
-		queued = p->spliced;
-	if ((__u64)queued + size > p->budget) {
-		__sync_val_compare_and_swap(&p->state, SPLICE_ACTIVE, SPLICE_UNSPLICED);
-		count(CNT_FALLBACK_BACKPRESSURE);
-		return SK_PASS;
-	}
 	/* A closed peer has set this entry BROKEN in sock_release (before it left the
-	 * sockhash), so its partner's sends went back to TCP above; a redirect failing
-	 * here is the rare close racing this very send. */
+	 * sockhash), so its partner's sends went to TCP above, which answers them with a
+	 * reset; a redirect failing here is the rare close racing this very send. */
 	peer = p->peer;
 	ret = bpf_msg_redirect_hash(m, &sm_sockhash, &peer, BPF_F_INGRESS);
 	if (ret == SK_PASS) {
-		__sync_fetch_and_add(&p->spliced, size);
 		count(CNT_SPLICE_MSGS);
 		count_n(CNT_SPLICE_BYTES, size);
 	} else {

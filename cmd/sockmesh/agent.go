@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/sockops"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -44,8 +43,7 @@ func newAgentCmd() *cobra.Command {
 	fs.IntVar(&cfg.MaxBackends, "max-backends", cfg.MaxBackends, "capacity of the backend and slot maps")
 	fs.StringVar(&cfg.EnvoyRedirect, "envoy-redirect", "", "where L7-policy connections go: IP:PORT[,IP:PORT] (default <node IPv4>:15001)")
 	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
-	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off")
-	fs.Uint32Var(&cfg.SpliceBudget, "splice-budget", sockops.SpliceBudget, "bytes a spliced direction may move before it goes back to TCP (bounds what a stalled reader pins)")
+	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off (both only where the kernel's spliced sockets behave like TCP; see README)")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
