@@ -318,9 +318,14 @@ func rowCloseUnread(p *loopbackPair) string {
 	return fmt.Sprintf("sender reads %d", n)
 }
 
-// rowTwoThreads: one thread blocks reading while another writes on the same socket.
+// rowTwoThreads: one thread blocks reading while another thread writes on the same
+// socket, which keeps waking the reader as its send buffer drains; the bytes the reader
+// waits for come only after the writer is done.
 func rowTwoThreads(p *loopbackPair) string {
-	const in, out = 256 << 10, 1 << 20
+	const in, out = 64 << 10, 2 << 20
+	if err := unix.SetsockoptInt(p.rcv, unix.SOL_SOCKET, unix.SO_SNDBUF, 16<<10); err != nil {
+		return errName(err)
+	}
 	read := make(chan string, 1)
 	go func() {
 		got, err := readFull(p.rcv, in)
@@ -336,11 +341,10 @@ func rowTwoThreads(p *loopbackPair) string {
 		if _, err := unix.Write(p.rcv, msg); err != nil {
 			break
 		}
-		if sent == out/2 {
-			_, _ = unix.Write(p.snd, pattern(in))
-		}
 	}
-	return fmt.Sprintf("reader %s; writer's peer got %d", <-read, <-drained)
+	peerGot := <-drained
+	_, _ = unix.Write(p.snd, pattern(in))
+	return fmt.Sprintf("reader %s; writer's peer got %d", <-read, peerGot)
 }
 
 // rowMemoryBound: a receiver that never reads must stop its sender once the buffers are
