@@ -73,14 +73,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	a.writer.SetNode(cfg.NodeName, nodeAddrs)
+	a.state.splice = DebugSplice{Mode: cfg.Splice}
 	if rep := sockops.GateSplice(&dpCfg, sockops.CheckKernel); rep != nil {
 		a.metrics.observeSpliceCheck(rep)
+		for _, f := range rep.Differences() {
+			a.state.splice.Differences = append(a.state.splice.Differences,
+				fmt.Sprintf("%s receiver, %s: %q where TCP gives %q", f.Receiver, f.Behaviour, f.Got, f.TCP))
+		}
+		if rep.Err != nil {
+			a.state.splice.CheckError = rep.Err.Error()
+		}
 		if !rep.Safe() {
-			log.Warn("splicing is off: on this kernel a spliced socket does not behave like TCP, and real programs would stall or lose data",
-				"splice", cfg.Splice, "differences", rep.Summary())
+			log.Warn("splicing is off: on this kernel a spliced socket does not behave like TCP, and real programs would stall or lose data (details: /debug/state, sockmesh_splice_kernel_check)",
+				"splice", cfg.Splice, "differs", rep.Summary())
 		}
 	}
-	a.metrics.spliceEnabled.Set(boolGauge(dpCfg.Splice != bpf.SpliceOff))
+	a.state.splice.Splicing = dpCfg.Splice != bpf.SpliceOff
+	a.metrics.spliceEnabled.Set(boolGauge(a.state.splice.Splicing))
 	// Settings first: the programs must never run with a stale or empty redirect.
 	if err := dp.SetConfig(dpCfg); err != nil {
 		return err

@@ -17,6 +17,16 @@ type state struct {
 	snapshot  *model.Snapshot
 	mapErrors []model.ObjectError
 	lastError string
+	splice    DebugSplice // set once at start
+}
+
+// DebugSplice is the splice decision in /debug/state: what was asked, whether the
+// datapath splices, and where the kernel check found a receiver unlike TCP.
+type DebugSplice struct {
+	Mode        string   `json:"mode"`
+	Splicing    bool     `json:"splicing"`
+	Differences []string `json:"kernelDifferences,omitempty"`
+	CheckError  string   `json:"kernelCheckError,omitempty"`
 }
 
 // DebugService is one frontend in /debug/state.
@@ -38,12 +48,13 @@ type DebugState struct {
 	Services       []DebugService `json:"services"`
 	Errors         []string       `json:"errors"`
 	LastApplyError string         `json:"lastApplyError,omitempty"`
+	Splice         DebugSplice    `json:"splice"`
 }
 
 func (s *state) debug() DebugState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := DebugState{Ready: s.ready, LastApplyError: s.lastError, Services: []DebugService{}, Errors: []string{}}
+	out := DebugState{Ready: s.ready, LastApplyError: s.lastError, Services: []DebugService{}, Errors: []string{}, Splice: s.splice}
 	if s.snapshot != nil {
 		for _, svc := range s.snapshot.SortedServices() {
 			ds := DebugService{Name: svc.Name.String(), Frontend: svc.Frontend.String(), Backends: []string{}, Selected: []string{},

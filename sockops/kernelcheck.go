@@ -74,14 +74,23 @@ func (r Report) Find(receiver, behaviour string) (Finding, bool) {
 	return Finding{}, false
 }
 
-// Summary says in one line why the report is not safe.
+// Summary says in one short line why the report is not safe: the behaviours that
+// differ, by receiver (the Findings have what each program saw).
 func (r Report) Summary() string {
 	if r.Err != nil {
 		return "the kernel check could not run: " + r.Err.Error()
 	}
 	var parts []string
-	for _, f := range r.Differences() {
-		parts = append(parts, fmt.Sprintf("%s receiver, %s: %q where TCP gives %q", f.Receiver, f.Behaviour, f.Got, f.TCP))
+	for _, kind := range []string{ReceiverSpliced, ReceiverInSockhash} {
+		var rows []string
+		for _, f := range r.Differences() {
+			if f.Receiver == kind {
+				rows = append(rows, f.Behaviour)
+			}
+		}
+		if len(rows) > 0 {
+			parts = append(parts, kind+" receiver: "+strings.Join(rows, ", "))
+		}
 	}
 	return strings.Join(parts, "; ")
 }

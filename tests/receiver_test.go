@@ -1,10 +1,13 @@
 package tests
 
 import (
+	"encoding/json"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/sockops"
 	"github.com/sockmesh/sockmesh/tests/harness"
@@ -136,6 +139,22 @@ func TestSpliceStaysOffWhereTheKernelCheckFails(t *testing.T) {
 			enabled := a.Metric(t, "sockmesh_splice_enabled", nil)
 			if (enabled == 1) != wantOn {
 				t.Fatalf("sockmesh_splice_enabled = %v with --splice %s, safe = %v", enabled, mode, rep.Safe())
+			}
+			resp, err := http.Get("http://" + a.Addr + "/debug/state")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st agent.DebugState
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Splice.Mode != mode || st.Splice.Splicing != wantOn {
+				t.Fatalf("/debug/state splice = %+v, want mode %s, splicing %v", st.Splice, mode, wantOn)
+			}
+			if mode != "off" && len(st.Splice.Differences) != len(rep.Differences()) {
+				t.Errorf("/debug/state lists %d kernel differences, this process's check %d: %q", len(st.Splice.Differences), len(rep.Differences()), st.Splice.Differences)
 			}
 			if mode == "off" {
 				if a.Metrics(t)["sockmesh_splice_kernel_check"] != nil {
