@@ -12,7 +12,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 # Real programs the end-to-end tests and benchmarks run as applications (nobody here
-# wrote them): web server and clients, a key-value store, a bulk-throughput tool.
+# wrote them): web server and clients, a key-value store, a bulk-throughput tool, and an
+# intercepting proxy that reads SO_ORIGINAL_DST.
 command -v nginx >/dev/null || need+=(nginx)
 command -v curl >/dev/null || need+=(curl)
 command -v ab >/dev/null || need+=(apache2-utils)
@@ -20,6 +21,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v squid >/dev/null || need+=(squid)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
