@@ -132,8 +132,12 @@ func TestL7ServiceGoesThroughTheRelayWhichFindsTheClusterIP(t *testing.T) {
 	if m := env.agent.Metric(t, "sockmesh_splice_total", map[string]string{"what": "pairs"}); m != want {
 		t.Fatalf("sockmesh_splice_total{what=pairs} = %v, want %v", m, want)
 	}
-	if out := env.CLI(t, "status"); !strings.Contains(out, "redirect ") || !strings.Contains(out, "splice_bytes") {
+	out := env.CLI(t, "status")
+	if !strings.Contains(out, "redirect ") || !strings.Contains(out, "splice_bytes") {
 		t.Fatalf("sockmesh status does not show redirect and splice counters:\n%s", out)
+	}
+	if wantLine := map[bool]string{true: "splicing  auto", false: "splicing  off"}[want != 0]; !strings.Contains(out, wantLine) {
+		t.Fatalf("sockmesh status does not say %q:\n%s", wantLine, out)
 	}
 }
 

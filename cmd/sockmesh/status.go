@@ -29,9 +29,18 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var cfg bpf.Config
+			if err := maps.SmConfig.Lookup(uint32(0), &cfg); err != nil {
+				return fmt.Errorf("read sm_config: %w", err)
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			// What the agent programmed, after its kernel check: see README, Splicing.
+			fmt.Fprintf(tw, "splicing\t%s\n\n", map[uint32]string{bpf.SpliceOff: "off", bpf.SpliceOn: "on", bpf.SpliceAuto: "auto (app -> Envoy)"}[cfg.Splice])
 			fmt.Fprintln(tw, "COUNTER\tVALUE")
 			for i, v := range counts {
+				if bpf.CounterNames[i] == "" {
+					continue
+				}
 				fmt.Fprintf(tw, "%s\t%d\n", bpf.CounterNames[i], v)
 			}
 			fmt.Fprintln(tw, "\nMAP\tENTRIES\tMAX\tFILL")
