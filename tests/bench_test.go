@@ -24,9 +24,6 @@ import (
 // benchRequests is how many requests each benchmark sends per target.
 var benchRequests = flag.Int("sockmesh.requests", 3000, "requests per target in each socket-LB benchmark")
 
-// benchStreamMB is the size of each bulk transfer in the splice benchmark (2 per mode).
-var benchStreamMB = flag.Int("sockmesh.stream-mb", 1024, "MiB per bulk transfer in the splice benchmark")
-
 func benchEnv(b *testing.B) (*harness.Env, netip.AddrPort) {
 	env := harness.NewEnv(b, "backend-1")
 	env.StartBackends(b, "backend-1")

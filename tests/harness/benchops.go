@@ -1,24 +1,27 @@
 package harness
 
 import (
+	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
-	"sync"
+	"strings"
+	"testing"
 	"time"
+
+	"github.com/sockmesh/sockmesh/agent/demo"
 )
 
-// Child operations for the splice benchmarks: an echo server, request/response
-// latency, and a bulk stream through it.
+// Child operations for the splice benchmarks: an echo server and request/response
+// latency through it.
 func init() {
 	extraOps["bench-echo"] = benchEcho
 	extraOps["bench-rr"] = benchRR
-	extraOps["bench-stream"] = benchStream
 }
 
 // BenchEchoPort is where bench-echo listens.
@@ -44,94 +47,122 @@ func benchEcho(ClientRequest) error {
 	}
 }
 
-// RRResult is the round-trip latency of one message size.
-type RRResult struct {
+// RRSamples are the round trips of one message size on one connection, sorted.
+type RRSamples struct {
 	Size int
-	N    int
-	P50  time.Duration
-	P90  time.Duration
+	Lat  []time.Duration
 }
 
-// benchRR: Args[0] is the message size; N round trips on one connection to To.
-func benchRR(req ClientRequest) error {
-	size, err := strconv.Atoi(req.Args[0])
-	if err != nil {
-		return err
+// rrWarmup round trips open every connection untimed: the first ones pay for slow
+// start, page faults and cold caches, the same in every mode.
+const rrWarmup = 5
+
+// benchRR is a long-lived client driven over stdin, so that the benchmark can switch
+// splice modes between batches without a process start (and its warm-up) in between:
+// each stdin line "ADDR SIZE N" opens a fresh connection to ADDR (so the mode set
+// before the line applies to it), makes rrWarmup untimed round trips, then N timed ones
+// (write SIZE bytes, read all SIZE back), and prints one JSON RRSamples line.
+func benchRR(ClientRequest) error {
+	fmt.Println("ready")
+	enc := json.NewEncoder(os.Stdout)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) != 3 {
+			return fmt.Errorf("bench-rr: want ADDR SIZE N, got %q", in.Text())
+		}
+		size, err1 := strconv.Atoi(f[1])
+		n, err2 := strconv.Atoi(f[2])
+		if err1 != nil || err2 != nil || size <= 0 || n <= 0 {
+			return fmt.Errorf("bench-rr: want ADDR SIZE N, got %q", in.Text())
+		}
+		lat, err := roundTrips(f[0], size, n)
+		if err != nil {
+			return fmt.Errorf("bench-rr %s %d B: %w", f[0], size, err)
+		}
+		if err := enc.Encode(RRSamples{Size: size, Lat: lat}); err != nil {
+			return err
+		}
 	}
-	c, err := net.DialTimeout("tcp", req.To.String(), 3*time.Second)
+	return in.Err()
+}
+
+func roundTrips(to string, size, n int) ([]time.Duration, error) {
+	c, err := net.DialTimeout("tcp", to, 3*time.Second)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer c.Close()
 	msg := make([]byte, size)
 	back := make([]byte, size)
-	lat := make([]time.Duration, 0, req.N)
-	for i := 0; i < req.N; i++ {
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < rrWarmup+n; i++ {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		start := time.Now()
 		if _, err := c.Write(msg); err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := io.ReadFull(c, back); err != nil {
-			return err
+			return nil, err
 		}
-		lat = append(lat, time.Since(start))
+		if i >= rrWarmup {
+			lat = append(lat, time.Since(start))
+		}
 	}
 	slices.Sort(lat)
-	return json.NewEncoder(os.Stdout).Encode(RRResult{Size: size, N: len(lat), P50: lat[len(lat)/2], P90: lat[len(lat)*9/10]})
+	return lat, nil
 }
 
-// StreamResult is one bulk transfer through the echo server.
-type StreamResult struct {
-	Bytes   int64
-	Elapsed time.Duration
+// RRClient is a running bench-rr child.
+type RRClient struct {
+	in  io.WriteCloser
+	out *bufio.Scanner
 }
 
-// benchStream: Args[0] bytes written (in Args[1]-byte writes) while the echo comes
-// back concurrently; done when every byte has returned.
-func benchStream(req ClientRequest) error {
-	total, err := strconv.ParseInt(req.Args[0], 10, 64)
+// StartRRClient starts a bench-rr child in h (and the env's cgroup); it is stopped at
+// cleanup.
+func (e *Env) StartRRClient(t testing.TB, h *demo.Host) *RRClient {
+	t.Helper()
+	cmd := e.childCmd(t, ClientRequest{Op: "bench-rr", NetNS: h.NetNS})
+	in, err := cmd.StdinPipe()
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	chunk, err := strconv.Atoi(req.Args[1])
+	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	c, err := net.DialTimeout("tcp", req.To.String(), 3*time.Second)
-	if err != nil {
-		return err
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
-	start := time.Now()
-	var wg sync.WaitGroup
-	var werr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, chunk)
-		for sent := int64(0); sent < total; {
-			n := int(min(int64(chunk), total-sent))
-			if _, err := c.Write(buf[:n]); err != nil {
-				werr = err
-				return
-			}
-			sent += int64(n)
+	c := &RRClient{in: in, out: bufio.NewScanner(out)}
+	c.out.Buffer(make([]byte, 1<<20), 64<<20)
+	t.Cleanup(func() {
+		in.Close() // the child exits at end of input
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
 		}
-	}()
-	buf := make([]byte, 256<<10)
-	var got int64
-	for got < total {
-		n, err := c.Read(buf)
-		got += int64(n)
-		if err != nil {
-			return errors.Join(err, werr)
-		}
+	})
+	if !c.out.Scan() || c.out.Text() != "ready" {
+		t.Fatalf("bench-rr child did not start: %v", c.out.Err())
 	}
-	wg.Wait()
-	if werr != nil {
-		return werr
+	return c
+}
+
+// Measure makes n timed round trips of size bytes on a new connection to to.
+func (c *RRClient) Measure(to netip.AddrPort, size, n int) (RRSamples, error) {
+	var res RRSamples
+	if _, err := fmt.Fprintf(c.in, "%s %d %d\n", to, size, n); err != nil {
+		return res, err
 	}
-	return json.NewEncoder(os.Stdout).Encode(StreamResult{Bytes: got, Elapsed: time.Since(start)})
+	if !c.out.Scan() {
+		return res, fmt.Errorf("bench-rr child exited (its error is on stderr): %v", c.out.Err())
+	}
+	err := json.Unmarshal(c.out.Bytes(), &res)
+	return res, err
 }
