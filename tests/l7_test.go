@@ -10,7 +10,6 @@ import (
 
 	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/agent/demo"
-	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -58,22 +57,11 @@ func (e *l7Env) startRelay(t *testing.T) {
 
 func counter(t testing.TB, env *harness.Env, name string) uint64 {
 	t.Helper()
-	maps, err := bpf.OpenPinned(env.BPFFS)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := env.Counters(t)[name]
+	if !ok {
+		t.Fatalf("no counter %s", name)
 	}
-	defer maps.Close()
-	counts, err := maps.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, n := range bpf.CounterNames {
-		if n == name {
-			return counts[i]
-		}
-	}
-	t.Fatalf("no counter %s", name)
-	return 0
+	return v
 }
 
 func TestL7ServiceGoesThroughTheRelayWhichFindsTheClusterIP(t *testing.T) {

@@ -294,19 +294,10 @@ func (e *rpEnv) checkProxiedByOrigDst(t *testing.T, n float64) {
 
 func rpSpliceCounters(t *testing.T, env *harness.Env) map[string]uint64 {
 	t.Helper()
-	maps, err := bpf.OpenPinned(env.BPFFS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer maps.Close()
-	all, err := maps.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]uint64{}
-	for i, name := range bpf.CounterNames {
+	for name, v := range env.Counters(t) {
 		if strings.HasPrefix(name, "splice_") {
-			out[name] = all[i]
+			out[name] = v
 		}
 	}
 	return out

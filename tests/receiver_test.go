@@ -123,15 +123,7 @@ func TestSpliceStaysOffWhereTheKernelCheckFails(t *testing.T) {
 			env := harness.NewEnv(t, "server")
 			a := env.StartAgent(t, env.WriteFile(t, "svc.yaml", spliceYAML(env.Host("server"), env.Host("client"))),
 				"--splice", mode, "--node-name", spliceNodeName)
-			maps, err := bpf.OpenPinned(env.BPFFS)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer maps.Close()
-			var c bpf.Config
-			if err := maps.SmConfig.Lookup(uint32(0), &c); err != nil {
-				t.Fatal(err)
-			}
+			c := env.DatapathConfig(t)
 			wantOn := mode != "off" && rep.Safe()
 			if (c.Splice != bpf.SpliceOff) != wantOn {
 				t.Fatalf("--splice %s programmed splice mode %d; the kernel check says safe = %v", mode, c.Splice, rep.Safe())

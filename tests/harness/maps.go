@@ -48,3 +48,53 @@ func Frontend(svcs []lbmap.ListedService, fe string) (lbmap.ListedService, bool)
 	}
 	return lbmap.ListedService{}, false
 }
+
+// Counters reads the datapath's counters from the env's pins, by name.
+func (e *Env) Counters(t testing.TB) map[string]uint64 {
+	t.Helper()
+	maps, err := bpf.OpenPinned(e.BPFFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	all, err := maps.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]uint64{}
+	for i, name := range bpf.CounterNames {
+		if name != "" {
+			out[name] = all[i]
+		}
+	}
+	return out
+}
+
+// DatapathConfig reads the runtime config the agent programmed (sm_config).
+func (e *Env) DatapathConfig(t testing.TB) bpf.Config {
+	t.Helper()
+	maps, err := bpf.OpenPinned(e.BPFFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	var c bpf.Config
+	if err := maps.SmConfig.Lookup(uint32(0), &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// SetDatapathConfig writes sm_config, as root can behind the agent's back: how tests
+// force a setting the agent would not choose.
+func (e *Env) SetDatapathConfig(t testing.TB, c bpf.Config) {
+	t.Helper()
+	maps, err := bpf.OpenPinned(e.BPFFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	if err := maps.SmConfig.Put(uint32(0), c); err != nil {
+		t.Fatal(err)
+	}
+}
