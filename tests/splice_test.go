@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ import (
 
 // Splice semantics, end to end: real sockets in the env's cgroup, the agent's sock_ops
 // and sk_msg programs splicing them, and the kernel behaviours applications rely on
-// (FIONREAD, EOF and half-close, backpressure, resets, edge-triggered epoll) checked on
+// (FIONREAD, EOF and half-close, resets, edge-triggered epoll) checked on
 // spliced connections. Every test proves from the datapath counters that its
 // connections were spliced, so none of them can pass by quietly running over TCP.
 //
@@ -143,22 +142,25 @@ func (e *spliceEnv) localAddrs(t *testing.T) map[netip.Addr]bool {
 }
 
 // startServer runs splice-server in h on h's addresses (or the given ones).
-func (e *spliceEnv) startServer(t *testing.T, h *demo.Host, listen []netip.AddrPort, extra ...string) *harness.Proc {
+func (e *spliceEnv) startServer(t *testing.T, h *demo.Host, listen []netip.AddrPort) *harness.Proc {
 	t.Helper()
 	if listen == nil {
-		listen = []netip.AddrPort{netip.AddrPortFrom(h.IPv4, splicePort), netip.AddrPortFrom(h.IPv6, splicePort)}
+		listen = spliceAddrs(h, splicePort)
 	}
-	var args []string
-	for _, ap := range listen {
-		args = append(args, "listen="+ap.String())
-	}
-	return e.StartProc(t, harness.ClientRequest{Op: "splice-server", NetNS: h.NetNS, Name: h.Name, Args: append(args, extra...)})
+	return e.StartProc(t, harness.SpliceRequest(h, netip.AddrPort{}, harness.SpliceServerParams{Listen: listen}))
 }
 
-// run runs a splice-client scenario in h and decodes its output into out. The child
-// bounds every socket operation itself; the timeout here only turns a hang the child
-// could not catch into a failure (the env's cleanup then kills the child).
-func (e *spliceEnv) run(t *testing.T, h *demo.Host, to netip.AddrPort, timeout time.Duration, out any, args ...string) {
+// run runs scenario p's client end in h against to and decodes its output into out.
+func (e *spliceEnv) run(t *testing.T, h *demo.Host, to netip.AddrPort, timeout time.Duration, out any, p harness.SpliceOp) {
+	t.Helper()
+	runSplice(t, e.Env, h, to, timeout, out, p)
+}
+
+// runSplice runs scenario p's client end in h against to and decodes its output into
+// out. The child bounds every socket operation itself; the timeout here only turns a
+// hang the child could not catch into a failure (the env's cleanup then kills the
+// child).
+func runSplice(t *testing.T, env *harness.Env, h *demo.Host, to netip.AddrPort, timeout time.Duration, out any, p harness.SpliceOp) {
 	t.Helper()
 	type result struct {
 		out []byte
@@ -166,26 +168,31 @@ func (e *spliceEnv) run(t *testing.T, h *demo.Host, to netip.AddrPort, timeout t
 	}
 	done := make(chan result, 1)
 	go func() {
-		o, err := e.RunOp(t, harness.ClientRequest{Op: "splice-client", NetNS: h.NetNS, Name: h.Name, To: to, Args: args})
+		o, err := env.RunOp(t, harness.SpliceRequest(h, to, p))
 		done <- result{o, err}
 	}()
 	select {
 	case r := <-done:
 		if r.err != nil {
-			t.Fatalf("splice-client %v in %s: %v\n%s", args, h.Name, r.err, r.out)
+			t.Fatalf("%s %+v in %s: %v\n%s", p.Op(), p, h.Name, r.err, r.out)
 		}
 		if err := json.Unmarshal(r.out, out); err != nil {
-			t.Fatalf("splice-client %v output %q: %v", args, r.out, err)
+			t.Fatalf("%s %+v output %q: %v", p.Op(), p, r.out, err)
 		}
 	case <-time.After(timeout):
-		t.Fatalf("splice-client %v in %s did not finish in %v", args, h.Name, timeout)
+		t.Fatalf("%s %+v in %s did not finish in %v", p.Op(), p, h.Name, timeout)
 	}
 }
 
 // spliceReport waits for the server's report of scenario id.
 func spliceReport(t *testing.T, p *harness.Proc, id string) harness.SpliceSide {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	return spliceReportWithin(t, p, id, 10*time.Second)
+}
+
+func spliceReportWithin(t *testing.T, p *harness.Proc, id string, wait time.Duration) harness.SpliceSide {
+	t.Helper()
+	deadline := time.Now().Add(wait)
 	for {
 		for _, l := range p.Lines() {
 			var r harness.SpliceServerReport
@@ -205,7 +212,13 @@ type spliceCounts map[string]uint64
 
 func (e *spliceEnv) counts(t *testing.T) spliceCounts {
 	t.Helper()
-	maps, err := bpf.OpenPinned(e.BPFFS)
+	return spliceCountsOf(t, e.Env)
+}
+
+// spliceCountsOf reads env's splice_* datapath counters.
+func spliceCountsOf(t *testing.T, env *harness.Env) spliceCounts {
+	t.Helper()
+	maps, err := bpf.OpenPinned(env.BPFFS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,11 +302,12 @@ func TestSpliceFIONREADReportsQueuedBytes(t *testing.T) {
 	e.startServer(t, e.server, nil)
 	e.startServer(t, e.remote, nil)
 	const n, m = 10000, 7000
+	fp := harness.FionreadParams{ServerSends: n, ClientSends: m}
 
 	// The same exchange over plain TCP: proves the test measures what the kernel does.
 	before := e.counts(t)
 	var ctl map[string]harness.SpliceSide
-	e.run(t, e.client, netip.AddrPortFrom(e.remote.IPv4, splicePort), 30*time.Second, &ctl, "fionread", itoa(n), itoa(m))
+	e.run(t, e.client, netip.AddrPortFrom(e.remote.IPv4, splicePort), 30*time.Second, &ctl, fp)
 	if d := e.counts(t).since(before); d["splice_pairs"] != 0 {
 		t.Fatalf("the TCP control was spliced: %s", d)
 	}
@@ -304,7 +318,7 @@ func TestSpliceFIONREADReportsQueuedBytes(t *testing.T) {
 	for _, to := range spliceAddrs(e.server, splicePort) {
 		before := e.counts(t)
 		var res map[string]harness.SpliceSide
-		e.run(t, e.client, to, 30*time.Second, &res, "fionread", itoa(n), itoa(m))
+		e.run(t, e.client, to, 30*time.Second, &res, fp)
 		d := e.counts(t).since(before)
 		requireSpliced(t, d, 1, n+m)
 		if checkSpliceInq(t, "spliced "+to.String(), res, n, m) {
@@ -321,9 +335,14 @@ func TestSpliceStreams1GiBEachWayAtOnce(t *testing.T) {
 	const size = int64(1) << 30
 	const seed = 4242
 	before := e.counts(t)
-	var c harness.SpliceSide
-	e.run(t, e.client, netip.AddrPortFrom(e.server.IPv4, splicePort), 150*time.Second, &c, "stream", strconv.FormatInt(size, 10), itoa(seed))
-	s := spliceReport(t, srv, "stream-"+itoa(seed))
+	p := harness.StreamParams{ClientSends: size, ServerSends: size, Seed: seed}
+	var cs []harness.SpliceSide
+	e.run(t, e.client, netip.AddrPortFrom(e.server.IPv4, splicePort), 150*time.Second, &cs, p)
+	if len(cs) != 1 {
+		t.Fatalf("%d connections' results, want 1: %+v", len(cs), cs)
+	}
+	c := cs[0]
+	s := spliceReport(t, srv, p.StreamID(0))
 	d := e.counts(t).since(before)
 	t.Logf("client: sent %d got %d in %v (%.1f Gbit/s both ways); counters %s", c.Sent, c.Got, c.Elapsed,
 		float64(c.Sent+c.Got)*8/c.Elapsed.Seconds()/1e9, d)
@@ -355,7 +374,8 @@ func TestSpliceHalfCloseAndCloseDeliverEOFAfterTheData(t *testing.T) {
 		t.Run(to.Addr().String(), func(t *testing.T) {
 			before := e.counts(t)
 			var res map[string]harness.SpliceSide
-			e.run(t, e.client, to, 30*time.Second, &res, "halfclose", itoa(a), itoa(b), itoa(c), itoa(d))
+			e.run(t, e.client, to, 30*time.Second, &res,
+				harness.HalfCloseParams{ClientSends: a, ServerReplies: b, ServerSends: c, ClientReplies: d})
 			hcc := spliceReport(t, srv, "hc-client-"+to.Addr().String())
 			hcs := spliceReport(t, srv, "hc-server-"+to.Addr().String())
 			cnt := e.counts(t).since(before)
@@ -392,7 +412,7 @@ func TestSplice1000ConcurrentConnections(t *testing.T) {
 	const conns, msgs = 1000, 5
 	before := e.counts(t)
 	var res harness.SpliceCountResult
-	e.run(t, e.client, netip.AddrPortFrom(e.server.IPv4, splicePort), 90*time.Second, &res, "many", itoa(conns), itoa(msgs))
+	e.run(t, e.client, netip.AddrPortFrom(e.server.IPv4, splicePort), 90*time.Second, &res, harness.ManyParams{Conns: conns, Messages: msgs})
 	d := e.counts(t).since(before)
 	t.Logf("%d connections open at once, %d/%d echoes in %v; counters %s", res.MaxOpen, res.OK, res.Expected, res.Elapsed, d)
 	if res.Conns != conns || res.OK != conns*msgs || len(res.Errors) > 0 {
@@ -409,16 +429,17 @@ func TestSplice1000ConcurrentConnections(t *testing.T) {
 func TestSpliceAbortIsSeenByThePeerPromptly(t *testing.T) {
 	e := newSpliceEnv(t)
 	srv := e.startServer(t, e.server, nil)
+	p := harness.AbortParams{ServerReads: 64 << 10, ServerIdle: 300 * time.Millisecond, ClientReads: 256 << 10}
 	before := e.counts(t)
 	var res map[string]harness.SpliceSide
-	e.run(t, e.client, netip.AddrPortFrom(e.server.IPv4, splicePort), 60*time.Second, &res, "abort")
+	e.run(t, e.client, netip.AddrPortFrom(e.server.IPv4, splicePort), 60*time.Second, &res, p)
 	srvSide := map[string]harness.SpliceSide{}
 	for _, id := range []string{"A", "B", "C", "D"} {
 		srvSide[id] = spliceReport(t, srv, id)
 	}
 	d := e.counts(t).since(before)
 	t.Logf("counters %s", d)
-	requireSpliced(t, d, 4, 64<<10+256<<10)
+	requireSpliced(t, d, 4, p.ServerReads+p.ClientReads)
 
 	const bound = 3 * time.Second
 	lag := func(from, to int64) time.Duration { return time.Duration(to - from) }
@@ -460,11 +481,11 @@ func TestSpliceAbortIsSeenByThePeerPromptly(t *testing.T) {
 func TestSpliceEdgeTriggeredEpollServerNeverStalls(t *testing.T) {
 	e := newSpliceEnv(t)
 	to := netip.AddrPortFrom(e.server.IPv4, spliceEpPort)
-	srv := e.StartProc(t, harness.ClientRequest{Op: "splice-epoll-server", NetNS: e.server.NetNS, Args: []string{to.String()}})
+	srv := e.StartProc(t, harness.SpliceRequest(e.server, netip.AddrPort{}, harness.EpollServerParams{Listen: to}))
 	const conns, rounds = 8, 300
 	before := e.counts(t)
 	var res harness.SpliceCountResult
-	e.run(t, e.client, to, 90*time.Second, &res, "epoll", itoa(conns), itoa(rounds))
+	e.run(t, e.client, to, 90*time.Second, &res, harness.EpollParams{Conns: conns, Rounds: rounds})
 	d := e.counts(t).since(before)
 	t.Logf("%d connections, %d/%d responses (%d bytes) in %v; counters %s", res.Conns, res.OK, res.Expected, res.Bytes, res.Elapsed, d)
 	time.Sleep(100 * time.Millisecond) // let the server log its closed connections
@@ -492,7 +513,7 @@ func TestSpliceLoopbackTuplesNeverCrossNamespaces(t *testing.T) {
 	// namespace. The servers close a finished connection 30ms late, as a busy server
 	// gets round to it, so the reused tuple's new connection overlaps the old server
 	// socket every time rather than when the scheduler happens to allow it.
-	const iterations, asks, closeDelayMs = 150, 3, 30
+	const iterations, asks, closeDelay = 150, 3, 30 * time.Millisecond
 	for i, to := range lo {
 		t.Run(to.Addr().String(), func(t *testing.T) {
 			local := netip.AddrPortFrom(to.Addr(), uint16(40000+i))
@@ -507,9 +528,8 @@ func TestSpliceLoopbackTuplesNeverCrossNamespaces(t *testing.T) {
 				go func() {
 					defer func() { done <- k }()
 					// Off the test goroutine: report through the result, never t.Fatal.
-					out, err := e.RunOp(t, harness.ClientRequest{Op: "splice-client", NetNS: h.NetNS, Name: h.Name, To: to,
-						Args: []string{"loop", "local=" + local.String(), "iterations=" + itoa(iterations), "asks=" + itoa(asks),
-							"barrier=" + barrier, "peers=ns-a,ns-b", "closedelay=" + itoa(closeDelayMs)}})
+					out, err := e.RunOp(t, harness.SpliceRequest(h, to, harness.LoopParams{Local: local, Iterations: iterations, Asks: asks,
+						Barrier: barrier, Peers: []string{"ns-a", "ns-b"}, CloseDelay: closeDelay}))
 					if err == nil {
 						err = json.Unmarshal(out, &results[k])
 					}

@@ -35,6 +35,8 @@ type ClientRequest struct {
 	Name    string   // "serve": the name the servers answer with
 	Args    []string // free-form arguments for extraOps
 	Environ []string // extra environment for the child, "K=V"
+	// Params are an extraOps operation's typed parameters, as JSON (the splice ops).
+	Params json.RawMessage `json:",omitempty"`
 }
 
 // ClientResult is one client process's findings; each attempt yields an answer or an
