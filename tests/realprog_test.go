@@ -16,7 +16,6 @@ import (
 
 	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/agent/demo"
-	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -153,9 +152,9 @@ type rpEnv struct {
 	l7             bool
 	relay          *harness.Proc // the node proxy, on the relay path
 	content        *rpContent
-	davDir         string            // where the backend nginx stores PUTs
-	splice         map[string]uint64 // splice counters after the last step
-	splicing       bool              // the agent's decision: sockmesh_splice_enabled
+	davDir         string       // where the backend nginx stores PUTs
+	splice         spliceCounts // splice counters after the last step
+	splicing       bool         // the agent's decision: sockmesh_splice_enabled
 	agent          *harness.Agent
 }
 
@@ -197,34 +196,10 @@ func newRPEnv(t *testing.T, mode, proxy string, content *rpContent) *rpEnv {
 	case rpSquid:
 		env.StartSquid(t, env.Host("node"), relayListen[0], agent.DefaultEnvoyMark)
 	}
-	e.waitLocal(t)
+	waitSmLocal(t, env, e.server.IPv4)
 	e.startServers(t)
-	e.splice = rpSpliceCounters(t, env)
+	e.splice = spliceCountsOf(t, env)
 	return e
-}
-
-// waitLocal waits until the datapath knows the server is on this node: before that,
-// no mode would consider its connections for splicing.
-func (e *rpEnv) waitLocal(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		maps, err := bpf.OpenPinned(e.BPFFS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, _ := bpf.AddrFrom(e.server.IPv4)
-		var v uint8
-		found := maps.SmLocal.Lookup(k, &v) == nil
-		maps.Close()
-		if found {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sm_local never held the server's address %s", e.server.IPv4)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func (e *rpEnv) startServers(t *testing.T) {
@@ -266,7 +241,7 @@ func (e *rpEnv) url(path string) string {
 // not to, nothing may have been paired.
 func (e *rpEnv) step(t *testing.T, name string, check func(t *testing.T)) {
 	t.Run(name, check)
-	now := rpSpliceCounters(t, e.Env)
+	now := spliceCountsOf(t, e.Env)
 	var moved []string
 	for _, n := range sortedKeys(now) {
 		if d := now[n] - e.splice[n]; d != 0 {
@@ -290,17 +265,6 @@ func (e *rpEnv) checkProxiedByOrigDst(t *testing.T, n float64) {
 	if hit := e.agent.Metric(t, "sockmesh_origdst_lookups_total", map[string]string{"result": "hit"}); hit < n {
 		t.Errorf("sockmesh_origdst_lookups_total{result=hit} = %v: the proxy did not learn the original destination of the %v+ connections it took", hit, n)
 	}
-}
-
-func rpSpliceCounters(t *testing.T, env *harness.Env) map[string]uint64 {
-	t.Helper()
-	out := map[string]uint64{}
-	for name, v := range env.Counters(t) {
-		if strings.HasPrefix(name, "splice_") {
-			out[name] = v
-		}
-	}
-	return out
 }
 
 func sortedKeys(m map[string]uint64) []string {

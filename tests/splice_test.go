@@ -218,19 +218,10 @@ func (e *spliceEnv) counts(t *testing.T) spliceCounts {
 // spliceCountsOf reads env's splice_* datapath counters.
 func spliceCountsOf(t *testing.T, env *harness.Env) spliceCounts {
 	t.Helper()
-	maps, err := bpf.OpenPinned(env.BPFFS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer maps.Close()
-	all, err := maps.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := spliceCounts{}
-	for i, name := range bpf.CounterNames {
+	for name, v := range env.Counters(t) {
 		if strings.HasPrefix(name, "splice_") {
-			out[name] = all[i]
+			out[name] = v
 		}
 	}
 	return out
