@@ -8,9 +8,10 @@ import (
 	"time"
 )
 
-// The "echo" command echoes everything until EOF with read/write (never splice(2)),
-// then closes; with Report it hashes what it echoed and reports it. EchoStreamParams
-// is its streaming client; the many-connection scenario (splice_many.go) is another.
+// EchoParams are the "echo" command's: the server echoes everything until EOF with
+// read/write (never splice(2)), then closes; with Report it hashes what it echoed and
+// reports that. EchoStreamParams is its streaming client; the many-connection scenario
+// (splice_many.go) is another.
 type EchoParams struct{ Report bool }
 
 // EchoStreamParams: on each of Reps connections (one at least), one after the other,

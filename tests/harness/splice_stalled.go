@@ -47,7 +47,7 @@ type SpliceStall struct {
 	OutQ           int    // SIOCOUTQ during the stall (the sender's is the one that counts)
 	INQ            int    // SIOCINQ during the stall (the receiver's is the one that counts)
 	Mem            SkMeminfo
-	Before, During Sockstat // this namespace's /proc/net/sockstat TCP line
+	Sockstat       Sockstat // this namespace's, during the stall
 }
 
 // SkMeminfo is getsockopt(SO_MEMINFO): the socket's own memory accounting in bytes
@@ -58,7 +58,8 @@ type SkMeminfo struct {
 
 // Sockstat is the TCP line of /proc/net/sockstat. InUse and TW count this network
 // namespace's sockets; Orphan, Alloc and Mem (pages) are machine-wide, as the kernel
-// accounts TCP memory globally.
+// accounts TCP memory globally, and Mem lags by up to net.core.mem_pcpu_rsv pages per
+// CPU (each CPU batches its charges).
 type Sockstat struct{ InUse, Orphan, TW, Alloc, Mem int64 }
 
 func init() {
@@ -113,7 +114,7 @@ func spStallMeasure(p StalledParams) time.Duration { return p.Stall - time.Secon
 // spStallSend is the sending end of a stall; seed names its stream.
 func spStallSend(c *net.TCPConn, p StalledParams, seed uint64) SpliceSide {
 	start := time.Now()
-	st := &SpliceStall{Role: "sender", Before: spSockstat()}
+	st := &SpliceStall{Role: "sender"}
 	s := SpliceSide{Stall: st}
 	stream := newSpStream(seed, 64<<10)
 	h := sha256.New()
@@ -162,7 +163,7 @@ func spStallSend(c *net.TCPConn, p StalledParams, seed uint64) SpliceSide {
 // spStallRecv is the receiving end: it reads nothing for the stall, then to EOF.
 func spStallRecv(c *net.TCPConn, p StalledParams) SpliceSide {
 	start := time.Now()
-	st := &SpliceStall{Role: "receiver", Before: spSockstat()}
+	st := &SpliceStall{Role: "receiver"}
 	s := SpliceSide{Stall: st}
 	time.Sleep(time.Until(start.Add(spStallMeasure(p))))
 	spStallSnapshot(c, st)
@@ -190,16 +191,17 @@ func spStallSnapshot(c *net.TCPConn, st *SpliceStall) {
 		}
 		return nil
 	})
-	st.During = spSockstat()
+	st.Sockstat, _ = ReadSockstat("/proc/self/net/sockstat")
 }
 
-// spSockstat reads the TCP line of /proc/net/sockstat in this process's namespace (the
-// child runs wholly inside its host's namespace); zero if it cannot.
-func spSockstat() Sockstat {
+// ReadSockstat reads the TCP line of a sockstat file. /proc/self/net is the namespace
+// of the process's main thread (a splice child runs wholly inside its host's);
+// /proc/thread-self/net is the calling thread's.
+func ReadSockstat(path string) (Sockstat, error) {
 	var s Sockstat
-	f, err := os.Open("/proc/self/net/sockstat")
+	f, err := os.Open(path)
 	if err != nil {
-		return s
+		return s, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -225,5 +227,5 @@ func spSockstat() Sockstat {
 			}
 		}
 	}
-	return s
+	return s, sc.Err()
 }
