@@ -1,13 +1,10 @@
 package tests
 
 import (
-	"encoding/json"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/sockops"
 	"github.com/sockmesh/sockmesh/tests/harness"
@@ -132,16 +129,7 @@ func TestSpliceStaysOffWhereTheKernelCheckFails(t *testing.T) {
 			if (enabled == 1) != wantOn {
 				t.Fatalf("sockmesh_splice_enabled = %v with --splice %s, safe = %v", enabled, mode, rep.Safe())
 			}
-			resp, err := http.Get("http://" + a.Addr + "/debug/state")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var st agent.DebugState
-			err = json.NewDecoder(resp.Body).Decode(&st)
-			resp.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := a.DebugState(t)
 			if st.Splice.Mode != mode || st.Splice.Splicing != wantOn {
 				t.Fatalf("/debug/state splice = %+v, want mode %s, splicing %v", st.Splice, mode, wantOn)
 			}

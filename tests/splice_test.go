@@ -106,19 +106,9 @@ func forceSplice(t *testing.T, env *harness.Env, agent *harness.Agent) {
 	if safe := sockops.CheckKernel().Safe(); enabled != map[bool]float64{true: 1, false: 0}[safe] {
 		t.Fatalf("sockmesh_splice_enabled = %v, but the kernel check says safe = %v", enabled, safe)
 	}
-	maps, err := bpf.OpenPinned(env.BPFFS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer maps.Close()
-	var c bpf.Config
-	if err := maps.SmConfig.Lookup(uint32(0), &c); err != nil {
-		t.Fatal(err)
-	}
+	c := env.DatapathConfig(t)
 	c.Splice = bpf.SpliceOn
-	if err := maps.SmConfig.Put(uint32(0), c); err != nil {
-		t.Fatal(err)
-	}
+	env.SetDatapathConfig(t, c)
 }
 
 func (e *spliceEnv) localAddrs(t *testing.T) map[netip.Addr]bool {

@@ -3,7 +3,6 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -130,16 +129,7 @@ func TestPolicyTargetedServiceIsReachedThroughTheProxyByProxylessClients(t *test
 		t.Fatalf("unknown_service errors counted: %v, want 1", n)
 	}
 	// /debug/state says which policies apply where, and which fail closed.
-	resp, err := http.Get("http://" + a.Addr + "/debug/state")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st agent.DebugState
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := a.DebugState(t)
 	policies := map[string]string{}
 	for _, svc := range st.Services {
 		if svc.L7 {

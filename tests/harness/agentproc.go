@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -18,6 +19,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/sockmesh/sockmesh/agent"
 )
 
 // Agent is `sockmesh agent` running as a subprocess against the env.
@@ -280,3 +283,18 @@ func (e *Env) CLI(t testing.TB, args ...string) string {
 
 // String helps failure messages.
 func (a *Agent) String() string { return fmt.Sprintf("agent(%s)", a.Addr) }
+
+// DebugState fetches and decodes the agent's /debug/state.
+func (a *Agent) DebugState(t testing.TB) agent.DebugState {
+	t.Helper()
+	resp, err := http.Get("http://" + a.Addr + "/debug/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st agent.DebugState
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
