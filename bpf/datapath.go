@@ -49,7 +49,7 @@ func (d *Datapath) Maps() *Maps {
 // pins are adopted with their contents, so a restarted agent sees what the last one
 // programmed. Load it before other objects (sockops): it creates the shared maps.
 func Load(dir string, lim Limits) (*Datapath, error) {
-	if err := EnsureBPFFS(dir); err != nil {
+	if _, err := EnsureBPFFS(dir); err != nil {
 		return nil, err
 	}
 	spec, err := loadSocklb()
@@ -237,76 +237,6 @@ func CgroupID(path string) (uint64, error) {
 		return 0, fmt.Errorf("cgroup %s: not a cgroup v2 directory", path)
 	}
 	return st.Ino, nil
-}
-
-// Cleanup removes every link (detaching the programs) and map sockmesh pinned in dir,
-// then dir itself. It works without a running agent. Every sockmesh map, of any object,
-// is named sm_*.
-func Cleanup(dir string) error {
-	var errs []error
-	links, _ := os.ReadDir(LinksDir(dir))
-	for _, e := range links {
-		pin := filepath.Join(LinksDir(dir), e.Name())
-		l, err := link.LoadPinnedLink(pin, nil)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pinned link %s: %w", pin, err))
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, err)
-		}
-		l.Close()
-	}
-	if err := os.Remove(LinksDir(dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	}
-	pins, _ := filepath.Glob(filepath.Join(dir, "sm_*"))
-	for _, pin := range pins {
-		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove %s (not empty?): %w", dir, err))
-	}
-	return errors.Join(errs...)
-}
-
-// EnsureBPFFS makes sure dir can hold pins: it mounts bpffs on /sys/fs/bpf when a fresh
-// machine has none there, and creates dir.
-func EnsureBPFFS(dir string) error {
-	const root = "/sys/fs/bpf"
-	if isBPFFS(root) != nil && isUnder(dir, root) {
-		if err := os.MkdirAll(root, 0o755); err != nil {
-			return err
-		}
-		if err := unix.Mount("bpffs", root, "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mount bpffs on %s: %w", root, err)
-		}
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("bpffs dir %s: %w", dir, err)
-	}
-	if err := isBPFFS(dir); err != nil {
-		return fmt.Errorf("--bpffs %s: %w", dir, err)
-	}
-	return nil
-}
-
-func isBPFFS(path string) error {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil {
-		return err
-	}
-	if fs.Type != unix.BPF_FS_MAGIC {
-		return errors.New("not on a bpf filesystem")
-	}
-	return nil
-}
-
-func isUnder(path, root string) bool {
-	rel, err := filepath.Rel(root, path)
-	return err == nil && rel != ".." && !filepath.IsAbs(rel) && (len(rel) < 3 || rel[:3] != "../")
 }
 
 // AttachedLinks lists the names of sockmesh programs attached by bpf_link to the cgroup

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/bpf"
@@ -17,15 +21,9 @@ func newCleanupCmd() *cobra.Command {
 		Short: "Detach every program and remove every pin sockmesh made (services stop being translated)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			lock, err := bpf.LockPins(pins.bpffs)
-			if err != nil {
-				return fmt.Errorf("%w: is an agent running? stop it first", err)
-			}
-			defer lock.Unlock()
-			if err := bpf.Cleanup(pins.bpffs); err != nil {
+			if err := cleanPins(cmd.OutOrStdout(), pins.bpffs); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed sockmesh links and maps under %s\n", pins.bpffs)
 			// Unpinning detaches what was pinned; a running agent still holds its own links.
 			cg := pins.cgroup
 			if cg == "" {
@@ -36,6 +34,9 @@ func newCleanupCmd() *cobra.Command {
 				cg = root
 			}
 			left, err := bpf.AttachedLinks(cg)
+			if errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("cannot check cgroup %s for sockmesh programs still attached: %w (listing BPF links needs CAP_SYS_ADMIN)", cg, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -47,6 +48,29 @@ func newCleanupCmd() *cobra.Command {
 	}
 	pins.register(cmd.Flags())
 	return cmd
+}
+
+// cleanPins removes the pins under dir while holding the dir's lock, which an agent on
+// it holds under whatever path it was given, so no cleanup runs under a live agent.
+func cleanPins(out io.Writer, dir string) (err error) {
+	lock, err := bpf.LockPins(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		fmt.Fprintf(out, "nothing to clean: %s does not exist\n", dir)
+		return nil
+	case errors.Is(err, bpf.ErrPinsInUse):
+		return fmt.Errorf("%w: is an agent running? stop it first", err)
+	case errors.Is(err, bpf.ErrNotBPFFS):
+		return fmt.Errorf("refusing to clean: %w", err)
+	case err != nil:
+		return err
+	}
+	defer func() { err = errors.Join(err, lock.Unlock()) }()
+	if err := bpf.Cleanup(lock.Dir()); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "removed sockmesh links and maps under %s\n", lock.Dir())
+	return nil
 }
 
 func newVersionCmd() *cobra.Command {

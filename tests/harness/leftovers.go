@@ -17,7 +17,7 @@ func Leftovers(t testing.TB) string {
 	t.Helper()
 	// A fresh machine has no bpffs: mount it now, so that the first test to mount it does
 	// not count the kernel's own entries there as its leftovers.
-	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
+	if _, err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		t.Fatal(err)
 	}
 	var parts []string
