@@ -7,6 +7,9 @@ type Observer interface {
 	// MapOp reports n entries written ("update") or removed ("delete") in table, and the
 	// error that stopped the batch, if any.
 	MapOp(table, op string, n int, err error)
+	// MapRepairs reports that Repair wrote or removed n > 0 entries of table to undo
+	// changes made behind the writer's back.
+	MapRepairs(table string, n int)
 }
 
 // synced mirrors one kernel table: cur is what the kernel holds as far as this writer
@@ -16,14 +19,66 @@ type synced[K comparable, V comparable] struct {
 	t   Table[K, V]
 	cur map[K]V
 	obs Observer
+	// name and max are read once: on a kernel map each is a syscall.
+	name string
+	max  int
+	// changed counts the entries written or removed, so Repair can tell what it fixed.
+	changed int
 }
 
 func newSynced[K comparable, V comparable](t Table[K, V], obs Observer) (*synced[K, V], error) {
-	cur, err := t.Dump()
-	if err != nil {
-		return nil, fmt.Errorf("read map %s: %w", t.Name(), err)
+	s := &synced[K, V]{t: t, obs: obs, name: t.Name(), max: t.MaxEntries()}
+	if err := s.reload(); err != nil {
+		return nil, err
 	}
-	return &synced[K, V]{t: t, cur: cur, obs: obs}, nil
+	return s, nil
+}
+
+// reload replaces the mirror with what the kernel holds now.
+func (s *synced[K, V]) reload() error {
+	cur, err := s.t.Dump()
+	if err != nil {
+		return fmt.Errorf("read map %s: %w", s.name, err)
+	}
+	s.cur = cur
+	return nil
+}
+
+// room is how many more keys the table takes.
+func (s *synced[K, V]) room() int { return s.max - len(s.cur) }
+
+// write stores the entries in one batch; the caller passes only the ones that differ.
+func (s *synced[K, V]) write(keys []K, vals []V) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	n, err := s.t.Update(keys, vals)
+	for i := 0; i < n; i++ {
+		s.cur[keys[i]] = vals[i]
+	}
+	s.changed += n
+	s.obs.MapOp(s.name, "update", n, err)
+	if err != nil {
+		return fmt.Errorf("update map %s, key %+v: %w", s.name, keys[n], err)
+	}
+	return nil
+}
+
+// remove deletes the keys in one batch.
+func (s *synced[K, V]) remove(keys []K) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	n, err := s.t.Delete(keys)
+	for i := 0; i < n; i++ {
+		delete(s.cur, keys[i])
+	}
+	s.changed += n
+	s.obs.MapOp(s.name, "delete", n, err)
+	if err != nil {
+		return fmt.Errorf("delete from map %s, key %+v: %w", s.name, keys[n], err)
+	}
+	return nil
 }
 
 // upsert writes the desired entries that are missing or differ.
@@ -36,18 +91,7 @@ func (s *synced[K, V]) upsert(desired map[K]V) error {
 			vals = append(vals, v)
 		}
 	}
-	if len(keys) == 0 {
-		return nil
-	}
-	n, err := s.t.Update(keys, vals)
-	for i := 0; i < n; i++ {
-		s.cur[keys[i]] = vals[i]
-	}
-	s.obs.MapOp(s.t.Name(), "update", n, err)
-	if err != nil {
-		return fmt.Errorf("update map %s, key %+v: %w", s.t.Name(), keys[n], err)
-	}
-	return nil
+	return s.write(keys, vals)
 }
 
 // prune deletes the entries that are not desired.
@@ -58,16 +102,5 @@ func (s *synced[K, V]) prune(desired map[K]V) error {
 			keys = append(keys, k)
 		}
 	}
-	if len(keys) == 0 {
-		return nil
-	}
-	n, err := s.t.Delete(keys)
-	for i := 0; i < n; i++ {
-		delete(s.cur, keys[i])
-	}
-	s.obs.MapOp(s.t.Name(), "delete", n, err)
-	if err != nil {
-		return fmt.Errorf("delete from map %s, key %+v: %w", s.t.Name(), keys[n], err)
-	}
-	return nil
+	return s.remove(keys)
 }

@@ -1,7 +1,8 @@
 // Package lbmap owns the contents of the socket-LB maps: it turns a model snapshot into
 // the entries the datapath reads (services, slots, backends, names) and reconciles the
 // kernel maps to them by diff, never by flush, so a restart or a bad input never disturbs
-// what is already programmed.
+// what is already programmed. Every pass is planned within the maps' capacity, and
+// Repair puts back what someone else changed in the maps.
 package lbmap
 
 import (

@@ -3,27 +3,18 @@ package lbmap
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
-// maxSlotsPerService bounds how far weights expand one service's slot list.
-const maxSlotsPerService = 4096
-
-// backendRef names a backend entry: ids are per (service, address) so that an entry
-// exists exactly while that backend is selected for that service.
-type backendRef struct {
-	svcID uint32
-	addr  netip.AddrPort
-	proto model.Protocol
-}
-
-// Writer programs the LB maps from model snapshots. It is safe for one goroutine at a
-// time; Apply calls are serialised by a mutex anyway.
+// Writer programs the LB maps from model snapshots. Apply, Repair and Programmed are
+// serialised by a mutex, so they may be called from different goroutines.
 type Writer struct {
 	mu       sync.Mutex
+	obs      Observer
 	services *synced[bpf.SvcKey, bpf.SvcValue]
 	slots    *synced[bpf.SlotKey, uint32]
 	backends *synced[uint32, bpf.BackendValue]
@@ -34,16 +25,23 @@ type Writer struct {
 	nodeName  string
 	nodeAddrs []netip.Addr
 
-	svcIDs        map[model.Frontend]uint32
-	backendIDs    map[backendRef]uint32
+	// pendingIDs are the ids of new services admitted by a pass that failed before it
+	// published them: a retry finds the entries already written under that id.
+	pendingIDs    map[model.Frontend]uint32
 	nextSvcID     uint32
 	nextBackendID uint32
+
+	// applied says Apply ran, so the shadow holds an intended state Repair can put back.
+	applied bool
+	// unrestored is the state a Repair could not fully put back; the next Repair tries
+	// again, the next Apply replaces it.
+	unrestored *state
 }
 
 // NewWriter reads the maps' current contents (left by an earlier agent, or empty) and
 // adopts their ids, so the first Apply rewrites nothing that did not change.
 func NewWriter(t Tables, obs Observer) (*Writer, error) {
-	w := &Writer{svcIDs: map[model.Frontend]uint32{}, backendIDs: map[backendRef]uint32{}, nextSvcID: 1, nextBackendID: 1}
+	w := &Writer{obs: obs, pendingIDs: map[model.Frontend]uint32{}, nextSvcID: 1, nextBackendID: 1}
 	var err error
 	if w.services, err = newSynced(t.Services, obs); err != nil {
 		return nil, err
@@ -60,15 +58,25 @@ func NewWriter(t Tables, obs Observer) (*Writer, error) {
 	if w.local, err = newSynced(t.Local, obs); err != nil {
 		return nil, err
 	}
-	for k, v := range w.services.cur {
-		w.svcIDs[frontendOf(k)] = v.Id
+	w.adoptIDs()
+	return w, nil
+}
+
+// adoptIDs makes sure fresh ids never collide with an id anything in the maps uses.
+func (w *Writer) adoptIDs() {
+	for _, v := range w.services.cur {
 		w.nextSvcID = max(w.nextSvcID, v.Id+1)
 	}
+	for id := range w.names.cur {
+		w.nextSvcID = max(w.nextSvcID, id+1)
+	}
+	for k := range w.slots.cur {
+		w.nextSvcID = max(w.nextSvcID, k.SvcId+1)
+	}
 	for id, b := range w.backends.cur {
-		w.backendIDs[refOf(b)] = id
+		w.nextSvcID = max(w.nextSvcID, b.SvcId+1)
 		w.nextBackendID = max(w.nextBackendID, id+1)
 	}
-	return w, nil
 }
 
 // SetNode tells the writer this node's name (endpoints with that nodeName are local)
@@ -79,15 +87,6 @@ func (w *Writer) SetNode(name string, addrs []netip.Addr) {
 	w.nodeName, w.nodeAddrs = name, addrs
 }
 
-// desired is the full content the maps should have.
-type desired struct {
-	services map[bpf.SvcKey]bpf.SvcValue
-	slots    map[bpf.SlotKey]uint32
-	backends map[uint32]bpf.BackendValue
-	names    map[uint32]bpf.SvcName
-	local    map[bpf.LbAddr]uint8
-}
-
 // Result says what one Apply achieved.
 type Result struct {
 	Services int // frontends programmed
@@ -95,245 +94,146 @@ type Result struct {
 	Errors   []model.ObjectError
 }
 
-// Apply brings the maps to the snapshot. Entries are written make-before-break
-// (backends, then slots, then services; removals after), so a connect() racing with an
-// update always finds a complete service, old or new. A service that does not fit is
-// rejected with an error naming it; one already programmed keeps its last programmed
-// state. A failed write stops this pass with the maps consistent; the caller retries.
+// Apply brings the maps to the snapshot, in the capacity-safe phases described in
+// plan.go. A service that does not fit is refused with a map_full error naming it; one
+// already programmed keeps its last programmed entries and is never evicted by a new
+// one. Capacity never makes Apply fail: only an unexpected write failure does, and then
+// the maps hold complete services and the writer knows exactly what it wrote, so the
+// caller simply retries.
 func (w *Writer) Apply(snap *model.Snapshot) (Result, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-
-	d, errs := w.plan(snap)
-	res := Result{Services: len(d.services), Backends: len(d.backends), Errors: errs}
-	steps := []func() error{
-		// Whole services that are gone go first, which also frees room for new ones.
-		func() error { return w.services.prune(d.services) },
-		func() error { return w.backends.upsert(d.backends) },
-		func() error { return w.slots.upsert(d.slots) },
-		func() error { return w.names.upsert(d.names) },
-		func() error { return w.local.upsert(d.local) },
-		func() error { return w.services.upsert(d.services) },
-		func() error { return w.slots.prune(d.slots) },
-		func() error { return w.backends.prune(d.backends) },
-		func() error { return w.names.prune(d.names) },
-		func() error { return w.local.prune(d.local) },
-	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			return res, err
-		}
-	}
-	w.forgetUnused(d)
-	return res, nil
+	w.applied, w.unrestored = true, nil
+	var res Result
+	err := w.apply(snap, &res)
+	res.Services, res.Backends = len(w.services.cur), len(w.backends.cur)
+	return res, err
 }
 
-// plan computes the desired maps, allocating ids and admitting services while they fit.
-// Services already in the maps are admitted first, so a full map never evicts one.
-func (w *Writer) plan(snap *model.Snapshot) (desired, []model.ObjectError) {
-	d := desired{
-		services: map[bpf.SvcKey]bpf.SvcValue{},
-		slots:    map[bpf.SlotKey]uint32{},
-		backends: map[uint32]bpf.BackendValue{},
-		names:    map[uint32]bpf.SvcName{},
-		local:    w.localAddrs(snap),
+func (w *Writer) apply(snap *model.Snapshot, res *Result) error {
+	idx := w.index()
+	programmed, fresh, ids := w.claimIDs(snap, idx)
+
+	// (a) Whole services that are gone, and whatever no service here holds.
+	keep := func(k bpf.SvcKey) bool { _, ok := snap.Services[frontendOf(k)]; return ok }
+	if err := w.removeUnwanted(idx, keep, ids); err != nil {
+		return err
 	}
-	var errs []model.ObjectError
-	var programmed, fresh []*model.Service
+	local, localErr := w.localAddrs(snap)
+	if localErr != nil {
+		res.Errors = append(res.Errors, *localErr)
+	}
+	if err := w.local.prune(local); err != nil {
+		return err
+	}
+	if err := w.local.upsert(local); err != nil {
+		return err
+	}
+
+	// (b) Programmed services whose update needs no new key.
+	var inPlace []*change
+	var cands []*candidate
+	for _, c := range programmed {
+		if !c.newID {
+			if ch, _ := c.layout(c.id, w.nextBackendID); w.price(ch).none() {
+				if ch.changes() {
+					inPlace = append(inPlace, ch)
+				}
+				continue
+			}
+		}
+		cands = append(cands, c)
+	}
+	if _, err := w.execute(inPlace); err != nil {
+		return err
+	}
+
+	// (c) Growing services, then new ones, while they fit.
+	refused, err := w.admitWhileRoom(append(cands, fresh...))
+	if err != nil {
+		return err
+	}
+	if err := w.refuse(refused, res); err != nil {
+		return err
+	}
+	clear(w.pendingIDs) // every admitted service is published now
+	return nil
+}
+
+// claimIDs orders the snapshot's services for admission, programmed ones first (so a
+// full map never evicts one), each in frontend order, and gives each the id it has in
+// the maps, or the one a failed pass gave it; ids are the ids claimed.
+func (w *Writer) claimIDs(snap *model.Snapshot, idx heldIndex) (programmed, fresh []*candidate, ids map[uint32]bool) {
+	for fe := range w.pendingIDs {
+		if _, ok := snap.Services[fe]; !ok || w.isProgrammed(fe) {
+			delete(w.pendingIDs, fe)
+		}
+	}
+	ids = map[uint32]bool{}
 	for _, svc := range snap.SortedServices() {
-		if _, ok := w.services.cur[svcKeyOf(svc.Frontend)]; ok {
-			programmed = append(programmed, svc)
+		c := &candidate{svc: svc, newID: true}
+		if v, ok := w.services.cur[svcKeyOf(svc.Frontend)]; ok {
+			c.id, c.newID = v.Id, false
+			programmed = append(programmed, c)
 		} else {
-			fresh = append(fresh, svc)
+			// Unless another service took that id meanwhile.
+			if id, ok := w.pendingIDs[svc.Frontend]; ok && (idx[id] == nil || len(idx[id].keys) == 0) {
+				c.id, c.newID = id, false
+			}
+			fe := svc.Frontend
+			c.admitted = func(id uint32) { w.pendingIDs[fe] = id }
+			fresh = append(fresh, c)
 		}
+		if !c.newID && ids[c.id] {
+			c.id, c.newID = 0, true // two services with one id: the later one gets a new one
+		}
+		if !c.newID {
+			ids[c.id] = true
+			c.held = idx[c.id]
+		}
+		c.layout = func(id, nextID uint32) (*change, uint32) { return w.changeFor(c.svc, id, c.held, nextID) }
 	}
-	maxSvc := w.services.t.MaxEntries()
-	maxBackends := min(w.backends.t.MaxEntries(), w.slots.t.MaxEntries())
-	for _, svc := range append(programmed, fresh...) {
-		key := svcKeyOf(svc.Frontend)
-		_, wasProgrammed := w.services.cur[key]
-		entries := w.entriesFor(svc)
-		slotsNeeded := len(d.slots) + len(entries.slots)
-		backendsNeeded := len(d.backends) + len(entries.backends)
-		if len(d.services)+1 <= maxSvc && slotsNeeded <= maxBackends && backendsNeeded <= maxBackends {
-			entries.into(d)
-			continue
-		}
-		what := fmt.Sprintf("sm_services holds at most %d services (--max-services)", maxSvc)
-		if len(d.services)+1 <= maxSvc {
-			what = fmt.Sprintf("sm_backends/sm_slots hold at most %d entries (--max-backends)", maxBackends)
-		}
+	return programmed, fresh, ids
+}
+
+// refuse reports the candidates that did not fit. A programmed one keeps what it has;
+// what a failed pass wrote ahead of a new one goes.
+func (w *Writer) refuse(refused []refusal, res *Result) error {
+	var leftovers []*change
+	for _, r := range refused {
+		svc := r.c.svc
 		e := model.ObjectError{Kind: "Service", Namespace: svc.Name.Namespace, Name: svc.Name.Name, Reason: "map_full"}
-		if wasProgrammed {
-			w.currentEntries(key).into(d)
-			e.Message = fmt.Sprintf("%s: update not programmed, keeping the last programmed backends: %s", svc.DisplayName(), what)
+		if w.isProgrammed(svc.Frontend) {
+			e.Message = fmt.Sprintf("%s: update not programmed, keeping the last programmed backends: %s", svc.DisplayName(), r.reason)
 		} else {
-			e.Message = fmt.Sprintf("%s: not programmed: %s", svc.DisplayName(), what)
-		}
-		errs = append(errs, e)
-	}
-	return d, errs
-}
-
-// serviceEntries are the map entries of one service.
-type serviceEntries struct {
-	key      bpf.SvcKey
-	value    bpf.SvcValue
-	name     bpf.SvcName
-	slots    map[bpf.SlotKey]uint32
-	backends map[uint32]bpf.BackendValue
-}
-
-func (e serviceEntries) into(d desired) {
-	d.services[e.key] = e.value
-	d.names[e.value.Id] = e.name
-	for k, v := range e.slots {
-		d.slots[k] = v
-	}
-	for k, v := range e.backends {
-		d.backends[k] = v
-	}
-}
-
-func (w *Writer) entriesFor(svc *model.Service) serviceEntries {
-	id, ok := w.svcIDs[svc.Frontend]
-	if !ok {
-		id = w.nextSvcID
-		w.nextSvcID++
-		w.svcIDs[svc.Frontend] = id
-	}
-	e := serviceEntries{
-		key:      svcKeyOf(svc.Frontend),
-		name:     bpf.NameFrom(svc.Name.String() + portSuffix(svc.PortName)),
-		slots:    map[bpf.SlotKey]uint32{},
-		backends: map[uint32]bpf.BackendValue{},
-	}
-	selected := svc.Selected()
-	var ids []uint32
-	var weights []int
-	for _, b := range selected {
-		ref := backendRef{svcID: id, addr: b.AddrPort(), proto: svc.Frontend.Protocol}
-		bid, ok := w.backendIDs[ref]
-		if !ok {
-			bid = w.nextBackendID
-			w.nextBackendID++
-			w.backendIDs[ref] = bid
-		}
-		addr, fam := bpf.AddrFrom(b.Addr)
-		e.backends[bid] = bpf.BackendValue{Addr: addr, Port: bpf.PortToNet(b.Port), Proto: uint8(svc.Frontend.Protocol), Family: fam, SvcId: id}
-		ids = append(ids, bid)
-		weights = append(weights, int(max(b.Weight, 1)))
-	}
-	slot := uint32(1)
-	for i, n := range slotCounts(weights, maxSlotsPerService) {
-		for j := 0; j < n; j++ {
-			e.slots[bpf.SlotKey{SvcId: id, Slot: slot}] = ids[i]
-			slot++
-		}
-	}
-	e.value = bpf.SvcValue{Id: id, Count: slot - 1, AffinityTimeout: uint32(svc.AffinityTimeout.Seconds())}
-	if svc.L7 {
-		e.value.Flags |= bpf.SvcFlagL7
-	}
-	return e
-}
-
-// localAddrs are the addresses of endpoints on this node plus the node's own.
-func (w *Writer) localAddrs(snap *model.Snapshot) map[bpf.LbAddr]uint8 {
-	out := map[bpf.LbAddr]uint8{}
-	for _, a := range w.nodeAddrs {
-		k, _ := bpf.AddrFrom(a)
-		out[k] = 1
-	}
-	if w.nodeName == "" {
-		return out
-	}
-	for _, svc := range snap.Services {
-		for _, b := range svc.Backends {
-			if b.NodeName == w.nodeName {
-				k, _ := bpf.AddrFrom(b.Addr)
-				out[k] = 1
+			e.Message = fmt.Sprintf("%s: not programmed: %s", svc.DisplayName(), r.reason)
+			if !r.c.newID && r.c.held != nil {
+				leftovers = append(leftovers, deleteAll(r.c.id, r.c.held))
 			}
+			delete(w.pendingIDs, svc.Frontend)
 		}
+		res.Errors = append(res.Errors, e)
+	}
+	_, err := w.execute(leftovers)
+	return err
+}
+
+func (w *Writer) isProgrammed(fe model.Frontend) bool {
+	_, ok := w.services.cur[svcKeyOf(fe)]
+	return ok
+}
+
+// Programmed returns, for each frontend in the services map, the Kubernetes Service
+// ("namespace/name") the names map says holds it; "" when the names map has no entry
+// for it. It reads the writer's view of the maps: what NewWriter found, as kept up to
+// date by Apply and Repair.
+func (w *Writer) Programmed() map[model.Frontend]string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[model.Frontend]string, len(w.services.cur))
+	for k, v := range w.services.cur {
+		name, _, _ := strings.Cut(w.names.cur[v.Id].String(), ":")
+		out[frontendOf(k)] = name
 	}
 	return out
-}
-
-// currentEntries collects what the maps hold now for one service.
-func (w *Writer) currentEntries(key bpf.SvcKey) serviceEntries {
-	v := w.services.cur[key]
-	e := serviceEntries{key: key, value: v, name: w.names.cur[v.Id], slots: map[bpf.SlotKey]uint32{}, backends: map[uint32]bpf.BackendValue{}}
-	for k, bid := range w.slots.cur {
-		if k.SvcId == v.Id {
-			e.slots[k] = bid
-			if b, ok := w.backends.cur[bid]; ok {
-				e.backends[bid] = b
-			}
-		}
-	}
-	return e
-}
-
-// forgetUnused drops the ids of services and backends that are no longer in the maps,
-// so the id tables do not grow with churn.
-func (w *Writer) forgetUnused(d desired) {
-	for fe := range w.svcIDs {
-		if _, ok := d.services[svcKeyOf(fe)]; !ok {
-			delete(w.svcIDs, fe)
-		}
-	}
-	for ref, id := range w.backendIDs {
-		if _, ok := d.backends[id]; !ok {
-			delete(w.backendIDs, ref)
-		}
-	}
-}
-
-// slotCounts gives each backend a number of slots proportional to its weight, reduced by
-// the weights' gcd (equal weights: one slot each) and scaled down to at most limit slots,
-// never below one.
-func slotCounts(weights []int, limit int) []int {
-	g := 0
-	total := 0
-	for _, w := range weights {
-		g = gcd(g, w)
-	}
-	out := make([]int, len(weights))
-	for i, w := range weights {
-		out[i] = w / max(g, 1)
-		total += out[i]
-	}
-	if total > limit {
-		for i := range out {
-			out[i] = max(1, out[i]*limit/total)
-		}
-	}
-	return out
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
-}
-
-func portSuffix(name string) string {
-	if name == "" {
-		return ""
-	}
-	return ":" + name
-}
-
-func svcKeyOf(f model.Frontend) bpf.SvcKey {
-	addr, fam := bpf.AddrFrom(f.Addr)
-	return bpf.SvcKey{Vip: addr, Port: bpf.PortToNet(f.Port), Proto: uint8(f.Protocol), Family: fam}
-}
-
-func frontendOf(k bpf.SvcKey) model.Frontend {
-	return model.Frontend{Addr: k.Vip.ToAddr(k.Family), Port: bpf.PortFromNet(k.Port), Protocol: model.Protocol(k.Proto)}
-}
-
-func refOf(b bpf.BackendValue) backendRef {
-	return backendRef{svcID: b.SvcId, addr: netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port)), proto: model.Protocol(b.Proto)}
 }

@@ -1,4 +1,4 @@
-package lbmap
+package lbmap_test
 
 import (
 	"net/netip"
@@ -6,37 +6,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/agent/lbmap/lbmaptest"
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
-type fakes struct {
-	services *fakeTable[bpf.SvcKey, bpf.SvcValue]
-	slots    *fakeTable[bpf.SlotKey, uint32]
-	backends *fakeTable[uint32, bpf.BackendValue]
-	names    *fakeTable[uint32, bpf.SvcName]
-	local    *fakeTable[bpf.LbAddr, uint8]
-}
+var (
+	svcKeyOf   = lbmap.SvcKeyOf
+	slotCounts = lbmap.SlotCounts
+	newFakes   = lbmaptest.NewTables
+)
 
-func newFakes(maxSvc, maxBackends int) *fakes {
-	return &fakes{
-		services: newFake[bpf.SvcKey, bpf.SvcValue]("sm_services", maxSvc),
-		slots:    newFake[bpf.SlotKey, uint32]("sm_slots", maxBackends),
-		backends: newFake[uint32, bpf.BackendValue]("sm_backends", maxBackends),
-		names:    newFake[uint32, bpf.SvcName]("sm_svc_names", maxSvc),
-		local:    newFake[bpf.LbAddr, uint8]("sm_local", 1024),
-	}
+type countingObserver struct {
+	updates, deletes, errors int
+	repairs                  map[string]int
 }
-
-func (f *fakes) tables() Tables {
-	return Tables{Services: f.services, Slots: f.slots, Backends: f.backends, Names: f.names, Local: f.local}
-}
-
-func (f *fakes) writes() int {
-	return f.services.writes + f.slots.writes + f.backends.writes + f.names.writes
-}
-
-type countingObserver struct{ updates, deletes, errors int }
 
 func (o *countingObserver) MapOp(table, op string, n int, err error) {
 	if op == "update" {
@@ -47,6 +32,13 @@ func (o *countingObserver) MapOp(table, op string, n int, err error) {
 	if err != nil {
 		o.errors++
 	}
+}
+
+func (o *countingObserver) MapRepairs(table string, n int) {
+	if o.repairs == nil {
+		o.repairs = map[string]int{}
+	}
+	o.repairs[table] += n
 }
 
 func svc(ns, name, vip string, port uint16, backends ...string) *model.Service {
@@ -69,10 +61,10 @@ func snapOf(svcs ...*model.Service) *model.Snapshot {
 	return s
 }
 
-func mustWriter(t *testing.T, f *fakes) (*Writer, *countingObserver) {
+func mustWriter(t testing.TB, f *lbmaptest.Fakes) (*lbmap.Writer, *countingObserver) {
 	t.Helper()
 	obs := &countingObserver{}
-	w, err := NewWriter(f.tables(), obs)
+	w, err := lbmap.NewWriter(f.Tables(), obs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,19 +79,19 @@ func TestApplyProgramsAndIsIdempotent(t *testing.T) {
 	if _, err := w.Apply(snap); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.services.m) != 2 || len(f.backends.m) != 3 || len(f.slots.m) != 3 || len(f.names.m) != 2 {
-		t.Fatalf("maps: %d services %d backends %d slots %d names", len(f.services.m), len(f.backends.m), len(f.slots.m), len(f.names.m))
+	if f.Services.Len() != 2 || f.Backends.Len() != 3 || f.Slots.Len() != 3 || f.Names.Len() != 2 {
+		t.Fatalf("maps: %d services %d backends %d slots %d names", f.Services.Len(), f.Backends.Len(), f.Slots.Len(), f.Names.Len())
 	}
-	v := f.services.m[svcKeyOf(snap.SortedServices()[0].Frontend)]
+	v := f.Services.Entries[svcKeyOf(snap.SortedServices()[0].Frontend)]
 	if v.Count != 2 {
 		t.Fatalf("web count = %d, want 2", v.Count)
 	}
-	before := f.writes()
+	before := f.Writes()
 	if _, err := w.Apply(snap); err != nil {
 		t.Fatal(err)
 	}
-	if f.writes() != before {
-		t.Fatalf("second Apply of the same snapshot wrote %d entries", f.writes()-before)
+	if f.Writes() != before {
+		t.Fatalf("second Apply of the same snapshot wrote %d entries", f.Writes()-before)
 	}
 }
 
@@ -147,7 +139,7 @@ func TestRemovalAndKEP1669Fallback(t *testing.T) {
 	if _, err := w.Apply(snapOf(web)); err != nil {
 		t.Fatal(err)
 	}
-	if c := f.services.m[svcKeyOf(web.Frontend)].Count; c != 2 {
+	if c := f.Services.Entries[svcKeyOf(web.Frontend)].Count; c != 2 {
 		t.Fatalf("serving+terminating fallback: count %d, want 2", c)
 	}
 	// No longer serving: the service stays, with no backend (connects are refused).
@@ -157,14 +149,14 @@ func TestRemovalAndKEP1669Fallback(t *testing.T) {
 	if _, err := w.Apply(snapOf(web)); err != nil {
 		t.Fatal(err)
 	}
-	if c := f.services.m[svcKeyOf(web.Frontend)].Count; c != 0 || len(f.backends.m) != 0 || len(f.slots.m) != 0 {
-		t.Fatalf("no usable backend: count %d, %d backends, %d slots", c, len(f.backends.m), len(f.slots.m))
+	if c := f.Services.Entries[svcKeyOf(web.Frontend)].Count; c != 0 || f.Backends.Len() != 0 || f.Slots.Len() != 0 {
+		t.Fatalf("no usable backend: count %d, %d backends, %d slots", c, f.Backends.Len(), f.Slots.Len())
 	}
 	if _, err := w.Apply(snapOf()); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.services.m)+len(f.names.m) != 0 {
-		t.Fatalf("deleted service left %d services, %d names", len(f.services.m), len(f.names.m))
+	if f.Services.Len()+f.Names.Len() != 0 {
+		t.Fatalf("deleted service left %d services, %d names", f.Services.Len(), f.Names.Len())
 	}
 }
 
@@ -186,10 +178,10 @@ func TestFullMapRejectsNewServiceAndKeepsProgrammed(t *testing.T) {
 		!strings.Contains(res.Errors[0].Message, "--max-services") {
 		t.Fatalf("errors = %+v", res.Errors)
 	}
-	if _, ok := f.services.m[svcKeyOf(b.Frontend)]; !ok {
+	if _, ok := f.Services.Entries[svcKeyOf(b.Frontend)]; !ok {
 		t.Fatal("programmed service b was evicted by a new one")
 	}
-	if _, ok := f.services.m[svcKeyOf(c.Frontend)]; ok {
+	if _, ok := f.Services.Entries[svcKeyOf(c.Frontend)]; ok {
 		t.Fatal("service aa programmed into a full map")
 	}
 }
@@ -209,8 +201,8 @@ func TestBackendOverflowKeepsLastProgrammedState(t *testing.T) {
 	if len(res.Errors) != 1 || !strings.Contains(res.Errors[0].Message, "keeping the last programmed") {
 		t.Fatalf("errors = %+v", res.Errors)
 	}
-	if c := f.services.m[svcKeyOf(a.Frontend)].Count; c != 2 || len(f.backends.m) != 2 {
-		t.Fatalf("after rejected growth: count %d, %d backends; want the old 2", c, len(f.backends.m))
+	if c := f.Services.Entries[svcKeyOf(a.Frontend)].Count; c != 2 || f.Backends.Len() != 2 {
+		t.Fatalf("after rejected growth: count %d, %d backends; want the old 2", c, f.Backends.Len())
 	}
 }
 
@@ -222,23 +214,23 @@ func TestWriteFailureLeavesConsistentMapsAndRetrySucceeds(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := svc("default", "b", "10.96.0.2", 80, "10.0.1.2:80", "10.0.1.3:80")
-	f.slots.failUpdateAfter = 1
+	f.Slots.FailUpdateAfter(1)
 	if _, err := w.Apply(snapOf(a, b)); err == nil || !strings.Contains(err.Error(), "sm_slots") {
 		t.Fatalf("want an error naming sm_slots, got %v", err)
 	}
 	if obs.errors != 1 {
 		t.Fatalf("observer saw %d errors, want 1", obs.errors)
 	}
-	if _, ok := f.services.m[svcKeyOf(b.Frontend)]; ok {
+	if _, ok := f.Services.Entries[svcKeyOf(b.Frontend)]; ok {
 		t.Fatal("service b published before its slots were written")
 	}
-	if _, ok := f.services.m[svcKeyOf(a.Frontend)]; !ok {
+	if _, ok := f.Services.Entries[svcKeyOf(a.Frontend)]; !ok {
 		t.Fatal("service a lost after an unrelated write failure")
 	}
 	if _, err := w.Apply(snapOf(a, b)); err != nil {
 		t.Fatal(err)
 	}
-	if c := f.services.m[svcKeyOf(b.Frontend)].Count; c != 2 {
+	if c := f.Services.Entries[svcKeyOf(b.Frontend)].Count; c != 2 {
 		t.Fatalf("after retry b count %d, want 2", c)
 	}
 }
@@ -258,10 +250,10 @@ func TestWeightsExpandSlots(t *testing.T) {
 		t.Fatal(err)
 	}
 	perBackend := map[uint32]int{}
-	for _, bid := range f.slots.m {
+	for _, bid := range f.Slots.Entries {
 		perBackend[bid]++
 	}
-	for bid, b := range f.backends.m {
+	for bid, b := range f.Backends.Entries {
 		want := 1
 		if b.Addr.ToAddr(b.Family) == netip.MustParseAddr("10.0.1.1") {
 			want = 3
@@ -284,14 +276,14 @@ func TestL7FlagAndLocalAddresses(t *testing.T) {
 	if _, err := w.Apply(snapOf(web)); err != nil {
 		t.Fatal(err)
 	}
-	if fl := f.services.m[svcKeyOf(web.Frontend)].Flags; fl&bpf.SvcFlagL7 == 0 {
+	if fl := f.Services.Entries[svcKeyOf(web.Frontend)].Flags; fl&bpf.SvcFlagL7 == 0 {
 		t.Fatalf("L7 service flags %#x", fl)
 	}
 	want := map[netip.Addr]bool{envoy: true, netip.MustParseAddr("10.0.1.1"): true}
-	if len(f.local.m) != len(want) {
-		t.Fatalf("local addresses %v, want %v", f.local.m, want)
+	if f.Local.Len() != len(want) {
+		t.Fatalf("local addresses %v, want %v", f.Local.Entries, want)
 	}
-	for k := range f.local.m {
+	for k := range f.Local.Entries {
 		if !want[k.ToAddr(bpf.FamilyIPv4)] {
 			t.Fatalf("unexpected local address %v", k.ToAddr(bpf.FamilyIPv4))
 		}
