@@ -28,23 +28,13 @@ type parsedSlice struct {
 	endpoints []Backend // Port is filled in per frontend
 }
 
-// indexSlices accepts the EndpointSlices and groups them by the Service they name, each
-// group in slice name order (the order deduplication keeps the first of).
+// indexSlices groups the EndpointSlices by the Service they name, each group in slice
+// name order.
 func (b *builder) indexSlices(in []*discoveryv1.EndpointSlice) map[ServiceName][]*parsedSlice {
 	sorted := sortedObjects(in, func(s *discoveryv1.EndpointSlice) (string, string) { return s.Namespace, s.Name })
-	seen := map[string]bool{} // "namespace/name"; neither part can hold a slash
 	out := map[ServiceName][]*parsedSlice{}
 	for _, s := range sorted {
 		report := reporter(KindEndpointSlice, s.Namespace, s.Name)
-		if id := s.Namespace + "/" + s.Name; seen[id] {
-			b.report(report(ReasonDuplicateObject, "the input holds this EndpointSlice twice; only the first copy is used"))
-			continue
-		}
-		seen[s.Namespace+"/"+s.Name] = true
-		if errs := ValidateEndpointSlice(s); len(errs) > 0 {
-			b.report(errs...)
-			continue
-		}
 		if s.AddressType == discoveryv1.AddressTypeFQDN {
 			continue // names, not addresses: nothing the datapath can connect to
 		}

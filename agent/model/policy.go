@@ -16,6 +16,11 @@ type AuthorizationPolicy struct {
 	// Unsupported holds the paths of input fields outside the subset
 	// (e.g. "spec.rules[0].from[0].source.requestPrincipals").
 	Unsupported []string `json:"-"`
+	// Unreadable marks a policy-like object the source could not read (a type error, an
+	// apiVersion or kind it does not know): only its name is known, so it denies every
+	// request to every service of its namespace until it is fixed. The source reports
+	// why; Build only applies it.
+	Unreadable bool `json:"-"`
 }
 
 // AuthorizationPolicySpec is Istio's spec: which workloads, which action, which rules.

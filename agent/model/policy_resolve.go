@@ -41,24 +41,27 @@ func (b *builder) resolvePolicies(pods []*corev1.Pod, policies []*AuthorizationP
 		byName[svc.Name] = append(byName[svc.Name], svc)
 	}
 	sorted := sortedObjects(policies, func(p *AuthorizationPolicy) (string, string) { return p.Namespace, p.Name })
-	seen := map[PolicyName]bool{}
 	for _, in := range sorted {
 		name := PolicyName{in.Namespace, in.Name}
 		report := reporter(KindAuthorizationPolicy, in.Namespace, in.Name)
-		if seen[name] {
-			b.report(report(ReasonDuplicateObject, "the input holds this policy twice; only the first copy is used"))
-			continue
-		}
-		seen[name] = true
-		p, errs := resolvePolicy(in, known)
-		targets, targetErrs := policyTargets(in, byName, known)
-		for _, e := range errs {
-			b.report(report(e.reason, e.msg+"; the services it targets deny every request until it is fixed"))
-		}
-		for _, e := range targetErrs {
-			b.report(report(e.reason, e.msg))
-			if e.reason == ReasonUnsupportedField {
-				p = &Policy{Name: name, Action: PolicyDeny, Rejected: true}
+		var p *Policy
+		var targets []ServiceName
+		if in.Unreadable {
+			// The source could not read it and has said why; all it can do here is deny.
+			p = &Policy{Name: name, Action: PolicyDeny, Rejected: true}
+			targets = namespaceServices(in.Namespace, byName)
+		} else {
+			var errs, targetErrs []policyError
+			p, errs = resolvePolicy(in, known)
+			targets, targetErrs = policyTargets(in, byName, known)
+			for _, e := range errs {
+				b.report(report(e.reason, e.msg+"; the services it targets deny every request until it is fixed"))
+			}
+			for _, e := range targetErrs {
+				b.report(report(e.reason, e.msg))
+				if e.reason == ReasonUnsupportedField {
+					p = &Policy{Name: name, Action: PolicyDeny, Rejected: true}
+				}
 			}
 		}
 		for _, svc := range targets {
@@ -66,11 +69,6 @@ func (b *builder) resolvePolicies(pods []*corev1.Pod, policies []*AuthorizationP
 				b.snap.Policies = map[ServiceName][]*Policy{}
 			}
 			b.snap.Policies[svc] = append(b.snap.Policies[svc], p)
-			for _, s := range byName[svc] {
-				if s.Frontend.Protocol == TCP {
-					s.L7 = true
-				}
-			}
 		}
 	}
 }
@@ -321,16 +319,8 @@ func appendUnique(ps []netip.Prefix, p netip.Prefix) []netip.Prefix {
 // policy apply namespace-wide, so a rejected policy still fails closed.
 func policyTargets(in *AuthorizationPolicy, byName map[ServiceName][]*Service, pods []Pod) ([]ServiceName, []policyError) {
 	var errs []policyError
-	inScope := func(n ServiceName) bool { return in.Namespace == RootNamespace || n.Namespace == in.Namespace }
-	all := func() []ServiceName {
-		var out []ServiceName
-		for n := range byName {
-			if inScope(n) {
-				out = append(out, n)
-			}
-		}
-		return out
-	}
+	inScope := func(n ServiceName) bool { return inPolicyScope(in.Namespace, n.Namespace) }
+	all := func() []ServiceName { return namespaceServices(in.Namespace, byName) }
 	var out []ServiceName
 	switch {
 	case len(in.Spec.TargetRefs) > 0:
@@ -373,6 +363,22 @@ func policyTargets(in *AuthorizationPolicy, byName map[ServiceName][]*Service, p
 	}
 	slices.SortFunc(out, func(a, b ServiceName) int { return strings.Compare(a.String(), b.String()) })
 	return slices.Compact(out), errs
+}
+
+// inPolicyScope says whether a policy in namespace ns can apply to something in target:
+// its own namespace, or every namespace for the root namespace.
+func inPolicyScope(ns, target string) bool { return ns == RootNamespace || ns == target }
+
+// namespaceServices lists the services a namespace-wide policy in ns applies to.
+func namespaceServices(ns string, byName map[ServiceName][]*Service) []ServiceName {
+	var out []ServiceName
+	for n := range byName {
+		if inPolicyScope(ns, n.Namespace) {
+			out = append(out, n)
+		}
+	}
+	slices.SortFunc(out, func(a, b ServiceName) int { return strings.Compare(a.String(), b.String()) })
+	return out
 }
 
 func selects(match, labels map[string]string) bool {

@@ -3,10 +3,12 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Kinds named in ObjectError.Kind.
@@ -19,6 +21,7 @@ const (
 // user's interface, so they are spelled once here and never renamed.
 const (
 	ReasonMissingName         = "missing_name"
+	ReasonInvalidName         = "invalid_name"
 	ReasonUnsupportedType     = "unsupported_type"
 	ReasonInvalidClusterIP    = "invalid_cluster_ip"
 	ReasonInvalidPort         = "invalid_port"
@@ -41,6 +44,12 @@ const (
 	maxAffinitySeconds     = 86400
 )
 
+// The Validate functions are the one place that decides whether an object is accepted;
+// sources call them once per object version (agent/source's Store), and Build trusts
+// what it is given. Names follow the API server's rules, so that nothing a cluster could
+// not hold is programmed, and so that names map one-to-one onto xDS resource names
+// (NAME.NAMESPACE.svc.cluster.local is unambiguous only while neither part has a dot).
+
 // ValidateService checks what can be checked on the Service alone (no cross-references).
 // A non-empty result means this version of the object must not be used at all; problems
 // that only drop a part of it (an SCTP port) are reported by Build instead, so that a
@@ -51,10 +60,7 @@ func ValidateService(svc *corev1.Service) []ObjectError {
 		return nil
 	}
 	report := reporter(KindService, svc.Namespace, svc.Name)
-	var errs []ObjectError
-	if svc.Name == "" {
-		errs = append(errs, report(ReasonMissingName, "metadata.name is empty"))
-	}
+	errs := validateName(svc.Namespace, svc.Name, validation.IsDNS1035Label, report)
 	switch svc.Spec.Type {
 	case corev1.ServiceTypeExternalName:
 		return errs
@@ -115,13 +121,15 @@ func ValidateEndpointSlice(slice *discoveryv1.EndpointSlice) []ObjectError {
 		return nil
 	}
 	report := reporter(KindEndpointSlice, slice.Namespace, slice.Name)
-	var errs []ObjectError
-	if slice.Name == "" {
-		errs = append(errs, report(ReasonMissingName, "metadata.name is empty"))
-	}
-	if slice.Labels[discoveryv1.LabelServiceName] == "" {
+	errs := validateName(slice.Namespace, slice.Name, validation.IsDNS1123Subdomain, report)
+	switch svc := slice.Labels[discoveryv1.LabelServiceName]; {
+	case svc == "":
 		errs = append(errs, report(ReasonMissingServiceLabel,
 			"label "+discoveryv1.LabelServiceName+" is missing, so it belongs to no Service"))
+	case len(validation.IsDNS1035Label(svc)) > 0:
+		errs = append(errs, report(ReasonMissingServiceLabel, fmt.Sprintf(
+			"label %s=%q is not a Service name (%s), so it belongs to no Service",
+			discoveryv1.LabelServiceName, svc, strings.Join(validation.IsDNS1035Label(svc), "; "))))
 	}
 	switch slice.AddressType {
 	case discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6, discoveryv1.AddressTypeFQDN:
@@ -136,6 +144,48 @@ func ValidateEndpointSlice(slice *discoveryv1.EndpointSlice) []ObjectError {
 		}
 	}
 	return errs
+}
+
+// ValidatePod checks a pod's name; its addresses only degrade it and Build reports them.
+func ValidatePod(pod *corev1.Pod) []ObjectError {
+	if pod == nil {
+		return nil
+	}
+	return validateName(pod.Namespace, pod.Name, validation.IsDNS1123Subdomain, reporter(KindPod, pod.Namespace, pod.Name))
+}
+
+// ValidatePolicyName checks an AuthorizationPolicy's name. Its spec is not validated
+// here: a policy is never kept at an older version, since its newest intent may be
+// stricter; Build rejects a bad spec and fails closed instead.
+func ValidatePolicyName(p *AuthorizationPolicy) []ObjectError {
+	if p == nil {
+		return nil
+	}
+	return validateName(p.Namespace, p.Name, validation.IsDNS1123Subdomain,
+		reporter(KindAuthorizationPolicy, p.Namespace, p.Name))
+}
+
+// validateName applies the API server's rules: the namespace is a DNS-1123 label, the
+// name whatever the kind asks for.
+func validateName(namespace, name string, rule func(string) []string, report func(reason, msg string) ObjectError) []ObjectError {
+	var errs []ObjectError
+	if name == "" {
+		errs = append(errs, report(ReasonMissingName, "metadata.name is empty"))
+	} else if msgs := rule(name); len(msgs) > 0 {
+		errs = append(errs, report(ReasonInvalidName, fmt.Sprintf("metadata.name %q: %s", clip(name), strings.Join(msgs, "; "))))
+	}
+	if msgs := validation.IsDNS1123Label(namespace); len(msgs) > 0 {
+		errs = append(errs, report(ReasonInvalidName, fmt.Sprintf("metadata.namespace %q: %s", clip(namespace), strings.Join(msgs, "; "))))
+	}
+	return errs
+}
+
+// clip keeps a hostile name from filling a log line.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:77] + "..."
+	}
+	return s
 }
 
 // clusterIPs returns the Service's virtual addresses (spec.clusterIPs, or spec.clusterIP

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/sockmesh/sockmesh/agent/model"
 	corev1 "k8s.io/api/core/v1"
@@ -37,22 +38,45 @@ type Decoded struct {
 	Slices   []*discoveryv1.EndpointSlice
 	Pods     []*corev1.Pod
 	Policies []*model.AuthorizationPolicy
-	// Ignored counts objects of kinds the agent does not use, by "apiVersion/kind".
+	// Rejected are objects whose identity (kind, namespace, name) could be read but not
+	// the rest: a type error, an apiVersion or kind sockmesh does not read. Each fails
+	// alone: the Store keeps the last good version of what it may have been meant as.
+	Rejected []Rejected
+	// Ignored counts objects of kinds the agent has no use for, by "apiVersion/kind".
 	Ignored map[string]int
-	// Errors are all about the whole file (Kind KindFile). When there is any, Services
-	// and Slices are empty: a half-read file would delete the services it failed to list.
+	// Errors are all about the whole file (Kind KindFile): a document that is not YAML,
+	// or an object whose identity cannot be read. When there is any, every other field
+	// is empty: a half-read file would delete the services it failed to list.
 	Errors []model.ObjectError
+	// Documents counts the documents with content. A file with none is no input at all
+	// (an empty file says nothing, it does not say "delete everything").
+	Documents int
 }
 
-// Input is what the model is built from.
+// Rejected is one object that could not be used, with what is known of it.
+type Rejected struct {
+	// Kind is the model kind when it is one sockmesh reads (at some apiVersion), else
+	// the kind as written.
+	Kind            string
+	Namespace, Name string
+	// Ours says Kind is one of sockmesh's kinds; an unknown kind may be a typo of any.
+	Ours bool
+	// PolicyLike objects may have been meant as an AuthorizationPolicy: they fail closed.
+	PolicyLike bool
+	Err        model.ObjectError
+}
+
+// Input is what the model is built from, for callers that use no Store (tests, tools):
+// rejected objects are left out.
 func (d Decoded) Input() model.Input {
 	return model.Input{Services: d.Services, EndpointSlices: d.Slices, Pods: d.Pods, Policies: d.Policies}
 }
 
 // Decode reads multi-document Kubernetes YAML: v1 Services, discovery.k8s.io/v1
-// EndpointSlices, v1 Pods, security.istio.io AuthorizationPolicies, and v1 Lists of them. Other kinds are skipped. Objects without a
-// namespace get "default", as kubectl would give them. Any error is file-level and comes
-// with no objects at all; see DecodeAll for the count of skipped objects.
+// EndpointSlices, v1 Pods, security.istio.io AuthorizationPolicies, and v1 Lists of them.
+// Well-known kinds sockmesh has no use for are skipped; unknown kinds and apiVersions are
+// rejected objects (see DecodeAll). Objects without a namespace get "default", as kubectl
+// would give them. A file-level error comes with no objects at all.
 func Decode(data []byte) (services []*corev1.Service, slices []*discoveryv1.EndpointSlice, errs []model.ObjectError) {
 	d := DecodeAll(data)
 	return d.Services, d.Slices, d.Errors
@@ -74,6 +98,7 @@ func (c *Decoder) Decode(data []byte) Decoded {
 	d := Decoded{Ignored: map[string]int{}}
 	seen := map[[sha256.Size]byte]Decoded{}
 	for _, doc := range splitDocuments(data) {
+		d.Documents++
 		key := sha256.Sum256(doc.body)
 		part, ok := c.docs[key]
 		if !ok {
@@ -89,13 +114,14 @@ func (c *Decoder) Decode(data []byte) Decoded {
 		d.Slices = append(d.Slices, part.Slices...)
 		d.Pods = append(d.Pods, part.Pods...)
 		d.Policies = append(d.Policies, part.Policies...)
+		d.Rejected = append(d.Rejected, part.Rejected...)
 		for k, n := range part.Ignored {
 			d.Ignored[k] += n
 		}
 	}
 	c.docs = seen
 	if len(d.Errors) > 0 {
-		d.Services, d.Slices, d.Pods, d.Policies = nil, nil, nil, nil
+		d.Services, d.Slices, d.Pods, d.Policies, d.Rejected = nil, nil, nil, nil, nil
 	}
 	return d
 }
@@ -118,22 +144,30 @@ func decodeDocument(doc document) Decoded {
 	return d
 }
 
-// object decodes one JSON object, recursing into List items.
+// head is what every object must let us read: without its identity, a bad object cannot
+// fail alone (we could not tell which object it replaces), so the file is refused.
+type head struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+}
+
+// object decodes one JSON object, recursing into List items. The error it returns is
+// about the whole file; an object whose identity is known fails alone, in d.Rejected.
 func (d *Decoded) object(js []byte, where string) error {
-	var head struct {
-		APIVersion string `json:"apiVersion"`
-		Kind       string `json:"kind"`
-	}
-	if err := json.Unmarshal(js, &head); err != nil {
-		return fmt.Errorf("%s is not a Kubernetes object (a mapping with apiVersion and kind)", where)
+	var h head
+	if err := json.Unmarshal(js, &h); err != nil {
+		return fmt.Errorf("%s is not a Kubernetes object (a mapping with apiVersion, kind and metadata): %v", where, err)
 	}
 	// Without a kind we cannot tell a typo'd Service from something to skip; skipping it
 	// could delete a live service, so the file is refused instead.
-	if head.APIVersion == "" || head.Kind == "" {
+	if h.APIVersion == "" || h.Kind == "" {
 		return fmt.Errorf("%s has no apiVersion or no kind", where)
 	}
-	switch {
-	case head.Kind == "List":
+	if h.Kind == "List" && h.APIVersion == "v1" {
 		var list struct {
 			Items []json.RawMessage `json:"items"`
 		}
@@ -145,36 +179,64 @@ func (d *Decoded) object(js []byte, where string) error {
 				return err
 			}
 		}
-	case head.APIVersion == "v1" && head.Kind == "Service":
+		return nil
+	}
+	class := classify(h.APIVersion, h.Kind)
+	if class == classIgnored {
+		d.Ignored[h.APIVersion+"/"+h.Kind]++
+		return nil
+	}
+	if h.Metadata.Name == "" {
+		return fmt.Errorf("%s: %s %s has no metadata.name, so it cannot be told from the object it may replace", where, h.APIVersion, h.Kind)
+	}
+	defaultNamespace(&h.Metadata.Namespace)
+	reject := func(reason, msg string) {
+		_, ours := supported[h.Kind]
+		d.Rejected = append(d.Rejected, Rejected{
+			Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name,
+			Ours: ours, PolicyLike: policyLike(h.APIVersion, h.Kind),
+			Err: model.ObjectError{Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name,
+				Reason: reason, Message: oneLine(msg)},
+		})
+	}
+	switch class {
+	case classOtherVer:
+		reject(ReasonUnsupportedAPIVersion, fmt.Sprintf("%s: apiVersion %q is not read for kind %s (want %s)",
+			where, h.APIVersion, h.Kind, strings.Join(supported[h.Kind], " or ")))
+		return nil
+	case classUnknown:
+		reject(ReasonUnknownKind, fmt.Sprintf("%s: kind %q at apiVersion %q is not one sockmesh knows (a typo?)",
+			where, h.Kind, h.APIVersion))
+		return nil
+	}
+	var err error
+	switch h.Kind {
+	case model.KindService:
 		svc := &corev1.Service{}
-		if err := json.Unmarshal(js, svc); err != nil {
-			return fmt.Errorf("%s: Service: %v", where, err)
+		if err = json.Unmarshal(js, svc); err == nil {
+			defaultNamespace(&svc.Namespace)
+			d.Services = append(d.Services, svc)
 		}
-		defaultNamespace(&svc.Namespace)
-		d.Services = append(d.Services, svc)
-	case head.APIVersion == "discovery.k8s.io/v1" && head.Kind == "EndpointSlice":
+	case model.KindEndpointSlice:
 		slice := &discoveryv1.EndpointSlice{}
-		if err := json.Unmarshal(js, slice); err != nil {
-			return fmt.Errorf("%s: EndpointSlice: %v", where, err)
+		if err = json.Unmarshal(js, slice); err == nil {
+			defaultNamespace(&slice.Namespace)
+			d.Slices = append(d.Slices, slice)
 		}
-		defaultNamespace(&slice.Namespace)
-		d.Slices = append(d.Slices, slice)
-	case head.APIVersion == "v1" && head.Kind == "Pod":
+	case model.KindPod:
 		pod := &corev1.Pod{}
-		if err := json.Unmarshal(js, pod); err != nil {
-			return fmt.Errorf("%s: Pod: %v", where, err)
+		if err = json.Unmarshal(js, pod); err == nil {
+			defaultNamespace(&pod.Namespace)
+			d.Pods = append(d.Pods, pod)
 		}
-		defaultNamespace(&pod.Namespace)
-		d.Pods = append(d.Pods, pod)
-	case (head.APIVersion == "security.istio.io/v1" || head.APIVersion == "security.istio.io/v1beta1") &&
-		head.Kind == "AuthorizationPolicy":
-		p, err := decodePolicy(js)
-		if err != nil {
-			return fmt.Errorf("%s: AuthorizationPolicy: %v", where, err)
+	case model.KindAuthorizationPolicy:
+		var p *model.AuthorizationPolicy
+		if p, err = decodePolicy(js); err == nil {
+			d.Policies = append(d.Policies, p)
 		}
-		d.Policies = append(d.Policies, p)
-	default:
-		d.Ignored[head.APIVersion+"/"+head.Kind]++
+	}
+	if err != nil {
+		reject(ReasonMalformedObject, fmt.Sprintf("%s: %v", where, err))
 	}
 	return nil
 }

@@ -87,9 +87,13 @@ items:
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("objects = %v, want %v", got, want)
 	}
-	wantIgnored := map[string]int{"v1/ConfigMap": 1, "apps/v1/Deployment": 1, "discovery.k8s.io/v1beta1/EndpointSlice": 1}
+	wantIgnored := map[string]int{"v1/ConfigMap": 1, "apps/v1/Deployment": 1}
 	if !reflect.DeepEqual(d.Ignored, wantIgnored) {
 		t.Errorf("ignored = %v, want %v", d.Ignored, wantIgnored)
+	}
+	if len(d.Rejected) != 1 || d.Rejected[0].Kind != "EndpointSlice" || d.Rejected[0].Name != "old" ||
+		d.Rejected[0].Err.Reason != ReasonUnsupportedAPIVersion || !d.Rejected[0].Ours {
+		t.Errorf("rejected = %+v, want the v1beta1 EndpointSlice", d.Rejected)
 	}
 	if ip := d.Services[0].Spec.ClusterIP; ip != "10.96.0.10" {
 		t.Errorf("clusterIP = %q", ip)
@@ -114,7 +118,8 @@ func TestDecodeRefusesWholeFile(t *testing.T) {
 		{"duplicate key", good + "---\napiVersion: v1\napiVersion: v1\nkind: Service\n", ReasonMalformedYAML, "document 2"},
 		{"not a mapping", good + "---\n- just\n- a list\n", ReasonMalformedObject, "document 2 (line 11) is not a Kubernetes object"},
 		{"no kind", good + "---\napiVersion: v1\nmetadata: {name: web2}\n", ReasonMalformedObject, "no apiVersion or no kind"},
-		{"wrong field type", good + "---\n" + strings.Replace(good, "port: 80", "port: eighty", 1), ReasonMalformedObject, "document 2 (line 11): Service"},
+		{"no name", good + "---\napiVersion: v1\nkind: Service\nmetadata: {nme: web2}\n", ReasonMalformedObject, "has no metadata.name"},
+		{"metadata not a mapping", good + "---\napiVersion: v1\nkind: Service\nmetadata: web2\n", ReasonMalformedObject, "document 2 (line 11) is not a Kubernetes object"},
 		{"bad list item", "apiVersion: v1\nkind: List\nitems:\n- 42\n", ReasonMalformedObject, "document 1 (line 1) items[0]"},
 	}
 	for _, tt := range tests {
@@ -184,5 +189,48 @@ func TestDecoderReusesUnchangedDocumentsOnly(t *testing.T) {
 		if d := c.Decode([]byte(svc("a", "10.96.0.1") + "---\nkind: [\n")); len(d.Errors) != 1 || len(d.Services) != 0 {
 			t.Fatalf("round %d: broken file decoded to %+v", i, d)
 		}
+	}
+}
+
+// An object whose identity can be read fails alone, whatever else is wrong with it:
+// the rest of the file is used.
+func TestDecodeRejectsObjectsAlone(t *testing.T) {
+	good := serviceYAML("web", "10.96.0.10")
+	in := strings.Join([]string{
+		good,
+		strings.Replace(serviceYAML("api", "10.96.0.11"), "port: 80", "port: eighty", 1),
+		"apiVersion: v1\nkind: Servcie\nmetadata: {name: web2, namespace: shop}\n",
+		"apiVersion: security.istio.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all}\nspec: {action: DENY}\n",
+		"apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: deny-typo}\nspec: {action: DENY}\n",
+		"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad-type}\nspec: {rules: [{from: [{source: {ipBlocks: \"10.0.0.1\"}}]}]}\n",
+		"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\n",
+	}, "---\n")
+	d := DecodeAll([]byte(in))
+	if len(d.Errors) > 0 || len(d.Services) != 1 || d.Services[0].Name != "web" {
+		t.Fatalf("errors %v, services %d: want web decoded and no file error", d.Errors, len(d.Services))
+	}
+	type row struct {
+		kind, ns, name, reason string
+		ours, policyLike       bool
+	}
+	var got []row
+	for _, r := range d.Rejected {
+		got = append(got, row{r.Kind, r.Namespace, r.Name, r.Err.Reason, r.Ours, r.PolicyLike})
+		if r.Err.Kind != r.Kind || r.Err.Name != r.Name || !strings.Contains(r.Err.Message, "document ") {
+			t.Errorf("error %+v does not name its object and document", r.Err)
+		}
+	}
+	want := []row{
+		{"Service", "default", "api", ReasonMalformedObject, true, false},
+		{"Servcie", "shop", "web2", ReasonUnknownKind, false, false},
+		{"AuthorizationPolicy", "default", "deny-all", ReasonUnsupportedAPIVersion, true, true},
+		{"AuthorisationPolicy", "default", "deny-typo", ReasonUnknownKind, false, true},
+		{"AuthorizationPolicy", "default", "bad-type", ReasonMalformedObject, true, true},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rejected:\n got %v\nwant %v", got, want)
+	}
+	if d.Ignored["networking.k8s.io/v1/NetworkPolicy"] != 1 {
+		t.Errorf("ignored = %v, want the NetworkPolicy counted", d.Ignored)
 	}
 }

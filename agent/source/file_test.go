@@ -15,31 +15,45 @@ import (
 
 const frontend = "10.96.0.10:80/TCP"
 
+// testSettle keeps in-place writes quick to pick up; TestFileInPlaceWriteIsReadOnceSettled
+// is about the wait itself.
+const testSettle = 100 * time.Millisecond
+
 // contents returns a file serving frontend with the given backends.
 func contents(backends ...string) string {
 	return serviceYAML("web", "10.96.0.10") + "---\n" + sliceYAML("web-1", "web", backends...)
 }
 
-// recorder collects the snapshots a File delivers.
+// recorder collects the updates a File delivers.
 type recorder struct {
-	mu    sync.Mutex
-	snaps []*model.Snapshot
+	mu      sync.Mutex
+	updates []Update
 }
 
-func (r *recorder) update(s *model.Snapshot) {
+func (r *recorder) update(u Update) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.snaps = append(r.snaps, s)
+	r.updates = append(r.updates, u)
 }
 
-func (r *recorder) latest() *model.Snapshot {
+func (r *recorder) deliveries() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.snaps) == 0 {
-		return nil
+	return len(r.updates)
+}
+
+// latestUpdate is the last update delivered (the zero Update before any).
+func (r *recorder) latestUpdate() Update {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.updates) == 0 {
+		return Update{}
 	}
-	return r.snaps[len(r.snaps)-1]
+	return r.updates[len(r.updates)-1]
 }
+
+// latest is the last snapshot delivered, nil while there is no input.
+func (r *recorder) latest() *model.Snapshot { return r.latestUpdate().Snapshot }
 
 // startFile runs a File source on path until the test ends, and checks that Run
 // returns promptly when cancelled.
@@ -48,6 +62,15 @@ func startFile(t *testing.T, path string) *recorder {
 	r := &recorder{}
 	f := NewFile(path, r.update)
 	f.Resync = time.Hour // the tests are about events, not the safety net
+	f.Settle = testSettle
+	startRun(t, f)
+	return r
+}
+
+// startRun runs f until the test ends, and checks that Run returns promptly when
+// cancelled.
+func startRun(t *testing.T, f *File) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
@@ -62,7 +85,6 @@ func startFile(t *testing.T, path string) *recorder {
 			t.Errorf("Run did not return after cancel")
 		}
 	})
-	return r
 }
 
 // waitFor polls the latest snapshot until cond holds, failing after a deadline.
@@ -155,12 +177,28 @@ func TestFileDeleteAndRecreate(t *testing.T) {
 func TestFileMissingAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "services.yaml")
 	r := startFile(t, path)
-	r.waitFor(t, "missing file reported", keepingWith("absent", ReasonUnreadable))
-	if msg := r.latest().Errors[0].Error(); !strings.Contains(msg, path) || !strings.Contains(msg, "waiting for it to appear") {
-		t.Errorf("error %q should name the file and say it is awaited", msg)
+	r.waitForNoInput(t, "missing file reported", ReasonUnreadable)
+	if msg := r.latestUpdate().NoInput; !strings.Contains(msg, path) || !strings.Contains(msg, "waiting for it to appear") {
+		t.Errorf("reason %q should name the file and say it is awaited", msg)
 	}
 	replaceByRename(t, path, contents("10.0.1.1"))
 	r.waitFor(t, "file appears", serving("[10.0.1.1:8080]"))
+}
+
+// waitForNoInput waits for an update without a snapshot, with a file error of reason.
+func (r *recorder) waitForNoInput(t *testing.T, what, reason string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		u := r.latestUpdate()
+		if u.Snapshot == nil && u.NoInput != "" && len(u.Errors) > 0 && u.Errors[0].Reason == reason {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: last update %+v", what, u)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func TestFileMalformedKeepsLastGood(t *testing.T) {
@@ -225,6 +263,7 @@ func TestFileSkipsIdenticalReads(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "services.yaml")
 	r := &recorder{}
 	f := NewFile(path, r.update)
+	f.Settle = time.Nanosecond // every write here is complete
 	steps := []struct {
 		do   func()
 		want int // deliveries so far
@@ -241,7 +280,7 @@ func TestFileSkipsIdenticalReads(t *testing.T) {
 	for i, s := range steps {
 		s.do()
 		f.reload(path, nil)
-		if got := len(r.snaps); got != s.want {
+		if got := r.deliveries(); got != s.want {
 			t.Fatalf("step %d: %d deliveries, want %d", i, got, s.want)
 		}
 	}

@@ -53,7 +53,7 @@ func TestFileReadsPodsAndPoliciesAndNamesUnsupportedFields(t *testing.T) {
 		t.Fatalf("unsupported fields %v, want %v", u, want)
 	}
 	var s Store
-	s.Replace(d.Input())
+	s.Replace(*d)
 	snap := s.Snapshot()
 	ps := snap.Policies[model.ServiceName{Namespace: "shop", Name: "web"}]
 	if len(ps) != 2 || ps[0].Rejected || !ps[1].Rejected {

@@ -26,7 +26,7 @@ func TestStoreKeepsLastGoodVersion(t *testing.T) {
 	var s Store
 	replace := func(docs ...string) []model.ObjectError {
 		d := decodeOK(t, docs...)
-		return s.Replace(d.Input())
+		return s.Replace(*d)
 	}
 	check := func(step, frontend, want string) {
 		t.Helper()
@@ -78,12 +78,12 @@ func TestStoreKeepsLastGoodVersion(t *testing.T) {
 func TestStoreUnknownServiceResolvesLater(t *testing.T) {
 	var s Store
 	d := decodeOK(t, sliceYAML("web-1", "web", "10.0.1.1"))
-	s.Replace(model.Input{EndpointSlices: d.Slices})
+	s.Replace(Decoded{Slices: d.Slices})
 	if errs := s.Snapshot().Errors; !hasError(errs, model.KindEndpointSlice, "web-1", model.ReasonUnknownService) {
 		t.Errorf("errors = %v, want unknown_service", errs)
 	}
 	d2 := decodeOK(t, serviceYAML("web", "10.96.0.10"))
-	s.Replace(model.Input{Services: d2.Services, EndpointSlices: d.Slices})
+	s.Replace(Decoded{Services: d2.Services, Slices: d.Slices})
 	snap := s.Snapshot()
 	if got := backendsOf(snap, "10.96.0.10:80/TCP"); got != "[10.0.1.1:8080]" || len(snap.Errors) > 0 {
 		t.Errorf("backends = %s, errors = %v", got, snap.Errors)
@@ -97,7 +97,7 @@ func TestStoreConcurrentUse(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for range 50 {
-				s.Replace(d.Input())
+				s.Replace(*d)
 				if got := backendsOf(s.Snapshot(), "10.96.0.10:80/TCP"); got != "[10.0.1.1:8080]" {
 					t.Errorf("backends = %s", got)
 					return
