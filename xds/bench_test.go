@@ -61,7 +61,7 @@ func BenchmarkEndpointChangeDeltaVsSotW(b *testing.B) {
 			m = base
 		}
 		start := time.Now()
-		if err := ts.Update(context.Background(), m); err != nil {
+		if _, err := ts.Update(context.Background(), m); err != nil {
 			b.Fatal(err)
 		}
 		resp, err := stream.Recv()

@@ -7,6 +7,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -42,6 +43,7 @@ type l7Chain struct {
 	protocol model.AppProtocol
 	route    string     // RDS route configuration, for HTTP ports
 	rbac     rbacTarget // enforced by network RBAC, for TCP ports
+	refused  bool       // the port is not served (another has its xDS names)
 }
 
 // buildRedirectListener accepts what the datapath redirected, recovers the original
@@ -72,9 +74,12 @@ func buildRedirectListener(listen netip.AddrPort, chains []l7Chain) *listenerv3.
 				PrefixLen: wrapperspb.UInt32(uint32(c.vip.BitLen()))}},
 		}
 		name := netip.AddrPortFrom(c.vip, c.port).String()
-		if c.protocol == model.AppOpaque {
+		switch {
+		case c.refused:
+			l.FilterChains = append(l.FilterChains, refusingChain(name, match))
+		case c.protocol == model.AppOpaque:
 			l.FilterChains = append(l.FilterChains, tcpProxyChain(name, c.cluster, match, c.rbac))
-		} else {
+		default:
 			l.FilterChains = append(l.FilterChains, httpChain(name, c.route, c.protocol, match))
 		}
 	}
@@ -102,6 +107,21 @@ func tcpProxyChain(name, cluster string, match *listenerv3.FilterChainMatch, tar
 			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 		})},
 	})
+	return chain
+}
+
+// refusingChain closes every connection to a destination whose port is not served
+// (its xDS names are another service's, which it must not reach): an RBAC filter that
+// allows nothing. Passing them through to the original destination would skip the
+// service's policies.
+func refusingChain(name string, match *listenerv3.FilterChainMatch) *listenerv3.FilterChain {
+	chain := tcpProxyChain(name, PassthroughCluster, match, rbacTarget{})
+	refuse := &listenerv3.Filter{
+		Name: "envoy.filters.network.rbac",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&netrbacv3.RBAC{
+			StatPrefix: "sockmesh.refused", Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}})},
+	}
+	chain.Filters = append([]*listenerv3.Filter{refuse}, chain.Filters...)
 	return chain
 }
 
@@ -168,8 +188,9 @@ func markedBind(mark uint32) *corev3.BindConfig {
 }
 
 // l7Chains lists the frontends of L7 services (TCP) with their clusters, and the route
-// configurations of their HTTP ports, one per service port.
-func l7Chains(snap *model.Snapshot) ([]l7Chain, []types.Resource) {
+// configurations of their HTTP ports, one per service port; the frontends of ports
+// that are not served get refusing chains.
+func l7Chains(snap *model.Snapshot, served func(servicePort) bool) ([]l7Chain, []types.Resource) {
 	var chains []l7Chain
 	var routes []types.Resource
 	done := map[servicePort]bool{}
@@ -197,6 +218,10 @@ func l7Chains(snap *model.Snapshot) ([]l7Chain, []types.Resource) {
 	}
 	for _, svc := range l7 {
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: svc.Frontend.Port, protocol: svc.Frontend.Protocol}
+		if !served(p) {
+			chains = append(chains, l7Chain{vip: svc.Frontend.Addr, port: svc.Frontend.Port, refused: true})
+			continue
+		}
 		rbac := rbacTarget{policies: snap.Policies[svc.Name], port: p.port, targets: targets[p]}
 		slices.Sort(rbac.targets)
 		c := l7Chain{vip: svc.Frontend.Addr, port: svc.Frontend.Port, cluster: p.clusterName(), protocol: svc.AppProtocol}
@@ -215,12 +240,12 @@ func l7Chains(snap *model.Snapshot) ([]l7Chain, []types.Resource) {
 }
 
 // proxyResources are the redirect listeners, their route configurations and the
-// passthrough cluster.
-func proxyResources(px *Proxy, snap *model.Snapshot) (listeners, routes, clusters []types.Resource) {
+// passthrough cluster, for the service ports served.
+func proxyResources(px *Proxy, snap *model.Snapshot, served func(servicePort) bool) (listeners, routes, clusters []types.Resource) {
 	if px == nil || len(px.Listen) == 0 {
 		return nil, nil, nil
 	}
-	chains, routes := l7Chains(snap)
+	chains, routes := l7Chains(snap, served)
 	for _, ap := range px.Listen {
 		listeners = append(listeners, buildRedirectListener(ap, chains))
 	}

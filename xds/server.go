@@ -3,11 +3,8 @@ package xds
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,10 +36,12 @@ func (clientKind) ID(n *corev3.Node) string {
 	return envoyClients
 }
 
-// Stats counts what the server did, for the agent's metrics.
+// Stats counts what the server did, for the agent's metrics. Nil fields count nothing.
 type Stats struct {
-	Streams func(delta int) // open ADS streams, +1 / -1
-	Nacks   func()          // a client rejected a version
+	Streams           func(delta int) // open ADS streams, +1 / -1
+	Nacks             func()          // a client rejected a version
+	StreamsRefused    func()          // a stream refused: Limits.MaxStreams were open
+	SlowStreamsClosed func()          // a stream's connection closed: a response unread past Limits.SendTimeout
 }
 
 // Server is the ADS server (state-of-the-world and delta) for this node's proxies and
@@ -64,9 +63,11 @@ type Server struct {
 }
 
 // NewServer makes an ADS server; Update gives it something to serve. With a proxy,
-// the snapshots also carry the node Envoy's redirect listeners.
-func NewServer(log *slog.Logger, stats Stats, proxy *Proxy) *Server {
-	s := &Server{log: log, grpc: grpc.NewServer(),
+// the snapshots also carry the node Envoy's redirect listeners. Zero limits are
+// DefaultLimits.
+func NewServer(log *slog.Logger, stats Stats, proxy *Proxy, limits Limits) *Server {
+	guard := &streamGuard{limits: limits.withDefaults(), stats: stats, log: log}
+	s := &Server{log: log, grpc: grpc.NewServer(grpc.StreamInterceptor(guard.intercept)),
 		envoyCache:     cachev3.NewSnapshotCache(true, clientKind{}, nil),
 		proxylessCache: cachev3.NewSnapshotCache(false, clientKind{}, nil)}
 	mux := &cachev3.MuxCache{
@@ -166,31 +167,35 @@ func call(f func(int), n int) {
 	}
 }
 
-// Update builds a snapshot of the model and makes it the one served.
-func (s *Server) Update(ctx context.Context, m *model.Snapshot) error {
+// Update builds a snapshot of the model and makes it the one served. The objects it
+// returns are the model's service ports left out of what is served (their xDS names
+// are another's), reported on every call while they last; the rest is served. An
+// error means the snapshot was not updated: the last one is still served.
+func (s *Server) Update(ctx context.Context, m *model.Snapshot) ([]model.ObjectError, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.version++
 	envoy, proxyless, err := s.builder.snapshots(strconv.FormatUint(s.version, 10), m)
+	rejected := s.builder.claims.errors()
 	if err != nil {
-		return err
+		return rejected, err
 	}
 	if envoy == s.served.envoy && proxyless == s.served.proxyless {
-		return nil // the model changed nothing the clients see
+		return rejected, nil // the model changed nothing the clients see
 	}
 	if err := s.envoyCache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
-		return err
+		return rejected, err
 	}
 	if err := s.proxylessCache.SetSnapshot(ctx, proxylessClients, proxyless); err != nil {
-		return err
+		return rejected, err
 	}
 	s.served = snapshotPair{envoy, proxyless}
-	return nil
+	return rejected, nil
 }
 
 // Serve answers ADS on ln until Stop.
 func (s *Server) Serve(ln net.Listener) error {
-	if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	if err := s.grpc.Serve(&connTrackingListener{Listener: ln}); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
 	}
 	return nil
@@ -198,43 +203,3 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Stop closes every stream and the listener.
 func (s *Server) Stop() { s.grpc.Stop() }
-
-// ParseListen splits an --xds-listen address: "unix:PATH" or "tcp:HOST:PORT".
-func ParseListen(addr string) (network, address string, err error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok && path != "" {
-		return "unix", path, nil
-	}
-	if hostPort, ok := strings.CutPrefix(addr, "tcp:"); ok {
-		if _, _, err := net.SplitHostPort(hostPort); err == nil {
-			return "tcp", hostPort, nil
-		}
-	}
-	return "", "", fmt.Errorf("--xds-listen %q: want unix:PATH or tcp:HOST:PORT", addr)
-}
-
-// Listen opens the --xds-listen address; a unix socket is made 0600, since whoever can
-// talk to it can see every service.
-func Listen(addr string) (net.Listener, error) {
-	network, address, err := ParseListen(addr)
-	if err != nil {
-		return nil, err
-	}
-	if network == "tcp" {
-		return net.Listen("tcp", address)
-	}
-	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	ln, err := net.Listen("unix", address)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(address, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
-}

@@ -24,25 +24,40 @@ import (
 
 type testServer struct {
 	*Server
-	streams, nacks atomic.Int64
-	conn           *grpc.ClientConn
+	streams, nacks, refused, slowClosed atomic.Int64
+	opened                              atomic.Int64 // streams ever opened
+	sock                                string
+	conn                                *grpc.ClientConn
 }
 
 func startServer(t testing.TB, m *model.Snapshot) *testServer {
 	t.Helper()
+	return startServerWith(t, m, Limits{})
+}
+
+func startServerWith(t testing.TB, m *model.Snapshot, limits Limits) *testServer {
+	t.Helper()
 	ts := &testServer{}
 	ts.Server = NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)), Stats{
-		Streams: func(d int) { ts.streams.Add(int64(d)) },
-		Nacks:   func() { ts.nacks.Add(1) },
-	}, nil)
+		Streams: func(d int) {
+			ts.streams.Add(int64(d))
+			if d > 0 {
+				ts.opened.Add(1)
+			}
+		},
+		Nacks:             func() { ts.nacks.Add(1) },
+		StreamsRefused:    func() { ts.refused.Add(1) },
+		SlowStreamsClosed: func() { ts.slowClosed.Add(1) },
+	}, nil, limits)
 	sock := filepath.Join(t.TempDir(), "x.sock")
+	ts.sock = sock
 	ln, err := Listen("unix:" + sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = ts.Serve(ln) }()
 	t.Cleanup(ts.Stop)
-	if err := ts.Update(context.Background(), m); err != nil {
+	if _, err := ts.Update(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
 	ts.conn, err = grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -104,7 +119,7 @@ func TestDeltaSendsOnlyTheChangedEndpoints(t *testing.T) {
 	_ = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.Nonce})
 
 	// One endpoint added to one service.
-	if err := ts.Update(context.Background(), scaled(100, 1)); err != nil {
+	if _, err := ts.Update(context.Background(), scaled(100, 1)); err != nil {
 		t.Fatal(err)
 	}
 	next, err := stream.Recv()
@@ -165,7 +180,7 @@ func TestSotWNackIsCountedAndOtherClientsKeepBeingServed(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond) // let the server act on the NACK before the change
 	// The stream lives on: a new model version still reaches this client.
-	if err := ts.Update(context.Background(), scaled(4, 0)); err != nil {
+	if _, err := ts.Update(context.Background(), scaled(4, 0)); err != nil {
 		t.Fatal(err)
 	}
 	resp, err = stream.Recv()
@@ -230,7 +245,7 @@ func TestDeltaNackIsCountedAndTheStreamLives(t *testing.T) {
 		t.Fatalf("%d NACKs counted, want 1", n)
 	}
 	// The stream lives on and the next change still arrives, alone.
-	if err := ts.Update(context.Background(), scaled(3, 1)); err != nil {
+	if _, err := ts.Update(context.Background(), scaled(3, 1)); err != nil {
 		t.Fatal(err)
 	}
 	next, err := stream.Recv()

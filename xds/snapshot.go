@@ -34,6 +34,8 @@ type builder struct {
 	// proxyRes are the redirect listeners, their routes and the passthrough cluster
 	// last built, by type.
 	proxyRes map[resourcev3.Type][]types.Resource
+	// claims say which ports' resources are served when ports share names.
+	claims nameClaims
 	// last are the snapshots made last; nil until the first.
 	last *snapshotPair
 }
@@ -151,7 +153,10 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 		fes := b.portFrontends[p]
 		if len(fes) == 0 {
 			delete(b.portFrontends, p)
-			delete(b.built, p)
+			if _, ok := b.built[p]; ok {
+				delete(b.built, p)
+				b.claims.remove(p)
+			}
 			structural = true
 			continue
 		}
@@ -184,12 +189,16 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 			structural = true
 		}
 		b.built[p] = r
+		if !ok {
+			b.claims.add(p) // claims change only with the ports, which makes the change structural
+		}
 		if !ok || r.versions != old.versions {
 			changed = append(changed, p)
 		}
 	}
+	changed = slices.DeleteFunc(changed, func(p servicePort) bool { return !b.claims.served(p) })
 
-	ls, rs, cs := proxyResources(b.proxy, snap)
+	ls, rs, cs := proxyResources(b.proxy, snap, b.claims.served)
 	proxyRes := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: ls, resourcev3.RouteType: rs, resourcev3.ClusterType: cs}
 	for t, res := range proxyRes {
 		if !slices.EqualFunc(res, b.proxyRes[t], func(a, b types.Resource) bool { return proto.Equal(a, b) }) {
@@ -218,7 +227,10 @@ func (b *builder) resources(snap *model.Snapshot) map[resourcev3.Type][]types.Re
 		panic(err) // marshalling resources we built ourselves cannot fail
 	}
 	out := map[resourcev3.Type][]types.Resource{}
-	for _, r := range b.built {
+	for p, r := range b.built {
+		if !b.claims.served(p) {
+			continue
+		}
 		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], r.cluster)
 		out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], r.endpoints)
 		out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], r.listener)
@@ -281,7 +293,10 @@ func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyl
 // Consistent(): every cluster has its endpoints, every listener its routes.
 func (b *builder) fullSnapshots(version string) (envoy, proxyless *cachev3.Snapshot, err error) {
 	envoy, proxyless = newSnapshot(version), newSnapshot(version)
-	for _, r := range b.built {
+	for p, r := range b.built {
+		if !b.claims.served(p) {
+			continue
+		}
 		add(envoy, resourcev3.ClusterType, r.cluster, r.versions[0])
 		add(envoy, resourcev3.EndpointType, r.endpoints, r.versions[1])
 		add(envoy, resourcev3.ListenerType, r.listener, r.versions[2])
