@@ -21,9 +21,16 @@ generate: deps
 	$(GO) generate ./bpf/... ./sockops/...
 
 # Privileged tests skip without root/BPF on a laptop; CI=true turns those skips into
-# failures (see tests/harness).
+# failures (see tests/harness). The fuzz targets then run briefly each (FUZZTIME=0 skips
+# them); a failing input lands in the package's testdata/fuzz, to commit with the fix.
+FUZZTIME ?= 15s
+FUZZ_TARGETS := ./agent:FuzzNothingProgrammedIsLost ./agent/lbmap:FuzzWriterWithinCapacity
 test: deps
 	$(GO) test $(TEST_FLAGS) ./...
+	@if [ "$(FUZZTIME)" != 0 ]; then for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t##*:}$$" -fuzztime $(FUZZTIME) $${t%%:*} || exit 1; \
+	done; fi
 
 demo: build
 	./$(BIN) demo

@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,22 +37,51 @@ type Agent struct {
 	xds *xds.Server // nil with --xds-listen ""
 
 	pendingMu sync.Mutex
-	pending   *model.Snapshot
+	pending   *source.Update
 	wake      chan struct{}
 	prevErrs  []model.ObjectError
 }
 
 // Run starts the agent and blocks until ctx is done. Stopping leaves the programs attached
 // and the maps pinned: services keep working until `sockmesh cleanup`.
+//
+// Everything that can fail on its own (flags, privileges, the pin lock, the listeners)
+// is checked or taken before the programs or their config are touched: a start that
+// cannot complete leaves the running datapath exactly as it was.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if err := bpf.CheckPrivileges(); err != nil {
+		return err
+	}
+	created, err := bpf.EnsureBPFFS(cfg.BPFFS)
+	if err != nil {
+		return err
+	}
 	lock, err := bpf.LockPins(cfg.BPFFS)
 	if err != nil {
+		if created && !errors.Is(err, bpf.ErrPinsInUse) {
+			_ = os.Remove(cfg.BPFFS)
+		}
 		return fmt.Errorf("--bpffs %s: %w", cfg.BPFFS, err)
 	}
 	defer lock.Unlock()
+	cfg.BPFFS = lock.Dir()
+	// A start that fails leaves no pin dir it made (deferred after Unlock, so it runs
+	// while the lock is held, after the programs are closed).
+	started := false
+	defer func() {
+		if created && !started {
+			_ = bpf.Cleanup(cfg.BPFFS)
+		}
+	}()
+	lns, err := openListeners(cfg)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+
 	dp, err := bpf.Load(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
 	if err != nil {
 		return err
@@ -60,6 +92,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer ops.Close()
+	started = true
 	for _, d := range dp.Degraded {
 		log.Warn("kernel feature missing", "detail", d)
 	}
@@ -109,54 +142,52 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	if cfg.HTTPListen != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPListen)
-		if err != nil {
-			return fmt.Errorf("--http-listen %s: %w", cfg.HTTPListen, err)
+	for _, l := range []struct {
+		ln      net.Listener
+		handler http.Handler
+		what    string
+	}{{lns.http, a.handler(false), "serving metrics and health"}, {lns.debug, a.handler(true), "serving debug state"}} {
+		if l.ln == nil {
+			continue
 		}
-		srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("http server", "err", err)
+		srv := &http.Server{Handler: l.handler, ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() {
+			if err := srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server", "addr", l.ln.Addr().String(), "err", err)
 			}
-		}()
+		})
 		go func() {
 			<-ctx.Done()
 			_ = srv.Close()
 		}()
-		log.Info("serving metrics and health", "addr", ln.Addr().String())
+		log.Info(l.what, "addr", l.ln.Addr().String())
 	}
 
-	if cfg.XDSListen != "" {
-		ln, err := xds.Listen(cfg.XDSListen)
-		if err != nil {
-			return fmt.Errorf("--xds-listen %s: %w", cfg.XDSListen, err)
-		}
+	if lns.xds != nil {
 		a.xds = xds.NewServer(log, xds.Stats{
-			Streams: func(d int) { a.metrics.xdsStreams.Add(float64(d)) },
-			Nacks:   a.metrics.xdsNacks.Inc,
-		}, &xds.Proxy{Listen: proxy.Redirect, Mark: proxy.Mark})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+			Streams:           func(d int) { a.metrics.xdsStreams.Add(float64(d)) },
+			Nacks:             a.metrics.xdsNacks.Inc,
+			StreamsRefused:    a.metrics.xdsStreamsRefused.Inc,
+			SlowStreamsClosed: a.metrics.xdsSlowStreams.Inc,
+		}, &xds.Proxy{Listen: proxy.Redirect, Mark: proxy.Mark}, xds.Limits{MaxStreams: cfg.XDSMaxStreams})
+		ln := lns.xds
+		wg.Go(func() {
 			if err := a.xds.Serve(ln); err != nil {
 				log.Error("xds server", "err", err)
 			}
-		}()
+		})
 		defer a.xds.Stop()
 		log.Info("serving xDS", "addr", cfg.XDSListen)
 	}
+	lns.http, lns.debug, lns.xds = nil, nil, nil // the servers own them now
 
 	path, _ := cfg.FilePath()
 	src := source.NewFile(path, a.offer)
+	src.MaxBytes = cfg.MaxInputBytes
+	// A newcomer must not take a frontend the previous run programmed for another Service.
+	src.Store().SeedHolders(holders(a.writer.Programmed()))
 	srcErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		srcErr <- src.Run(ctx)
-	}()
+	wg.Go(func() { srcErr <- src.Run(ctx) })
 	a.loop(ctx)
 	cancel()
 	if err := <-srcErr; err != nil && !errors.Is(err, context.Canceled) {
@@ -166,10 +197,46 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return nil
 }
 
-// offer hands the run loop a new snapshot; only the latest one matters.
-func (a *Agent) offer(s *model.Snapshot) {
+// listeners are opened before the datapath is touched, so a port in use fails the start
+// while the previous run's programs and config still serve.
+type listeners struct{ http, debug, xds net.Listener }
+
+func openListeners(cfg Config) (*listeners, error) {
+	l := &listeners{}
+	var err error
+	if cfg.HTTPListen != "" {
+		if l.http, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+			return nil, fmt.Errorf("--http-listen %s: %w", cfg.HTTPListen, err)
+		}
+	}
+	if cfg.DebugListen != "" {
+		if l.debug, err = xds.Listen(cfg.DebugListen); err != nil {
+			l.close()
+			return nil, fmt.Errorf("--debug-listen %s: %w", cfg.DebugListen, err)
+		}
+	}
+	if cfg.XDSListen != "" {
+		if l.xds, err = xds.Listen(cfg.XDSListen); err != nil {
+			l.close()
+			return nil, fmt.Errorf("--xds-listen %s: %w", cfg.XDSListen, err)
+		}
+	}
+	return l, nil
+}
+
+// close closes the listeners no server has taken over.
+func (l *listeners) close() {
+	for _, ln := range []net.Listener{l.http, l.debug, l.xds} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+// offer hands the run loop a new update; only the latest one matters.
+func (a *Agent) offer(u source.Update) {
 	a.pendingMu.Lock()
-	a.pending = s
+	a.pending = &u
 	a.pendingMu.Unlock()
 	select {
 	case a.wake <- struct{}{}:
@@ -177,20 +244,31 @@ func (a *Agent) offer(s *model.Snapshot) {
 	}
 }
 
-// loop reconciles every new snapshot, and retries the last one after a failed write.
+// loop reconciles every new snapshot, retries the last one after a failed write, and
+// repairs drift in the maps on a period.
 func (a *Agent) loop(ctx context.Context) {
 	var current *model.Snapshot
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	repair := time.NewTicker(a.cfg.RepairInterval)
+	defer repair.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.wake:
 			a.pendingMu.Lock()
-			current = a.pending
+			u := a.pending
 			a.pendingMu.Unlock()
+			if u.Snapshot == nil {
+				a.waitForInput(u)
+				continue
+			}
+			current = u.Snapshot
 		case <-retry.C:
+		case <-repair.C:
+			a.repair()
+			continue
 		}
 		if current == nil {
 			continue
@@ -202,6 +280,34 @@ func (a *Agent) loop(ctx context.Context) {
 	}
 }
 
+// waitForInput records that the source has no usable input: nothing is changed, so what
+// is programmed (by this run, or adopted from the previous one) keeps serving.
+func (a *Agent) waitForInput(u *source.Update) {
+	a.logNewErrors(u.Errors)
+	a.metrics.observeErrors(a.prevErrs, u.Errors)
+	a.prevErrs = u.Errors
+	a.state.mu.Lock()
+	defer a.state.mu.Unlock()
+	if !a.state.ready {
+		a.state.noInput = u.NoInput
+		a.state.adopted = len(a.writer.Programmed())
+	}
+	a.state.fileErrors = u.Errors
+}
+
+// repair reads the maps back and rewrites what drifted from the writer's record (another
+// process, or an operator, changed them).
+func (a *Agent) repair() {
+	n, err := a.writer.Repair()
+	if err != nil {
+		a.log.Error("map repair failed", "err", err)
+		return
+	}
+	if n > 0 {
+		a.log.Warn("repaired map entries that differed from what the agent programmed (another process wrote to the pinned maps?)", "entries", n)
+	}
+}
+
 func (a *Agent) reconcile(snap *model.Snapshot) error {
 	start := time.Now()
 	res, err := a.writer.Apply(snap)
@@ -209,15 +315,17 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 	a.metrics.services.Set(float64(res.Services))
 	a.metrics.backends.Set(float64(res.Backends))
 
+	var xdsErrs []model.ObjectError
 	if a.xds != nil {
-		if xerr := a.xds.Update(context.Background(), snap); xerr != nil {
+		var xerr error
+		if xdsErrs, xerr = a.xds.Update(context.Background(), snap); xerr != nil {
 			a.metrics.xdsErrors.Inc()
 			a.log.Error("xds snapshot not updated; serving the last good one", "err", xerr)
 		}
 	}
 
 	a.metrics.observePolicies(snap)
-	errs := append(append([]model.ObjectError(nil), snap.Errors...), res.Errors...)
+	errs := slices.Concat(snap.Errors, res.Errors, xdsErrs)
 	a.logNewErrors(errs)
 	a.metrics.observeErrors(a.prevErrs, errs)
 	a.prevErrs = errs
@@ -226,6 +334,7 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 	defer a.state.mu.Unlock()
 	a.state.snapshot = snap
 	a.state.mapErrors = res.Errors
+	a.state.fileErrors = nil
 	if err != nil {
 		a.metrics.reconcileErrors.Inc()
 		a.state.lastError = err.Error()
@@ -236,6 +345,7 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 		a.log.Info("datapath programmed", "services", res.Services, "backends", res.Backends, "took", time.Since(start))
 	}
 	a.state.ready = true
+	a.state.noInput = ""
 	return nil
 }
 
@@ -250,6 +360,17 @@ func (a *Agent) logNewErrors(errs []model.ObjectError) {
 			a.log.Error("rejected input", "kind", e.Kind, "object", e.Namespace+"/"+e.Name, "reason", e.Reason, "err", e.Error())
 		}
 	}
+}
+
+// holders reads the Service names the maps hold frontends for ("namespace/name").
+func holders(programmed map[model.Frontend]string) map[model.Frontend]model.ServiceName {
+	out := make(map[model.Frontend]model.ServiceName, len(programmed))
+	for fe, name := range programmed {
+		if ns, n, ok := strings.Cut(name, "/"); ok {
+			out[fe] = model.ServiceName{Namespace: ns, Name: n}
+		}
+	}
+	return out
 }
 
 // proxySettings gathers the Envoy and splice flags; without --envoy-redirect, Envoy is

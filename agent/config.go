@@ -11,22 +11,36 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
+	"github.com/sockmesh/sockmesh/agent/source"
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/sockops"
 	"github.com/sockmesh/sockmesh/xds"
+	"golang.org/x/sys/unix"
 )
 
 // Config is everything `sockmesh agent` is told on its command line.
 type Config struct {
-	Source      string // "file:PATH" (or "kubernetes", not built yet)
-	NodeName    string
-	CgroupPath  string // cgroup v2 dir the socket hooks attach to
-	BPFFS       string // pin dir
-	HTTPListen  string // /metrics /healthz /readyz /debug/state
+	Source     string // "file:PATH" (or "kubernetes", not built yet)
+	NodeName   string
+	CgroupPath string // cgroup v2 dir the socket hooks attach to
+	BPFFS      string // pin dir
+	HTTPListen string // /metrics /healthz /readyz
+	// DebugListen serves /debug/state (and the HTTPListen paths) on a root-only unix
+	// socket, "unix:PATH": the state lists every service, backend and policy, which is
+	// not for every local user. Empty = off.
+	DebugListen string
 	XDSListen   string // ADS for the node's Envoy and proxyless gRPC: unix:PATH or tcp:HOST:PORT; empty = off
 	MaxServices int
 	MaxBackends int
+	// MaxInputBytes bounds the input file: decoding costs several times its size.
+	MaxInputBytes int64
+	// XDSMaxStreams bounds the concurrent ADS streams.
+	XDSMaxStreams int
+	// RepairInterval is how often the LB maps are read back and any drift from what the
+	// agent programmed is repaired.
+	RepairInterval time.Duration
 	// EnvoyRedirect is where connections to L7 services go: "IP:PORT", or one IPv4 and
 	// one IPv6 "IP:PORT" separated by a comma. Empty: the node's IPv4 address, port 15001.
 	EnvoyRedirect string
@@ -49,18 +63,28 @@ const DefaultXDSListen = "unix:/run/sockmesh/xds.sock"
 // DefaultHTTPListen serves metrics and health on loopback only.
 const DefaultHTTPListen = "127.0.0.1:9964"
 
+// DefaultDebugListen is a socket only root can use: the state shows every service.
+const DefaultDebugListen = "unix:/run/sockmesh/debug.sock"
+
+// DefaultRepairInterval is how often the maps are checked for drift.
+const DefaultRepairInterval = 30 * time.Second
+
 // DefaultConfig returns the agent's defaults; the cgroup is found at start.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		NodeName:    host,
-		BPFFS:       DefaultBPFFS,
-		HTTPListen:  DefaultHTTPListen,
-		XDSListen:   DefaultXDSListen,
-		MaxServices: bpf.DefaultLimits.MaxServices,
-		MaxBackends: bpf.DefaultLimits.MaxBackends,
-		EnvoyMark:   DefaultEnvoyMark,
-		Splice:      "auto",
+		NodeName:       host,
+		BPFFS:          DefaultBPFFS,
+		HTTPListen:     DefaultHTTPListen,
+		DebugListen:    DefaultDebugListen,
+		XDSListen:      DefaultXDSListen,
+		MaxServices:    bpf.DefaultLimits.MaxServices,
+		MaxBackends:    bpf.DefaultLimits.MaxBackends,
+		MaxInputBytes:  source.DefaultMaxBytes,
+		XDSMaxStreams:  xds.DefaultLimits.MaxStreams,
+		RepairInterval: DefaultRepairInterval,
+		EnvoyMark:      DefaultEnvoyMark,
+		Splice:         "auto",
 	}
 }
 
@@ -116,6 +140,25 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--http-listen %q: %v", c.HTTPListen, err))
 		}
 	}
+	if c.DebugListen != "" {
+		if p, ok := strings.CutPrefix(c.DebugListen, "unix:"); !ok || p == "" {
+			errs = append(errs, fmt.Errorf("--debug-listen %q: want unix:PATH (the state is for root only)", c.DebugListen))
+		}
+	}
+	if c.MaxInputBytes < 1 {
+		errs = append(errs, fmt.Errorf("--max-input-bytes %d: want a positive size", c.MaxInputBytes))
+	}
+	if c.XDSMaxStreams < 1 {
+		errs = append(errs, fmt.Errorf("--xds-max-streams %d: want at least 1", c.XDSMaxStreams))
+	}
+	if c.RepairInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--map-repair-interval %s: want at least 1s", c.RepairInterval))
+	}
+	// Mark 0 is every unmarked socket's: the programs would take every application for
+	// Envoy and never redirect anything to it.
+	if c.EnvoyMark == 0 {
+		errs = append(errs, errors.New("--envoy-mark 0: every unmarked socket carries mark 0, so no connection would be redirected to Envoy; use Envoy's upstream mark (default 0x539)"))
+	}
 	if _, err := c.RedirectAddrs(); err != nil {
 		errs = append(errs, err)
 	}
@@ -136,8 +179,23 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--cgroup not given and %v", err))
 		}
 		c.CgroupPath = root
+	} else if err := checkCgroup2(c.CgroupPath); err != nil {
+		// Checked here, not at attach: by then the programs' config would be set.
+		errs = append(errs, fmt.Errorf("--cgroup %s: %v", c.CgroupPath, err))
 	}
 	return errors.Join(errs...)
+}
+
+// checkCgroup2 says whether path is a cgroup v2 directory the hooks can attach to.
+func checkCgroup2(path string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return err
+	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return errors.New("not a cgroup v2 directory")
+	}
+	return nil
 }
 
 // CgroupV2Root finds the cgroup2 mount (on hybrid systems, /sys/fs/cgroup/unified).

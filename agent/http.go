@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 
@@ -18,6 +19,26 @@ type state struct {
 	mapErrors []model.ObjectError
 	lastError string
 	splice    DebugSplice // set once at start
+	// noInput says why the source has no usable input yet; adopted is how many services
+	// the previous run left programmed, which keep serving meanwhile.
+	noInput    string
+	adopted    int
+	fileErrors []model.ObjectError // the input's own problems while there is no snapshot
+}
+
+// readiness is /readyz's answer: ready once a snapshot was programmed.
+func (s *state) readiness() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.ready:
+		return true, "ok"
+	case s.noInput != "":
+		return false, fmt.Sprintf("not ready: no input yet (%s); the %d services programmed before keep serving", s.noInput, s.adopted)
+	case s.lastError != "":
+		return false, "not ready: programming failed: " + s.lastError
+	}
+	return false, "not ready: no snapshot programmed yet"
 }
 
 // DebugSplice is the splice decision in /debug/state: what was asked, whether the
@@ -45,6 +66,7 @@ type DebugService struct {
 // DebugState is the JSON body of /debug/state.
 type DebugState struct {
 	Ready          bool           `json:"ready"`
+	NoInput        string         `json:"noInput,omitempty"`
 	Services       []DebugService `json:"services"`
 	Errors         []string       `json:"errors"`
 	LastApplyError string         `json:"lastApplyError,omitempty"`
@@ -54,7 +76,7 @@ type DebugState struct {
 func (s *state) debug() DebugState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := DebugState{Ready: s.ready, LastApplyError: s.lastError, Services: []DebugService{}, Errors: []string{}, Splice: s.splice}
+	out := DebugState{Ready: s.ready, NoInput: s.noInput, LastApplyError: s.lastError, Services: []DebugService{}, Errors: []string{}, Splice: s.splice}
 	if s.snapshot != nil {
 		for _, svc := range s.snapshot.SortedServices() {
 			ds := DebugService{Name: svc.Name.String(), Frontend: svc.Frontend.String(), Backends: []string{}, Selected: []string{},
@@ -81,31 +103,32 @@ func (s *state) debug() DebugState {
 			out.Errors = append(out.Errors, e.Error())
 		}
 	}
-	for _, e := range s.mapErrors {
+	for _, e := range append(s.mapErrors, s.fileErrors...) {
 		out.Errors = append(out.Errors, e.Error())
 	}
 	return out
 }
 
-func (a *Agent) handler() http.Handler {
+// handler serves metrics and health; with debug (the root-only socket) also the state.
+func (a *Agent) handler(debug bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		a.state.mu.Lock()
-		ready := a.state.ready
-		a.state.mu.Unlock()
+		ready, msg := a.state.readiness()
 		if !ready {
-			http.Error(w, "not ready: no snapshot programmed yet", http.StatusServiceUnavailable)
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = w.Write([]byte("ok\n"))
+		_, _ = w.Write([]byte(msg + "\n"))
 	})
-	mux.HandleFunc("/debug/state", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(a.state.debug())
-	})
+	if debug {
+		mux.HandleFunc("/debug/state", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(a.state.debug())
+		})
+	}
 	return mux
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sockmesh/sockmesh/agent/model"
+	"github.com/sockmesh/sockmesh/agent/source"
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/sockops"
 )
@@ -26,6 +27,9 @@ type Metrics struct {
 	xdsStreams        prometheus.Gauge
 	xdsNacks          prometheus.Counter
 	xdsErrors         prometheus.Counter
+	xdsStreamsRefused prometheus.Counter
+	xdsSlowStreams    prometheus.Counter
+	mapRepairs        *prometheus.CounterVec
 	spliceEnabled     prometheus.Gauge
 	spliceCheck       *prometheus.GaugeVec
 }
@@ -57,13 +61,20 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 			Help: "xDS responses a client rejected (it keeps its last good version)."}),
 		xdsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_snapshot_errors_total",
 			Help: "Model snapshots that could not be turned into a consistent xDS snapshot (the last good one is served)."}),
+		xdsStreamsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_streams_refused_total",
+			Help: "ADS streams refused because --xds-max-streams were open."}),
+		xdsSlowStreams: prometheus.NewCounter(prometheus.CounterOpts{Name: "sockmesh_xds_slow_streams_closed_total",
+			Help: "ADS connections closed because a response stayed unsent (the client stopped reading) past the send timeout."}),
+		mapRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sockmesh_map_repairs_total",
+			Help: "BPF map entries rewritten or removed because the map had drifted from what the agent programmed, by map."}, []string{"map"}),
 		spliceEnabled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_splice_enabled",
 			Help: "1 when the datapath splices local socket pairs (--splice auto or on, and the kernel check found every receiver like TCP)."}),
 		spliceCheck: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_splice_kernel_check",
 			Help: "The start-up kernel check, by receiver and behaviour: 1 = a spliced socket behaved like TCP, 0 = it did not (splicing stays off)."}, []string{"receiver", "behaviour"}),
 	}
 	m.Registry.MustRegister(m.spliceEnabled, m.spliceCheck)
-	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors, m.policyServices)
+	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors, m.xdsStreamsRefused, m.xdsSlowStreams, m.policyServices)
+	m.Registry.MustRegister(m.mapRepairs)
 	m.Registry.MustRegister(m.services, m.backends, m.mapOps, m.reconcileDuration, m.reconcileErrors,
 		m.inputErrors, m.rejected, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if maps != nil {
@@ -110,6 +121,21 @@ func (m *Metrics) MapOp(table, op string, n int, err error) {
 	}
 }
 
+// MapRepairs implements lbmap.Observer.
+func (m *Metrics) MapRepairs(table string, n int) {
+	m.mapRepairs.WithLabelValues(table).Add(float64(n))
+}
+
+// kindLabel keeps the kind label to the kinds sockmesh reads (and "File"): an unknown
+// kind is named in the log, and counted under "other" with its reason.
+func kindLabel(kind string) string {
+	switch kind {
+	case model.KindService, model.KindEndpointSlice, model.KindPod, model.KindAuthorizationPolicy, source.KindFile:
+		return kind
+	}
+	return "other"
+}
+
 // observeErrors counts errors new since the previous snapshot and sets the gauge.
 func (m *Metrics) observeErrors(prev, cur []model.ObjectError) {
 	seen := map[model.ObjectError]bool{}
@@ -118,9 +144,9 @@ func (m *Metrics) observeErrors(prev, cur []model.ObjectError) {
 	}
 	m.rejected.Reset()
 	for _, e := range cur {
-		m.rejected.WithLabelValues(e.Kind, e.Reason).Inc()
+		m.rejected.WithLabelValues(kindLabel(e.Kind), e.Reason).Inc()
 		if !seen[e] {
-			m.inputErrors.WithLabelValues(e.Kind, e.Reason).Inc()
+			m.inputErrors.WithLabelValues(kindLabel(e.Kind), e.Reason).Inc()
 		}
 	}
 }

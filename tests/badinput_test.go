@@ -124,6 +124,10 @@ func TestBadFlagsAreRejectedWithTheFlagNamed(t *testing.T) {
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1"}, `--envoy-redirect "10.0.0.1"`},
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1:1,10.0.0.2:2"}, "one address per IP family"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-mark", "zz"}, "want a hex number"},
+		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-mark", "0"}, "--envoy-mark 0"},
+		{[]string{"agent", "--source", "file:/x.yaml", "--debug-listen", "127.0.0.1:9"}, "--debug-listen"},
+		{[]string{"agent", "--source", "file:/x.yaml", "--max-input-bytes", "0"}, "--max-input-bytes 0"},
+		{[]string{"agent", "--source", "file:/x.yaml", "--cgroup", "/tmp"}, "--cgroup /tmp: not a cgroup v2 directory"},
 		{[]string{"lb", "list", "-o", "yaml"}, "-o \"yaml\""},
 	} {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()

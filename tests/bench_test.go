@@ -73,6 +73,7 @@ func BenchmarkSocketLBServiceScale(b *testing.B) {
 type nopObserver struct{}
 
 func (nopObserver) MapOp(string, string, int, error) {}
+func (nopObserver) MapRepairs(string, int)           {}
 
 func BenchmarkProgram10kServicesColdStart(b *testing.B) {
 	harness.RequirePrivileged(b)

@@ -138,7 +138,8 @@ func Run(ctx context.Context, opt Options) (err error) {
 
 	bpffs := filepath.Join("/sys/fs/bpf", prefix)
 	cfg := agent.DefaultConfig()
-	cfg.Source, cfg.CgroupPath, cfg.BPFFS, cfg.HTTPListen, cfg.XDSListen = "file:"+yamlPath, cg.Path, bpffs, "", ""
+	cfg.Source, cfg.CgroupPath, cfg.BPFFS = "file:"+yamlPath, cg.Path, bpffs
+	cfg.HTTPListen, cfg.XDSListen, cfg.DebugListen = "", "", ""
 	agentCtx, stopAgent := context.WithCancel(ctx)
 	var agentErr error
 	agentExited := make(chan struct{})

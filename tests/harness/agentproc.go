@@ -2,8 +2,11 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,10 +28,11 @@ import (
 
 // Agent is `sockmesh agent` running as a subprocess against the env.
 type Agent struct {
-	cmd  *exec.Cmd
-	Addr string // where /metrics, /readyz and /debug/state are served
-	log  *syncBuffer
-	done chan error
+	cmd   *exec.Cmd
+	Addr  string // where /metrics and /readyz are served
+	Debug string // the root-only unix socket serving /debug/state
+	log   *syncBuffer
+	done  chan error
 }
 
 type syncBuffer struct {
@@ -59,18 +63,57 @@ func (e *Env) StartAgent(t testing.TB, yamlPath string, extra ...string) *Agent 
 	return a
 }
 
+// LaunchAgent starts the agent without waiting for it to be ready: for starts on a bad
+// input, or starts expected to fail.
+func (e *Env) LaunchAgent(t testing.TB, yamlPath string, extra ...string) *Agent {
+	t.Helper()
+	return e.launchAgent(t, yamlPath, extra...)
+}
+
+// WaitReadyz waits until /readyz answers code with a body containing substr, and returns
+// the body.
+func (a *Agent) WaitReadyz(t testing.TB, code int, substr string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		if ok, err := a.Exited(25 * time.Millisecond); ok {
+			t.Fatalf("agent exited (%v):\n%s", err, a.log.String())
+		}
+		if a.Addr == "" {
+			if m := listenLine.FindStringSubmatch(a.log.String()); m != nil {
+				a.Addr = m[1]
+			}
+			continue
+		}
+		resp, err := http.Get("http://" + a.Addr + "/readyz")
+		if err != nil {
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = fmt.Sprintf("%d %s", resp.StatusCode, body)
+		if resp.StatusCode == code && strings.Contains(string(body), substr) {
+			return string(body)
+		}
+	}
+	t.Fatalf("/readyz never answered %d with %q (last: %s):\n%s", code, substr, last, a.log.String())
+	return ""
+}
+
 // launchAgent starts the agent without waiting for readiness.
 func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent {
 	t.Helper()
 	args := append([]string{"agent", "--source", "file:" + yamlPath, "--cgroup", e.Cgroup.Path,
-		"--bpffs", e.BPFFS, "--http-listen", "127.0.0.1:0", "--xds-listen", "unix:" + e.XDSSocket()}, extra...)
-	a := &Agent{cmd: exec.Command(Binary(t), args...), log: &syncBuffer{}, done: make(chan error, 1)}
+		"--bpffs", e.BPFFS, "--http-listen", "127.0.0.1:0", "--xds-listen", "unix:" + e.XDSSocket(),
+		"--debug-listen", "unix:" + e.DebugSocket()}, extra...)
+	a := &Agent{cmd: exec.Command(Binary(t), args...), Debug: e.DebugSocket(), log: &syncBuffer{}, done: make(chan error, 1)}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { a.done <- a.cmd.Wait() }()
-	t.Cleanup(func() { _ = os.Remove(e.XDSSocket()) }) // runs after the agent stops
+	t.Cleanup(func() { _ = os.Remove(e.XDSSocket()); _ = os.Remove(e.DebugSocket()) }) // runs after the agent stops
 	t.Cleanup(func() {
 		if a.cmd.ProcessState == nil {
 			_ = a.cmd.Process.Signal(syscall.SIGTERM)
@@ -91,6 +134,9 @@ func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent
 // XDSSocket is where the env's agent serves ADS (short: unix socket paths are limited
 // to 108 bytes, test temp dirs can be longer).
 func (e *Env) XDSSocket() string { return filepath.Join(os.TempDir(), e.Prefix+"-xds.sock") }
+
+// DebugSocket is where the env's agent serves /debug/state.
+func (e *Env) DebugSocket() string { return filepath.Join(os.TempDir(), e.Prefix+"-debug.sock") }
 
 // WaitReady waits for /readyz, failing the test with the agent's log if it exits.
 func (a *Agent) WaitReady(t testing.TB) {
@@ -284,10 +330,19 @@ func (e *Env) CLI(t testing.TB, args ...string) string {
 // String helps failure messages.
 func (a *Agent) String() string { return fmt.Sprintf("agent(%s)", a.Addr) }
 
+// DebugClient is an HTTP client that reaches the agent's debug socket, whatever host a
+// URL names.
+func (a *Agent) DebugClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", a.Debug)
+		}}}
+}
+
 // DebugState fetches and decodes the agent's /debug/state.
 func (a *Agent) DebugState(t testing.TB) agent.DebugState {
 	t.Helper()
-	resp, err := http.Get("http://" + a.Addr + "/debug/state")
+	resp, err := a.DebugClient().Get("http://sockmesh/debug/state")
 	if err != nil {
 		t.Fatal(err)
 	}
