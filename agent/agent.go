@@ -357,9 +357,18 @@ func (a *Agent) logNewErrors(errs []model.ObjectError) {
 	}
 	for _, e := range errs {
 		if !seen[e] {
-			a.log.Error("rejected input", "kind", e.Kind, "object", e.Namespace+"/"+e.Name, "reason", e.Reason, "err", e.Error())
+			a.log.Error("rejected input", "kind", e.Kind, "object", objectName(e), "reason", e.Reason, "err", e.Error())
 		}
 	}
+}
+
+// objectName is "namespace/name", or the name alone for objects without a namespace
+// (files, nodes).
+func objectName(e model.ObjectError) string {
+	if e.Namespace == "" {
+		return e.Name
+	}
+	return e.Namespace + "/" + e.Name
 }
 
 // holders reads the Service names the maps hold frontends for ("namespace/name").

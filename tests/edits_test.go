@@ -68,7 +68,8 @@ func TestYAMLEditsAddRemoveAndDelete(t *testing.T) {
 	}
 
 	// Deleted service: the ClusterIP is no longer translated (and, with no route, unreachable).
-	env.WriteFile(t, "svc.yaml", "# no services\n")
+	// An empty file would be no input at all; deleting everything is said explicitly.
+	env.WriteFile(t, "svc.yaml", "# no services\napiVersion: v1\nkind: List\nitems: []\n")
 	env.WaitPinned(t, "the service deleted", func(s []lbmap.ListedService) bool { return len(s) == 0 })
 	res = env.Run(t, client, "tcp", tcpTo(vip4), 1)
 	if len(res.TCP) != 0 || len(res.Errors) != 1 || !strings.Contains(res.Errors[0], "network is unreachable") {

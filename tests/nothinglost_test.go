@@ -100,6 +100,15 @@ func TestEmptyingOrRewritingTheFileInPlaceLosesNothing(t *testing.T) {
 	}
 }
 
+// webOnBackend1 is an env with one backend and the file serving web from it: the
+// starting point of the tests about one input path.
+func webOnBackend1(t *testing.T) (env *harness.Env, path, web string) {
+	env = harness.NewEnv(t, "backend-1")
+	env.StartBackends(t, "backend-1")
+	web = oneBackendService("web", "10.96.0.10", env.Host("backend-1"))
+	return env, env.WriteFile(t, "svc.yaml", web), web
+}
+
 // oneBackendService is a one-port IPv4 Service: its entries are easy to count.
 func oneBackendService(name, ip string, backends ...*demo.Host) string {
 	var eps strings.Builder
@@ -193,10 +202,7 @@ func TestANewcomerCannotTakeAHeldFrontend(t *testing.T) {
 
 // Defect 6: typos in kinds neither delete what they were meant as nor pass silently.
 func TestTyposInKindsAreReportedAndDeleteNothing(t *testing.T) {
-	env := harness.NewEnv(t, "backend-1")
-	env.StartBackends(t, "backend-1")
-	web := oneBackendService("web", "10.96.0.10", env.Host("backend-1"))
-	path := env.WriteFile(t, "svc.yaml", web)
+	env, path, web := webOnBackend1(t)
 	a := env.StartAgent(t, path)
 	before := pinnedJSON(t, env)
 	env.WriteFile(t, "svc.yaml", strings.Replace(web, "kind: Service", "kind: Servcie", 1))
@@ -211,9 +217,7 @@ func TestTyposInKindsAreReportedAndDeleteNothing(t *testing.T) {
 // port in use) fails before the programs or their config are touched, and touches
 // nothing it does not own.
 func TestAFailedStartTouchesNothing(t *testing.T) {
-	env := harness.NewEnv(t, "backend-1")
-	env.StartBackends(t, "backend-1")
-	path := env.WriteFile(t, "svc.yaml", oneBackendService("web", "10.96.0.10", env.Host("backend-1")))
+	env, path, _ := webOnBackend1(t)
 	env.StartAgent(t, path).Stop(t)
 	cfgBefore := env.DatapathConfig(t)
 	mapsBefore := pinnedJSON(t, env)

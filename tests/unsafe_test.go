@@ -18,9 +18,7 @@ import (
 // Defect 5: the pin lock holds however the pin dir is named, and an agent repairs maps
 // that another process changed behind its back.
 func TestThePinLockHoldsThroughASymlinkAndDriftIsRepaired(t *testing.T) {
-	env := harness.NewEnv(t, "backend-1")
-	env.StartBackends(t, "backend-1")
-	path := env.WriteFile(t, "svc.yaml", oneBackendService("web", "10.96.0.10", env.Host("backend-1")))
+	env, path, _ := webOnBackend1(t)
 	a := env.StartAgent(t, path, "--map-repair-interval", "1s")
 	link := filepath.Join(t.TempDir(), "pins")
 	must(t, os.Symlink(env.BPFFS, link))
@@ -101,9 +99,8 @@ func TestAStartWithoutCapBPFNamesItAndLeavesNothing(t *testing.T) {
 // Defect 11: the state (every service, backend and policy) is not on the loopback TCP
 // port any local user can reach; it is on a root-only unix socket.
 func TestDebugStateIsForRootOnly(t *testing.T) {
-	env := harness.NewEnv(t, "backend-1")
-	env.StartBackends(t, "backend-1")
-	a := env.StartAgent(t, env.WriteFile(t, "svc.yaml", oneBackendService("web", "10.96.0.10", env.Host("backend-1"))))
+	env, path, _ := webOnBackend1(t)
+	a := env.StartAgent(t, path)
 	resp, err := http.Get("http://" + a.Addr + "/debug/state")
 	must(t, err)
 	resp.Body.Close()
@@ -122,10 +119,7 @@ func TestDebugStateIsForRootOnly(t *testing.T) {
 
 // Defect 12: a huge input file is refused before it is read, and costs no memory.
 func TestAHugeInputFileIsRefusedUnread(t *testing.T) {
-	env := harness.NewEnv(t, "backend-1")
-	env.StartBackends(t, "backend-1")
-	web := oneBackendService("web", "10.96.0.10", env.Host("backend-1"))
-	path := env.WriteFile(t, "svc.yaml", web)
+	env, path, web := webOnBackend1(t)
 	a := env.StartAgent(t, path)
 	before := pinnedJSON(t, env)
 	var b strings.Builder

@@ -27,6 +27,18 @@ func benchSnapshot(n, perService int) *model.Snapshot {
 	return s
 }
 
+// programmed is a writer on fake maps that has applied snap.
+func programmed(b *testing.B, snap *model.Snapshot) *lbmap.Writer {
+	w, err := lbmap.NewWriter(lbmaptest.NewTables(65536, 262144).Tables(), &countingObserver{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := w.Apply(snap); err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
 func BenchmarkApplyColdStart10k(b *testing.B) {
 	snap := benchSnapshot(10000, 10)
 	for i := 0; i < b.N; i++ {
@@ -44,14 +56,7 @@ func BenchmarkApplyColdStart10k(b *testing.B) {
 // One endpoint of one service changes per Apply, at 10k services.
 func BenchmarkApplyEndpointChange10k(b *testing.B) {
 	snap := benchSnapshot(10000, 10)
-	f := lbmaptest.NewTables(65536, 262144)
-	w, err := lbmap.NewWriter(f.Tables(), &countingObserver{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := w.Apply(snap); err != nil {
-		b.Fatal(err)
-	}
+	w := programmed(b, snap)
 	svcs := snap.SortedServices()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -64,14 +69,7 @@ func BenchmarkApplyEndpointChange10k(b *testing.B) {
 
 func BenchmarkRepairNoDrift10k(b *testing.B) {
 	snap := benchSnapshot(10000, 10)
-	f := lbmaptest.NewTables(65536, 262144)
-	w, err := lbmap.NewWriter(f.Tables(), &countingObserver{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := w.Apply(snap); err != nil {
-		b.Fatal(err)
-	}
+	w := programmed(b, snap)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if n, err := w.Repair(); err != nil || n != 0 {
