@@ -1,9 +1,11 @@
 package tests
 
 import (
+	"context"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/tests/harness"
@@ -112,6 +114,7 @@ func TestFullServiceMapRejectsTheRestAndKeepsServing(t *testing.T) {
 
 func TestBadFlagsAreRejectedWithTheFlagNamed(t *testing.T) {
 	bin := harness.Binary(t)
+	env := harness.NewEnv(t)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -125,14 +128,24 @@ func TestBadFlagsAreRejectedWithTheFlagNamed(t *testing.T) {
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1:1,10.0.0.2:2"}, "one address per IP family"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-mark", "zz"}, "want a hex number"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-mark", "0"}, "--envoy-mark 0"},
-		{[]string{"agent", "--source", "file:/x.yaml", "--debug-listen", "127.0.0.1:9"}, "--debug-listen"},
+		{[]string{"agent", "--source", "file:/x.yaml", "--debug-listen", "127.0.0.1:9"}, `--debug-listen "127.0.0.1:9": want unix:PATH`},
 		{[]string{"agent", "--source", "file:/x.yaml", "--max-input-bytes", "0"}, "--max-input-bytes 0"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--cgroup", "/tmp"}, "--cgroup /tmp: not a cgroup v2 directory"},
 		{[]string{"lb", "list", "-o", "yaml"}, "-o \"yaml\""},
 	} {
-		out, err := exec.Command(bin, c.args...).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), c.want) {
-			t.Errorf("sockmesh %v: err=%v, output %q; want a failure mentioning %q", c.args, err, out, c.want)
+		args := c.args
+		if args[0] == "agent" {
+			// Should a flag check regress, the agent must start in the env's own cgroup and
+			// pins, never the defaults (the root cgroup), and not for long.
+			args = append([]string{"agent", "--cgroup", env.Cgroup.Path, "--bpffs", env.BPFFS,
+				"--http-listen", "", "--xds-listen", "", "--debug-listen", ""}, args[1:]...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		timedOut := ctx.Err() != nil
+		cancel()
+		if err == nil || timedOut || !strings.Contains(string(out), c.want) {
+			t.Errorf("sockmesh %v: err=%v, output %q; want a failure at once mentioning %q", c.args, err, out, c.want)
 		}
 	}
 }
