@@ -81,6 +81,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer lns.close()
+	a := &Agent{cfg: cfg, log: log, wake: make(chan struct{}, 1)}
+	src, err := newSource(cfg, log, a.offer)
+	if err != nil {
+		return err
+	}
 
 	dp, err := bpf.Load(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
 	if err != nil {
@@ -96,7 +101,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	for _, d := range dp.Degraded {
 		log.Warn("kernel feature missing", "detail", d)
 	}
-	a := &Agent{cfg: cfg, log: log, dp: dp, metrics: NewMetrics(dp.Maps()), wake: make(chan struct{}, 1)}
+	a.dp, a.metrics = dp, NewMetrics(dp.Maps())
 	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), a.metrics); err != nil {
 		return err
 	}
@@ -181,9 +186,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	lns.http, lns.debug, lns.xds = nil, nil, nil // the servers own them now
 
-	path, _ := cfg.FilePath()
-	src := source.NewFile(path, a.offer)
-	src.MaxBytes = cfg.MaxInputBytes
 	// A newcomer must not take a frontend the previous run programmed for another Service.
 	src.Store().SeedHolders(holders(a.writer.Programmed()))
 	srcErr := make(chan error, 1)

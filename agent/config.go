@@ -22,7 +22,10 @@ import (
 
 // Config is everything `sockmesh agent` is told on its command line.
 type Config struct {
-	Source     string // "file:PATH" (or "kubernetes", not built yet)
+	Source string // "kubernetes" or "file:PATH"
+	// Kubeconfig is for the kubernetes source outside a cluster; empty: $KUBECONFIG,
+	// else the in-cluster config.
+	Kubeconfig string
 	NodeName   string
 	CgroupPath string // cgroup v2 dir the socket hooks attach to
 	BPFFS      string // pin dir
@@ -125,7 +128,6 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--source file:PATH needs a path"))
 	case ok:
 	case c.Source == "kubernetes":
-		errs = append(errs, errors.New("--source kubernetes: not available in this build yet; use --source file:PATH"))
 	default:
 		errs = append(errs, fmt.Errorf("--source %q: want file:PATH or kubernetes", c.Source))
 	}

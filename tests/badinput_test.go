@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -122,7 +123,8 @@ func TestBadFlagsAreRejectedWithTheFlagNamed(t *testing.T) {
 		{[]string{"agent", "--source", "nonsense"}, `--source "nonsense"`},
 		{[]string{"agent", "--source", "file:/x.yaml", "--max-services", "0"}, "--max-services 0"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--http-listen", "nope"}, "--http-listen"},
-		{[]string{"agent"}, `"source" not set`},
+		{[]string{"agent"}, "no --kubeconfig, no $KUBECONFIG, and not in a cluster"},
+		{[]string{"agent", "--kubeconfig", "/nonexistent/kubeconfig"}, "--kubeconfig /nonexistent/kubeconfig"},
 		{[]string{"agent", "--source", "file:/x.yaml", "--splice", "sometimes"}, `--splice "sometimes"`},
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1"}, `--envoy-redirect "10.0.0.1"`},
 		{[]string{"agent", "--source", "file:/x.yaml", "--envoy-redirect", "10.0.0.1:1,10.0.0.2:2"}, "one address per IP family"},
@@ -141,7 +143,9 @@ func TestBadFlagsAreRejectedWithTheFlagNamed(t *testing.T) {
 				"--http-listen", "", "--xds-listen", "", "--debug-listen", ""}, args[1:]...)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG=", "KUBERNETES_SERVICE_HOST=") // not in any cluster
+		out, err := cmd.CombinedOutput()
 		timedOut := ctx.Err() != nil
 		cancel()
 		if err == nil || timedOut || !strings.Contains(string(out), c.want) {

@@ -35,7 +35,8 @@ func newAgentCmd() *cobra.Command {
 	}
 	fs := cmd.Flags()
 	pins.register(fs)
-	fs.StringVar(&cfg.Source, "source", "", "where services come from: file:PATH (multi-document Kubernetes YAML, watched)")
+	fs.StringVar(&cfg.Source, "source", "kubernetes", "where services come from: kubernetes (the API server: --kubeconfig, $KUBECONFIG or in-cluster), or file:PATH (multi-document Kubernetes YAML, watched)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes outside a cluster (default $KUBECONFIG, else in-cluster)")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name")
 	fs.StringVar(&cfg.XDSListen, "xds-listen", cfg.XDSListen, "ADS for the node's Envoy and proxyless gRPC: unix:PATH (mode 0600) or tcp:HOST:PORT; empty: off")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address for /metrics /healthz /readyz (empty: off)")
@@ -49,7 +50,6 @@ func newAgentCmd() *cobra.Command {
 	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
 	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off (both only where the kernel's spliced sockets behave like TCP; see README)")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
-	_ = cmd.MarkFlagRequired("source")
 	return cmd
 }
 

@@ -1,0 +1,198 @@
+package source
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/sockmesh/sockmesh/agent/model"
+)
+
+// AuthorizationPolicies is the resource of Istio's security.istio.io/v1 policies.
+var AuthorizationPolicies = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+
+// DefaultMinSync batches the API server's events: a burst of changes (a rollout) is one
+// reconcile, and no change waits longer than this.
+const DefaultMinSync = 100 * time.Millisecond
+
+// Kubernetes is the kubernetes source: client-go shared informers for Services,
+// EndpointSlices and Pods, and a dynamic one for AuthorizationPolicies, feeding the same
+// Store the file source uses. Events only mark the source dirty; a rate-limited work
+// queue turns them into one Replace of everything the informers hold (the full-build
+// path), so an API server outage or a watch expiry changes nothing: the informers keep
+// their last lists and relist on their own when the server is back.
+type Kubernetes struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface // nil: no AuthorizationPolicies
+	Log     *slog.Logger
+	// OnUpdate gets an Update after the first full list and after each batch of changes.
+	OnUpdate func(Update)
+	// MinSync is the batching delay. Zero means DefaultMinSync.
+	MinSync time.Duration
+	// Resync is how often the informers re-deliver everything. Zero: never.
+	Resync time.Duration
+
+	store Store
+}
+
+// Store is the source's object store, e.g. to seed the frontends' holders before Run.
+func (k *Kubernetes) Store() *Store { return &k.store }
+
+// syncKey is the work queue's only key: every change leads to one full pass.
+const syncKey = "sync"
+
+// Run starts the informers, waits for their first lists and delivers an Update after
+// each batch of changes, until ctx is done. Until the lists are in, nothing is
+// delivered: the datapath keeps what it has.
+func (k *Kubernetes) Run(ctx context.Context) error {
+	log := k.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	factory := informers.NewSharedInformerFactory(k.Client, k.Resync)
+	services := factory.Core().V1().Services()
+	slices := factory.Discovery().V1().EndpointSlices()
+	pods := factory.Core().V1().Pods()
+	queue := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](or(k.MinSync, DefaultMinSync), 30*time.Second),
+	))
+	defer queue.ShutDown()
+	dirty := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { queue.AddAfter(syncKey, or(k.MinSync, DefaultMinSync)) },
+		UpdateFunc: func(any, any) { queue.AddAfter(syncKey, or(k.MinSync, DefaultMinSync)) },
+		DeleteFunc: func(any) { queue.AddAfter(syncKey, or(k.MinSync, DefaultMinSync)) },
+	}
+	synced := []cache.InformerSynced{}
+	for _, inf := range []cache.SharedIndexInformer{services.Informer(), slices.Informer(), pods.Informer()} {
+		if _, err := inf.AddEventHandler(dirty); err != nil {
+			return err
+		}
+		synced = append(synced, inf.HasSynced)
+	}
+	var policies cache.GenericLister
+	if k.Dynamic != nil {
+		if err := k.policiesServed(ctx); err != nil {
+			log.Warn("AuthorizationPolicies are not read: "+err.Error(), "resource", AuthorizationPolicies.String())
+		} else {
+			dyn := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, k.Resync)
+			inf := dyn.ForResource(AuthorizationPolicies)
+			if _, err := inf.Informer().AddEventHandler(dirty); err != nil {
+				return err
+			}
+			synced = append(synced, inf.Informer().HasSynced)
+			policies = inf.Lister()
+			dyn.Start(ctx.Done())
+		}
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+
+	k.deliverNoInput("waiting for the API server's first lists")
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return ctx.Err()
+	}
+	queue.Add(syncKey)
+	go func() {
+		<-ctx.Done()
+		queue.ShutDown()
+	}()
+	for {
+		key, shutdown := queue.Get()
+		if shutdown {
+			return nil
+		}
+		d, err := k.list(services.Lister().List, slices.Lister().List, pods.Lister().List, policies)
+		if err != nil {
+			log.Error("cannot read the informers' lists; retrying", "err", err)
+			queue.AddRateLimited(key)
+		} else {
+			queue.Forget(key)
+			k.store.Replace(d)
+			if k.OnUpdate != nil {
+				k.OnUpdate(Update{Snapshot: k.store.Snapshot()})
+			}
+		}
+		queue.Done(key)
+	}
+}
+
+// policiesServed says whether the API server serves AuthorizationPolicies (their CRD is
+// installed); without it there are none to enforce, which is a warning, not a failure.
+func (k *Kubernetes) policiesServed(ctx context.Context) error {
+	_, err := k.Dynamic.Resource(AuthorizationPolicies).List(ctx, metav1ListOne)
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("the API server does not serve %s (is Istio's CRD installed?)", AuthorizationPolicies.GroupResource())
+	}
+	return err
+}
+
+func (k *Kubernetes) deliverNoInput(why string) {
+	if k.OnUpdate != nil {
+		k.OnUpdate(Update{NoInput: why})
+	}
+}
+
+// list reads every object the informers hold into one Decoded, as if read from a file:
+// from here on both sources are the same.
+func (k *Kubernetes) list(services func(labels.Selector) ([]*corev1.Service, error),
+	slices func(labels.Selector) ([]*discoveryv1.EndpointSlice, error),
+	pods func(labels.Selector) ([]*corev1.Pod, error), policies cache.GenericLister) (Decoded, error) {
+	var d Decoded
+	var err error
+	if d.Services, err = services(labels.Everything()); err != nil {
+		return d, err
+	}
+	if d.Slices, err = slices(labels.Everything()); err != nil {
+		return d, err
+	}
+	if d.Pods, err = pods(labels.Everything()); err != nil {
+		return d, err
+	}
+	if policies == nil {
+		return d, nil
+	}
+	objs, err := policies.List(labels.Everything())
+	if err != nil {
+		return d, err
+	}
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		js, err := json.Marshal(u.Object)
+		if err != nil {
+			return d, err
+		}
+		p, err := decodePolicy(js)
+		if err != nil {
+			// The API server validated its schema; what it let through and we cannot
+			// read fails closed, as from a file.
+			d.Rejected = append(d.Rejected, Rejected{Kind: model.KindAuthorizationPolicy, Namespace: u.GetNamespace(),
+				Name: u.GetName(), Ours: true, PolicyLike: true, Err: model.ObjectError{Kind: model.KindAuthorizationPolicy,
+					Namespace: u.GetNamespace(), Name: u.GetName(), Reason: ReasonMalformedObject, Message: oneLine(err.Error())}})
+			continue
+		}
+		d.Policies = append(d.Policies, p)
+	}
+	return d, nil
+}
+
+// metav1ListOne asks for at most one object: enough to learn whether a resource exists.
+var metav1ListOne = metav1.ListOptions{Limit: 1}
