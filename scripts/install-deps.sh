@@ -22,6 +22,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v squid >/dev/null || need+=(squid)
+# A real Kubernetes API for the kubernetes-source tests: etcd from Debian; kube-apiserver
+# itself is built from k8s.io/kubernetes by scripts/kube-apiserver.sh (cached in .cache/).
+command -v etcd >/dev/null || need+=(etcd-server)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
