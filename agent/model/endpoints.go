@@ -79,19 +79,21 @@ func (b *builder) parseSlice(s *discoveryv1.EndpointSlice) *parsedSlice {
 				"endpoints[%d]: %s is not an %s address, as the slice's addressType says; it is skipped", i, addr, family)))
 			continue
 		}
-		ps.endpoints = append(ps.endpoints, endpointBackend(addr, ep, max(weights[addr], 1)))
+		be := endpointBackend(addr, ep, max(weights[addr], 1))
+		locate(&be, ep, b.nodeName, b.nodeZone)
+		ps.endpoints = append(ps.endpoints, be)
 	}
 	return ps
 }
 
-// endpointBackend applies the EndpointConditions defaults the API documents.
+// endpointBackend applies the EndpointConditions defaults the API documents and
+// kube-proxy applies: ready and serving nil are true, terminating nil is false.
 func endpointBackend(addr netip.Addr, ep discoveryv1.Endpoint, weight uint16) Backend {
-	ready := deref(ep.Conditions.Ready, true)
 	return Backend{
 		Addr:        addr,
 		Weight:      weight,
-		Ready:       ready,
-		Serving:     deref(ep.Conditions.Serving, ready),
+		Ready:       deref(ep.Conditions.Ready, true),
+		Serving:     deref(ep.Conditions.Serving, true),
 		Terminating: deref(ep.Conditions.Terminating, false),
 		NodeName:    deref(ep.NodeName, ""),
 	}

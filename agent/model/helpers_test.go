@@ -65,6 +65,48 @@ func ep(addr string, conds ...*bool) discoveryv1.Endpoint {
 
 func on(e discoveryv1.Endpoint, node string) discoveryv1.Endpoint { e.NodeName = &node; return e }
 
+// inZone sets the endpoint's own zone.
+func inZone(e discoveryv1.Endpoint, zone string) discoveryv1.Endpoint { e.Zone = &zone; return e }
+
+// forZones and forNodes add topology hints, as the EndpointSlice controller writes them.
+func forZones(e discoveryv1.Endpoint, zones ...string) discoveryv1.Endpoint {
+	if e.Hints == nil {
+		e.Hints = &discoveryv1.EndpointHints{}
+	}
+	for _, z := range zones {
+		e.Hints.ForZones = append(e.Hints.ForZones, discoveryv1.ForZone{Name: z})
+	}
+	return e
+}
+
+func forNodes(e discoveryv1.Endpoint, nodes ...string) discoveryv1.Endpoint {
+	if e.Hints == nil {
+		e.Hints = &discoveryv1.EndpointHints{}
+	}
+	for _, n := range nodes {
+		e.Hints.ForNodes = append(e.Hints.ForNodes, discoveryv1.ForNode{Name: n})
+	}
+	return e
+}
+
+// labelled sets one label on the Service.
+func labelled(s *corev1.Service, key, value string) *corev1.Service {
+	if s.Labels == nil {
+		s.Labels = map[string]string{}
+	}
+	s.Labels[key] = value
+	return s
+}
+
+// selected renders the backends Selected() returns, one line each.
+func selected(svc *Service) []string {
+	var out []string
+	for _, b := range svc.Selected() {
+		out = append(out, backendLine(b))
+	}
+	return out
+}
+
 var (
 	yes = ptr(true)
 	no  = ptr(false)
@@ -98,6 +140,18 @@ func backendLine(b Backend) string {
 	l := fmt.Sprintf("%s w%d %s%s%s", b.AddrPort(), b.Weight, flag(b.Ready, "R"), flag(b.Serving, "S"), flag(b.Terminating, "T"))
 	if b.NodeName != "" {
 		l += " @" + b.NodeName
+	}
+	if b.Local {
+		l += " local"
+	}
+	if b.Zone != "" {
+		l += " zone=" + b.Zone
+	}
+	if b.ForZones != "" {
+		l += " forZones=" + b.ForZones.String()
+	}
+	if b.ForNodes != "" {
+		l += " forNodes=" + b.ForNodes.String()
 	}
 	return l
 }

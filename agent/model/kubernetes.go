@@ -35,17 +35,32 @@ type Input struct {
 	// Holders says which Service held each frontend before this input: a frontend two
 	// Services claim stays with its holder, and the newcomer is the one rejected.
 	Holders map[Frontend]ServiceName
+
+	// NodeName is this node's name, as endpoints[].nodeName and hints.forNodes spell
+	// it: endpoints on it are local (internalTrafficPolicy Local, same-node hints).
+	// Empty means no endpoint is local, as for kube-proxy without a node name.
+	NodeName string
+	// NodeZone is this node's topology.kubernetes.io/zone label, matched against
+	// hints.forZones; empty for a node without the label.
+	NodeZone string
+	// ProxyName is the service-proxy-name this agent answers to: Services labelled
+	// ServiceProxyNameLabel with another value (or any value, when ProxyName is empty)
+	// are another proxy's and are skipped (see ProxiedBy).
+	ProxyName string
 }
 
 // BuildAll is Build with pods and AuthorizationPolicies: policies are resolved against
 // the pods (for peer identities) and attached to the services they target.
 func BuildAll(in Input) *Snapshot {
-	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}}
+	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}, nodeName: in.NodeName, nodeZone: in.NodeZone}
 	svcs := sortedObjects(in.Services, func(s *corev1.Service) (string, string) { return s.Namespace, s.Name })
 	b.present = map[ServiceName]bool{}
 	for _, svc := range svcs {
 		b.present[ServiceName{svc.Namespace, svc.Name}] = true
 	}
+	// Another proxy's Services are skipped silently, with their slices: they claim no
+	// frontend and are reported for nothing.
+	svcs = slices.DeleteFunc(svcs, func(s *corev1.Service) bool { return !ProxiedBy(s, in.ProxyName) })
 	for name := range in.RejectedServices {
 		b.present[name] = true
 	}
@@ -69,6 +84,8 @@ type builder struct {
 	present map[ServiceName]bool
 	// annotatedL7 holds the Services whose L7Annotation asks for the proxy.
 	annotatedL7 map[ServiceName]bool
+	// nodeName and nodeZone are Input.NodeName and Input.NodeZone.
+	nodeName, nodeZone string
 }
 
 func (b *builder) report(errs ...ObjectError) { b.snap.Errors = append(b.snap.Errors, errs...) }
@@ -137,6 +154,8 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners 
 	name := ServiceName{svc.Namespace, svc.Name}
 	report := reporter(KindService, svc.Namespace, svc.Name)
 	timeout, _ := affinityTimeout(&svc.Spec)
+	policy := internalTrafficPolicy(&svc.Spec)
+	external := b.readExternal(svc, report)
 	b.annotatedL7[name] = b.readL7Annotation(svc, report)
 	for i, port := range svc.Spec.Ports {
 		proto, ok := protocolOf(port.Protocol)
@@ -157,12 +176,14 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners 
 				continue
 			}
 			b.snap.Services[fe] = &Service{
-				Name:            name,
-				PortName:        port.Name,
-				Frontend:        fe,
-				AffinityTimeout: timeout,
-				AppProtocol:     appProtocolOf(port),
-				Backends:        backendsFor(slices, fe, port.Name),
+				Name:                  name,
+				PortName:              port.Name,
+				Frontend:              fe,
+				AffinityTimeout:       timeout,
+				AppProtocol:           appProtocolOf(port),
+				InternalTrafficPolicy: policy,
+				External:              external.forFrontend(fe, i),
+				Backends:              backendsFor(slices, fe, port.Name),
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -84,13 +85,13 @@ func TestBuild(t *testing.T) {
 			services: []*corev1.Service{web()},
 			slices: []*discoveryv1.EndpointSlice{webSlice("web-1",
 				on(ep("10.0.1.1"), "node-a"), // all nil: ready, serving, not terminating
-				ep("10.0.1.2", no),           // serving nil follows ready
+				ep("10.0.1.2", no),           // serving nil is true, as the API says and kube-proxy reads it
 				ep("10.0.1.3", no, yes, yes), // terminating but still serving
 				ep("10.0.1.4", nil, no),      // ready nil is true even when not serving
 			)},
 			want: map[string][]string{"10.96.0.10:80/TCP": {
 				`default/web port="http" affinity=0s`,
-				"10.0.1.1:8080 w1 RS- @node-a", "10.0.1.2:8080 w1 ---", "10.0.1.3:8080 w1 -ST", "10.0.1.4:8080 w1 R--",
+				"10.0.1.1:8080 w1 RS- @node-a", "10.0.1.2:8080 w1 -S-", "10.0.1.3:8080 w1 -ST", "10.0.1.4:8080 w1 R--",
 			}},
 		},
 		{
@@ -103,7 +104,7 @@ func TestBuild(t *testing.T) {
 			},
 			want: map[string][]string{"10.96.0.10:80/TCP": {
 				`default/web port="http" affinity=0s`,
-				"10.0.1.1:8080 w1 RS- @first", "10.0.1.2:8080 w1 --- @first", "10.0.1.3:8080 w1 RS- @third",
+				"10.0.1.1:8080 w1 RS- @first", "10.0.1.2:8080 w1 -S- @first", "10.0.1.3:8080 w1 RS- @third",
 			}},
 		},
 		{
@@ -134,26 +135,6 @@ func TestBuild(t *testing.T) {
 				"EndpointSlice default/web-1 invalid_annotation", "EndpointSlice default/web-2 invalid_annotation",
 				"EndpointSlice default/web-3 invalid_annotation", "EndpointSlice default/web-4 invalid_annotation",
 				"EndpointSlice default/web-5 invalid_annotation",
-			},
-		},
-		{
-			name: "session affinity: default and explicit timeouts",
-			services: []*corev1.Service{
-				func() *corev1.Service {
-					s := service("sticky", []string{"10.96.0.11"}, sport("", 80, ""))
-					s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
-					return s
-				}(),
-				func() *corev1.Service {
-					s := service("brief", []string{"10.96.0.12"}, sport("", 80, ""))
-					s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
-					s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr[int32](60)}}
-					return s
-				}(),
-			},
-			want: map[string][]string{
-				"10.96.0.11:80/TCP": {`default/sticky port="" affinity=3h0m0s`},
-				"10.96.0.12:80/TCP": {`default/brief port="" affinity=1m0s`},
 			},
 		},
 		{
@@ -246,9 +227,9 @@ func TestBuild(t *testing.T) {
 	}
 }
 
-// The KEP-1669 fallback lives in Service.Selected; this checks that Build keeps what it
-// needs: terminating endpoints that still serve.
-func TestBuildTerminatingFallback(t *testing.T) {
+// TestTerminatingFallback pins KEP-1669 as kube-proxy applies it: ready endpoints;
+// when none is ready anywhere, the serving terminating ones; else none.
+func TestTerminatingFallback(t *testing.T) {
 	svc := service("web", []string{"10.96.0.10"}, sport("", 80, ""))
 	sl := func(eps ...discoveryv1.Endpoint) []*discoveryv1.EndpointSlice {
 		return []*discoveryv1.EndpointSlice{epSlice("web-1", "web", v4, tcp(eport("", 8080, "")), eps...)}
@@ -259,19 +240,176 @@ func TestBuildTerminatingFallback(t *testing.T) {
 		want []string
 	}{
 		{"ready ones win", []discoveryv1.Endpoint{ep("10.0.1.1", yes), ep("10.0.1.2", no, yes, yes)}, []string{"10.0.1.1:8080 w1 RS-"}},
+		{"a ready terminating endpoint is ready", []discoveryv1.Endpoint{ep("10.0.1.1", yes, yes, yes), ep("10.0.1.2", no, yes, yes)}, []string{"10.0.1.1:8080 w1 RST"}},
 		{"serving terminating when none is ready", []discoveryv1.Endpoint{ep("10.0.1.1", no, no, yes), ep("10.0.1.2", no, yes, yes)}, []string{"10.0.1.2:8080 w1 -ST"}},
+		{"serving unset counts as serving", []discoveryv1.Endpoint{ep("10.0.1.1", no, nil, yes)}, []string{"10.0.1.1:8080 w1 -ST"}},
+		{"serving but not terminating is not a fallback", []discoveryv1.Endpoint{ep("10.0.1.1", no, yes, no)}, nil},
 		{"none when nothing serves", []discoveryv1.Endpoint{ep("10.0.1.1", no, no, yes), ep("10.0.1.2", no)}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			snap := Build([]*corev1.Service{svc}, sl(tt.eps...))
-			s := snap.SortedServices()[0]
-			var got []string
-			for _, b := range s.Selected() {
-				got = append(got, backendLine(b))
+			if got := selected(snap.SortedServices()[0]); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Selected() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSessionAffinity pins ClientIP affinity: the API's default timeout when none is
+// given, on every port and family of the Service.
+func TestSessionAffinity(t *testing.T) {
+	clientIP := func(s *corev1.Service, secs *int32) *corev1.Service {
+		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		if secs != nil {
+			s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: secs}}
+		}
+		return s
+	}
+	tests := []struct {
+		name string
+		svc  *corev1.Service
+		want map[string]time.Duration
+	}{
+		{"none", service("web", []string{"10.96.0.10"}, sport("", 80, "")), map[string]time.Duration{"10.96.0.10:80/TCP": 0}},
+		{"explicit None", func() *corev1.Service {
+			s := service("web", []string{"10.96.0.10"}, sport("", 80, ""))
+			s.Spec.SessionAffinity = corev1.ServiceAffinityNone
+			return s
+		}(), map[string]time.Duration{"10.96.0.10:80/TCP": 0}},
+		{"ClientIP without a timeout: 3h", clientIP(service("web", []string{"10.96.0.10"}, sport("", 80, "")), nil),
+			map[string]time.Duration{"10.96.0.10:80/TCP": 3 * time.Hour}},
+		{"ClientIP with a timeout", clientIP(service("web", []string{"10.96.0.10"}, sport("", 80, "")), ptr[int32](60)),
+			map[string]time.Duration{"10.96.0.10:80/TCP": time.Minute}},
+		{"on every port and family", clientIP(service("dns", []string{"10.96.0.53", "fd00::53"},
+			sport("dns", 53, corev1.ProtocolUDP), sport("dns-tcp", 53, corev1.ProtocolTCP)), ptr[int32](10)),
+			map[string]time.Duration{
+				"10.96.0.53:53/UDP": 10 * time.Second, "10.96.0.53:53/TCP": 10 * time.Second,
+				"[fd00::53]:53/UDP": 10 * time.Second, "[fd00::53]:53/TCP": 10 * time.Second,
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := map[string]time.Duration{}
+			for fe, svc := range Build([]*corev1.Service{tt.svc}, nil).Services {
+				got[fe.String()] = svc.AffinityTimeout
 			}
 			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("Selected() = %v, want %v", got, tt.want)
+				t.Errorf("affinity timeouts = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestMultipleSlicesPerService pins how a Service's EndpointSlices combine: every slice
+// of the frontend's family adds its endpoints, each through its own port number for the
+// Service port (during a targetPort rollout two slices disagree), and a slice without
+// the port adds nothing.
+func TestMultipleSlicesPerService(t *testing.T) {
+	svc := service("web", []string{"10.96.0.10", "fd00::10"}, sport("http", 80, ""))
+	tests := []struct {
+		name   string
+		slices []*discoveryv1.EndpointSlice
+		want   map[string][]string
+	}{
+		{
+			name: "endpoints of every slice, in address order",
+			slices: []*discoveryv1.EndpointSlice{
+				epSlice("web-b", "web", v4, tcp(eport("http", 8080, "")), ep("10.0.1.3"), ep("10.0.1.1")),
+				epSlice("web-a", "web", v4, tcp(eport("http", 8080, "")), ep("10.0.1.2")),
+			},
+			want: map[string][]string{
+				"10.96.0.10:80/TCP": {"10.0.1.1:8080 w1 RS-", "10.0.1.2:8080 w1 RS-", "10.0.1.3:8080 w1 RS-"},
+				"[fd00::10]:80/TCP": nil,
+			},
+		},
+		{
+			name: "each slice's own port number",
+			slices: []*discoveryv1.EndpointSlice{
+				epSlice("web-old", "web", v4, tcp(eport("http", 8080, "")), ep("10.0.1.1")),
+				epSlice("web-new", "web", v4, tcp(eport("http", 9090, "")), ep("10.0.1.2")),
+			},
+			want: map[string][]string{
+				"10.96.0.10:80/TCP": {"10.0.1.1:8080 w1 RS-", "10.0.1.2:9090 w1 RS-"},
+				"[fd00::10]:80/TCP": nil,
+			},
+		},
+		{
+			name: "slices feed only their family's frontend",
+			slices: []*discoveryv1.EndpointSlice{
+				epSlice("web-v4", "web", v4, tcp(eport("http", 8080, "")), ep("10.0.1.1")),
+				epSlice("web-v6", "web", v6, tcp(eport("http", 8080, "")), ep("fd00:1::1")),
+				epSlice("web-v6b", "web", v6, tcp(eport("http", 8080, "")), ep("fd00:1::2")),
+			},
+			want: map[string][]string{
+				"10.96.0.10:80/TCP": {"10.0.1.1:8080 w1 RS-"},
+				"[fd00::10]:80/TCP": {"[fd00:1::1]:8080 w1 RS-", "[fd00:1::2]:8080 w1 RS-"},
+			},
+		},
+		{
+			name: "a slice without the Service's port adds nothing",
+			slices: []*discoveryv1.EndpointSlice{
+				epSlice("web-1", "web", v4, tcp(eport("http", 8080, "")), ep("10.0.1.1")),
+				epSlice("web-2", "web", v4, tcp(eport("metrics", 9100, "")), ep("10.0.1.2")),
+			},
+			want: map[string][]string{
+				"10.96.0.10:80/TCP": {"10.0.1.1:8080 w1 RS-"},
+				"[fd00::10]:80/TCP": nil,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := map[string][]string{}
+			for fe, s := range Build([]*corev1.Service{svc}, tt.slices).Services {
+				got[fe.String()] = selected(s)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("selected:\n got %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSamePortTCPAndUDP pins one port number on both protocols (DNS): two frontends,
+// each fed only by the slice port of its own name and protocol.
+func TestSamePortTCPAndUDP(t *testing.T) {
+	svc := service("dns", []string{"10.96.0.53"}, sport("dns", 53, corev1.ProtocolUDP), sport("dns-tcp", 53, corev1.ProtocolTCP))
+	tests := []struct {
+		name  string
+		ports []discoveryv1.EndpointPort
+		want  map[string][]string
+	}{
+		{
+			name:  "each protocol through its own slice port",
+			ports: []discoveryv1.EndpointPort{eport("dns", 5353, corev1.ProtocolUDP), eport("dns-tcp", 5354, corev1.ProtocolTCP)},
+			want: map[string][]string{
+				"10.96.0.53:53/UDP": {`default/dns port="dns" affinity=0s`, "10.0.2.1:5353 w1 RS-"},
+				"10.96.0.53:53/TCP": {`default/dns port="dns-tcp" affinity=0s`, "10.0.2.1:5354 w1 RS-"},
+			},
+		},
+		{
+			name:  "only UDP in the slice: the TCP frontend has no backend",
+			ports: []discoveryv1.EndpointPort{eport("dns", 5353, corev1.ProtocolUDP)},
+			want: map[string][]string{
+				"10.96.0.53:53/UDP": {`default/dns port="dns" affinity=0s`, "10.0.2.1:5353 w1 RS-"},
+				"10.96.0.53:53/TCP": {`default/dns port="dns-tcp" affinity=0s`},
+			},
+		},
+		{
+			name:  "a name on the wrong protocol does not match",
+			ports: []discoveryv1.EndpointPort{eport("dns", 5353, corev1.ProtocolTCP), eport("dns-tcp", 5354, corev1.ProtocolUDP)},
+			want: map[string][]string{
+				"10.96.0.53:53/UDP": {`default/dns port="dns" affinity=0s`},
+				"10.96.0.53:53/TCP": {`default/dns port="dns-tcp" affinity=0s`},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := Build([]*corev1.Service{svc}, []*discoveryv1.EndpointSlice{epSlice("dns-1", "dns", v4, tt.ports, ep("10.0.2.1"))})
+			if got := summary(snap); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("services:\n got %v\nwant %v", got, tt.want)
 			}
 		})
 	}

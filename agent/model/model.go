@@ -1,9 +1,13 @@
 // Package model is the agent's single in-memory view of what to program: L4 services
 // (one per frontend address, port and protocol), the backends chosen for each, and the
-// errors found in the input. Kubernetes semantics (dual-stack, port names, endpoint
-// conditions, KEP-1669 terminating fallback, session affinity) are resolved here, once;
-// sources write a Snapshot, reconcilers only read it. It imports no other package of
-// this module.
+// errors found in the input. Kubernetes semantics are resolved here, once, the way
+// kube-proxy resolves them: dual-stack, port names (the same port number on TCP and UDP
+// is two services), several EndpointSlices per Service, endpoint conditions and the
+// KEP-1669 terminating fallback, session affinity, the service-proxy-name label,
+// internalTrafficPolicy Local, and topology hints (trafficDistribution and the
+// topology-mode annotation, through the hints the EndpointSlice controller writes). The
+// NodePort, LoadBalancer and externalIPs fields are carried, not yet used. Sources write a
+// Snapshot, reconcilers only read it. It imports no other package of this module.
 package model
 
 import (
@@ -53,8 +57,9 @@ func (f Frontend) String() string {
 }
 
 // Backend is one endpoint address and port behind a frontend, with its EndpointSlice
-// conditions already defaulted (ready nil = true, serving nil = ready, terminating nil =
-// false).
+// conditions already defaulted as the API documents them and kube-proxy reads them
+// (ready nil = true, serving nil = true, terminating nil = false). Backend is
+// comparable: callers compare selections with ==.
 type Backend struct {
 	Addr        netip.Addr
 	Port        uint16
@@ -63,6 +68,21 @@ type Backend struct {
 	Serving     bool
 	Terminating bool
 	NodeName    string
+	// Zone is the endpoint's zone (endpoints[].zone). It is carried for display:
+	// selection does not read it, as kube-proxy does not (it reads the hints).
+	Zone string
+	// ForZones and ForNodes are the endpoint's topology hints (hints.forZones,
+	// hints.forNodes): the zones and nodes whose clients should use it. The
+	// EndpointSlice controller writes them for trafficDistribution and for the
+	// topology-mode annotation.
+	ForZones Names
+	ForNodes Names
+	// Where the endpoint is from this node's point of view (Input.NodeName and
+	// Input.NodeZone), as Build found it: Local, its NodeName is this node; ForLocalZone,
+	// ForZones names this node's zone; ForLocalNode, ForNodes names this node.
+	Local        bool
+	ForLocalZone bool
+	ForLocalNode bool
 }
 
 // AddrPort is the backend's socket address.
@@ -80,33 +100,14 @@ type Service struct {
 	L7 bool
 	// AppProtocol is how the node's Envoy reads the connections: as HTTP, or as bytes.
 	AppProtocol AppProtocol
+	// InternalTrafficPolicy is spec.internalTrafficPolicy: with PolicyLocal only the
+	// endpoints on this node take the frontend's connections (see Selected).
+	InternalTrafficPolicy TrafficPolicy
+	// External is carried for NodePort support; nothing reads it yet.
+	External External
 	// Backends holds every known endpoint for this frontend, sorted by address and port,
 	// whatever its conditions. Selected says which of them take new connections.
 	Backends []Backend
-}
-
-// Selected returns the backends that take new connections, following KEP-1669: the ready
-// ones; when none is ready, the ones that are serving and terminating; else none.
-func (s *Service) Selected() []Backend { return s.AppendSelected(nil) }
-
-// AppendSelected appends Selected() to dst, in Backends order, without allocating when
-// dst has room: for callers that compare selections of many services.
-func (s *Service) AppendSelected(dst []Backend) []Backend {
-	n := len(dst)
-	for _, b := range s.Backends {
-		if b.Ready {
-			dst = append(dst, b)
-		}
-	}
-	if len(dst) > n {
-		return dst
-	}
-	for _, b := range s.Backends {
-		if b.Serving && b.Terminating {
-			dst = append(dst, b)
-		}
-	}
-	return dst
 }
 
 // AppProtocol is a service port's application protocol, as far as the proxy cares.

@@ -35,6 +35,9 @@ const (
 	ReasonInvalidAnnotation   = "invalid_annotation"
 	ReasonDuplicateObject     = "duplicate_object"
 	ReasonDuplicateFrontend   = "duplicate_frontend"
+	// ReasonInvalidExternalAddress is an externalIP, load balancer IP or source range
+	// that is not an address or CIDR (carried for NodePort support, see External).
+	ReasonInvalidExternalAddress = "invalid_external_address"
 )
 
 // Session affinity bounds, as the Kubernetes API server enforces them. The maximum is

@@ -240,3 +240,17 @@ func TestContestedFrontendStaysWithItsHolder(t *testing.T) {
 		}
 	})
 }
+
+// A Service meant for another proxy is neither programmed, nor validated, nor does it
+// make its slices "unknown".
+func TestAnotherProxysServiceIsNotOurs(t *testing.T) {
+	var s Store
+	other := strings.Replace(serviceYAML("web", "10.96.0.999"), "metadata:\n  name: web\n",
+		"metadata:\n  name: web\n  labels: {service.kubernetes.io/service-proxy-name: other}\n", 1)
+	replaceDocs(t, &s, other, sliceYAML("web-1", "web", "10.0.1.1"))
+	snap := s.Snapshot()
+	if len(snap.Services) != 0 {
+		t.Errorf("another proxy's Service was programmed: %d frontends", len(snap.Services))
+	}
+	wantErrors(t, snap)
+}

@@ -36,6 +36,23 @@ type Store struct {
 	// start, from what the previous agent programmed).
 	holders map[model.Frontend]model.ServiceName
 	errs    []model.ObjectError // errors of the current input
+	node    Node
+}
+
+// Node is what the model needs to know of the node the agent runs on.
+type Node struct {
+	Name string // matched against endpoints' nodeName (internalTrafficPolicy Local, hints)
+	Zone string // its topology.kubernetes.io/zone label (topology hints)
+	// ProxyName is the service.kubernetes.io/service-proxy-name this agent answers to;
+	// empty: only Services without that label are ours, as for kube-proxy.
+	ProxyName string
+}
+
+// SetNode tells the Store which node it builds for; the next Snapshot uses it.
+func (s *Store) SetNode(n Node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.node = n
 }
 
 type objectKey struct{ namespace, name string }
@@ -59,11 +76,21 @@ func (s *Store) Replace(d Decoded) []model.ObjectError {
 			r.typos[k] = append(r.typos[k], rej.Kind)
 		}
 	}
-	s.services = replaceKind(&r, s.services, d.Services, model.KindService,
+	// A Service meant for another proxy is not ours to validate or report.
+	ours := slices.DeleteFunc(slices.Clone(d.Services), func(svc *corev1.Service) bool {
+		return svc != nil && !model.ProxiedBy(svc, s.node.ProxyName)
+	})
+	s.services = replaceKind(&r, s.services, ours, model.KindService,
 		func(o *corev1.Service) *metav1.ObjectMeta { return &o.ObjectMeta }, model.ValidateService)
 	s.rejectedServices = map[model.ServiceName]bool{}
 	for k := range r.unusable {
 		s.rejectedServices[model.ServiceName{Namespace: k.namespace, Name: k.name}] = true
+	}
+	for _, svc := range d.Services {
+		if svc != nil && !model.ProxiedBy(svc, s.node.ProxyName) {
+			// Another proxy's: its slices are not "unknown" either.
+			s.rejectedServices[model.ServiceName{Namespace: svc.Namespace, Name: svc.Name}] = true
+		}
 	}
 	s.slices = replaceKind(&r, s.slices, d.Slices, model.KindEndpointSlice,
 		func(o *discoveryv1.EndpointSlice) *metav1.ObjectMeta { return &o.ObjectMeta }, model.ValidateEndpointSlice)
@@ -240,7 +267,8 @@ func (s *Store) Snapshot() *model.Snapshot {
 	s.mu.Lock()
 	in := model.Input{Services: values(s.services), EndpointSlices: values(s.slices),
 		Pods: values(s.pods), Policies: values(s.policies),
-		RejectedServices: maps.Clone(s.rejectedServices), Holders: maps.Clone(s.holders)}
+		RejectedServices: maps.Clone(s.rejectedServices), Holders: maps.Clone(s.holders),
+		NodeName: s.node.Name, NodeZone: s.node.Zone, ProxyName: s.node.ProxyName}
 	errs := slices.Clone(s.errs)
 	s.mu.Unlock()
 	// Build runs unlocked: stored objects are never modified, and a large Build must not

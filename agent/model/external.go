@@ -1,0 +1,134 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// External is how a frontend's Service port is reached from outside the cluster
+// network. It is carried for NodePort support: Build fills it in, nothing programs it
+// yet. Fields are read as kube-proxy reads them (pkg/proxy/serviceport.go): addresses
+// and ranges are those of the frontend's family, in the Service's order.
+type External struct {
+	// NodePort is spec.ports[].nodePort; 0 for none.
+	NodePort uint16
+	// ExternalIPs is spec.externalIPs.
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are the status.loadBalancer.ingress[].ip addresses in VIP mode
+	// (ipMode unset or VIP); Proxy-mode and hostname-only entries are left out.
+	LoadBalancerIPs []netip.Addr
+	// SourceRanges is spec.loadBalancerSourceRanges, masked; empty when it is empty or
+	// holds a /0, both meaning every source is allowed.
+	SourceRanges []netip.Prefix
+	// TrafficPolicy is spec.externalTrafficPolicy; Local only for a Service reachable
+	// from outside (NodePort, LoadBalancer, or ClusterIP with externalIPs).
+	TrafficPolicy TrafficPolicy
+	// HealthCheckNodePort is spec.healthCheckNodePort of a LoadBalancer Service whose
+	// TrafficPolicy is Local; else 0.
+	HealthCheckNodePort uint16
+}
+
+// externalSpec is a Service's external fields read once, for every frontend.
+type externalSpec struct {
+	ips, lbIPs   []netip.Addr
+	ranges       []netip.Prefix
+	policy       TrafficPolicy
+	healthCheck  uint16
+	nodePortByIx []uint16 // by spec.ports index
+}
+
+// readExternal reads the Service's external fields and reports, once, those that cannot
+// be read (the API server would not have accepted them); they are left out.
+func (b *builder) readExternal(svc *corev1.Service, report func(reason, msg string) ObjectError) externalSpec {
+	var e externalSpec
+	spec := &svc.Spec
+	for i, p := range spec.Ports {
+		np := uint16(0)
+		if p.NodePort < 0 || p.NodePort > 65535 {
+			b.report(report(ReasonInvalidPort, fmt.Sprintf(
+				"spec.ports[%d].nodePort %d is outside 1..65535; it is left out", i, p.NodePort)))
+		} else {
+			np = uint16(p.NodePort)
+		}
+		e.nodePortByIx = append(e.nodePortByIx, np)
+	}
+	for i, s := range spec.ExternalIPs {
+		if ip, ok := b.readExternalAddr(s, fmt.Sprintf("spec.externalIPs[%d]", i), report); ok {
+			e.ips = append(e.ips, ip)
+		}
+	}
+	for i, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" || deref(ing.IPMode, corev1.LoadBalancerIPModeVIP) != corev1.LoadBalancerIPModeVIP {
+			continue // a hostname, or a load balancer that proxies rather than forwards
+		}
+		if ip, ok := b.readExternalAddr(ing.IP, fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), report); ok {
+			e.lbIPs = append(e.lbIPs, ip)
+		}
+	}
+	for i, s := range spec.LoadBalancerSourceRanges {
+		// The API's validation lets whitespace around a range through; kube-proxy trims it.
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || p.Addr().Zone() != "" {
+			b.report(report(ReasonInvalidExternalAddress, fmt.Sprintf(
+				"spec.loadBalancerSourceRanges[%d] %q is not a CIDR; it is left out", i, clip(s))))
+			continue
+		}
+		e.ranges = append(e.ranges, p.Masked())
+	}
+	reachable := spec.Type == corev1.ServiceTypeNodePort || spec.Type == corev1.ServiceTypeLoadBalancer ||
+		(spec.Type == corev1.ServiceTypeClusterIP || spec.Type == "") && len(spec.ExternalIPs) > 0
+	if reachable && spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+		e.policy = PolicyLocal
+	}
+	if spec.Type == corev1.ServiceTypeLoadBalancer && e.policy == PolicyLocal {
+		if spec.HealthCheckNodePort < 0 || spec.HealthCheckNodePort > 65535 {
+			b.report(report(ReasonInvalidPort, fmt.Sprintf(
+				"spec.healthCheckNodePort %d is outside 1..65535; it is left out", spec.HealthCheckNodePort)))
+		} else {
+			e.healthCheck = uint16(spec.HealthCheckNodePort)
+		}
+	}
+	return e
+}
+
+func (b *builder) readExternalAddr(s, field string, report func(reason, msg string) ObjectError) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Zone() != "" {
+		b.report(report(ReasonInvalidExternalAddress, fmt.Sprintf("%s %q is not an IP address; it is left out", field, clip(s))))
+		return netip.Addr{}, false
+	}
+	return ip, true
+}
+
+// forFrontend is what frontend fe, of spec.ports[portIx], carries: the addresses and
+// ranges of its family.
+func (e *externalSpec) forFrontend(fe Frontend, portIx int) External {
+	sameFamily := func(a netip.Addr) bool { return a.Is4() == fe.Addr.Is4() }
+	ranges := filter(e.ranges, func(p netip.Prefix) bool { return sameFamily(p.Addr()) })
+	if slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Bits() == 0 }) {
+		ranges = nil // a /0 allows every source, as no range at all does
+	}
+	return External{
+		NodePort:            e.nodePortByIx[portIx],
+		ExternalIPs:         filter(e.ips, sameFamily),
+		LoadBalancerIPs:     filter(e.lbIPs, sameFamily),
+		SourceRanges:        ranges,
+		TrafficPolicy:       e.policy,
+		HealthCheckNodePort: e.healthCheck,
+	}
+}
+
+// filter returns the elements keep accepts, in a new slice; nil when there are none.
+func filter[T any](in []T, keep func(T) bool) []T {
+	var out []T
+	for _, v := range in {
+		if keep(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -1,0 +1,131 @@
+package model
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// TestExternalFieldsCarried pins what is carried for NodePort support, read as
+// kube-proxy reads it: per frontend, the addresses and ranges of its family.
+func TestExternalFieldsCarried(t *testing.T) {
+	addrs := func(ss ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, s := range ss {
+			out = append(out, netip.MustParseAddr(s))
+		}
+		return out
+	}
+	prefixes := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	lb := func() *corev1.Service {
+		s := service("web", []string{"10.96.0.10", "fd00::10"},
+			corev1.ServicePort{Name: "http", Port: 80, NodePort: 30080}, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, NodePort: 30053})
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+		s.Spec.ExternalIPs = []string{"192.0.2.1", "2001:db8::1", "192.0.2.2"}
+		s.Spec.LoadBalancerSourceRanges = []string{" 198.51.100.7/24 ", "::/0"}
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		s.Spec.HealthCheckNodePort = 32000
+		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{
+			{IP: "203.0.113.1"},
+			{IP: "203.0.113.2", IPMode: ptr(corev1.LoadBalancerIPModeProxy)},
+			{Hostname: "lb.example.com"},
+			{IP: "2001:db8::100", IPMode: ptr(corev1.LoadBalancerIPModeVIP)},
+		}
+		return s
+	}
+	tests := []struct {
+		name     string
+		svc      *corev1.Service
+		want     map[string]External
+		wantErrs []string
+	}{
+		{
+			name: "LoadBalancer, dual-stack, externalTrafficPolicy Local",
+			svc:  lb(),
+			want: map[string]External{
+				"10.96.0.10:80/TCP": {NodePort: 30080, ExternalIPs: addrs("192.0.2.1", "192.0.2.2"), LoadBalancerIPs: addrs("203.0.113.1"),
+					SourceRanges: prefixes("198.51.100.0/24"), TrafficPolicy: PolicyLocal, HealthCheckNodePort: 32000},
+				"10.96.0.10:53/UDP": {NodePort: 30053, ExternalIPs: addrs("192.0.2.1", "192.0.2.2"), LoadBalancerIPs: addrs("203.0.113.1"),
+					SourceRanges: prefixes("198.51.100.0/24"), TrafficPolicy: PolicyLocal, HealthCheckNodePort: 32000},
+				// ::/0 allows every IPv6 source: no ranges.
+				"[fd00::10]:80/TCP": {NodePort: 30080, ExternalIPs: addrs("2001:db8::1"), LoadBalancerIPs: addrs("2001:db8::100"),
+					TrafficPolicy: PolicyLocal, HealthCheckNodePort: 32000},
+				"[fd00::10]:53/UDP": {NodePort: 30053, ExternalIPs: addrs("2001:db8::1"), LoadBalancerIPs: addrs("2001:db8::100"),
+					TrafficPolicy: PolicyLocal, HealthCheckNodePort: 32000},
+			},
+		},
+		{
+			name: "NodePort with externalTrafficPolicy Local: no health check port",
+			svc: func() *corev1.Service {
+				s := service("web", []string{"10.96.0.10"}, corev1.ServicePort{Port: 80, NodePort: 30080})
+				s.Spec.Type = corev1.ServiceTypeNodePort
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+				s.Spec.HealthCheckNodePort = 32000
+				return s
+			}(),
+			want: map[string]External{"10.96.0.10:80/TCP": {NodePort: 30080, TrafficPolicy: PolicyLocal}},
+		},
+		{
+			name: "ClusterIP: externalTrafficPolicy Local only with externalIPs",
+			svc: func() *corev1.Service {
+				s := service("web", []string{"10.96.0.10"}, sport("", 80, ""))
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+				return s
+			}(),
+			want: map[string]External{"10.96.0.10:80/TCP": {}},
+		},
+		{
+			name: "ClusterIP with externalIPs and externalTrafficPolicy Local",
+			svc: func() *corev1.Service {
+				s := service("web", []string{"10.96.0.10"}, sport("", 80, ""))
+				s.Spec.ExternalIPs = []string{"192.0.2.1"}
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+				return s
+			}(),
+			want: map[string]External{"10.96.0.10:80/TCP": {ExternalIPs: addrs("192.0.2.1"), TrafficPolicy: PolicyLocal}},
+		},
+		{
+			name: "unreadable values are reported once and left out",
+			svc: func() *corev1.Service {
+				s := service("web", []string{"10.96.0.10", "fd00::10"}, corev1.ServicePort{Port: 80, NodePort: 70000})
+				s.Spec.Type = corev1.ServiceTypeLoadBalancer
+				s.Spec.ExternalIPs = []string{"not-an-ip", "192.0.2.1"}
+				s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/33"}
+				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+				s.Spec.HealthCheckNodePort = -1
+				return s
+			}(),
+			want: map[string]External{
+				"10.96.0.10:80/TCP": {ExternalIPs: addrs("192.0.2.1"), TrafficPolicy: PolicyLocal},
+				"[fd00::10]:80/TCP": {TrafficPolicy: PolicyLocal},
+			},
+			wantErrs: []string{
+				"Service default/web invalid_external_address", "Service default/web invalid_external_address",
+				"Service default/web invalid_port", "Service default/web invalid_port",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := Build([]*corev1.Service{tt.svc}, nil)
+			got := map[string]External{}
+			for fe, svc := range snap.Services {
+				got[fe.String()] = svc.External
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("External:\n got %+v\nwant %+v", got, tt.want)
+			}
+			if got := errorKeys(snap.Errors); !reflect.DeepEqual(got, append([]string{}, tt.wantErrs...)) {
+				t.Errorf("errors = %v, want %v (%v)", got, tt.wantErrs, snap.Errors)
+			}
+		})
+	}
+}
