@@ -40,7 +40,11 @@ type Agent struct {
 	pending   *source.Update
 	wake      chan struct{}
 	prevErrs  []model.ObjectError
+	events    reporter // nil: the source posts no Kubernetes Events
 }
+
+// reporter is a source that tells the API server about rejected objects (Events).
+type reporter interface{ Report([]model.ObjectError) }
 
 // Run starts the agent and blocks until ctx is done. Stopping leaves the programs attached
 // and the maps pinned: services keep working until `sockmesh cleanup`.
@@ -85,6 +89,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	src, err := newSource(cfg, log, a.offer)
 	if err != nil {
 		return err
+	}
+	a.events, _ = src.(reporter)
+	if p, ok := src.(interface{ Preflight(context.Context) error }); ok {
+		if err := p.Preflight(ctx); err != nil {
+			return err
+		}
 	}
 
 	dp, err := bpf.Load(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
@@ -188,8 +198,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	// A newcomer must not take a frontend the previous run programmed for another Service.
 	src.Store().SeedHolders(holders(a.writer.Programmed()))
+	src.Store().SetNode(source.Node{Name: cfg.NodeName})
 	srcErr := make(chan error, 1)
-	wg.Go(func() { srcErr <- src.Run(ctx) })
+	wg.Go(func() {
+		err := src.Run(ctx)
+		srcErr <- err
+		cancel() // a source that stops (e.g. a missing permission) stops the agent
+	})
 	a.loop(ctx)
 	cancel()
 	if err := <-srcErr; err != nil && !errors.Is(err, context.Canceled) {
@@ -329,6 +344,9 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 	a.metrics.observePolicies(snap)
 	errs := slices.Concat(snap.Errors, res.Errors, xdsErrs)
 	a.logNewErrors(errs)
+	if a.events != nil {
+		a.events.Report(errs)
+	}
 	a.metrics.observeErrors(a.prevErrs, errs)
 	a.prevErrs = errs
 

@@ -42,7 +42,7 @@ func newSource(cfg Config, log *slog.Logger, deliver func(source.Update)) (input
 	if err != nil {
 		return nil, fmt.Errorf("--source kubernetes: %w", err)
 	}
-	return &source.Kubernetes{Client: client, Dynamic: dyn, Log: log, OnUpdate: deliver}, nil
+	return &source.Kubernetes{Client: client, Dynamic: dyn, Log: log, OnUpdate: deliver, NodeName: cfg.NodeName}, nil
 }
 
 // restConfig finds the API server: --kubeconfig, else $KUBECONFIG, else the in-cluster

@@ -3,14 +3,15 @@ package source
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -37,10 +38,17 @@ const DefaultMinSync = 100 * time.Millisecond
 // queue turns them into one Replace of everything the informers hold (the full-build
 // path), so an API server outage or a watch expiry changes nothing: the informers keep
 // their last lists and relist on their own when the server is back.
+//
+// Before it starts the informers, Run checks that the API server grants every permission
+// it will use (see requiredPermissions) and fails naming the missing ones. While it runs,
+// Report posts a Warning Event for each object the agent rejects or cannot program.
 type Kubernetes struct {
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface // nil: no AuthorizationPolicies
 	Log     *slog.Logger
+	// NodeName is the reportingInstance of the Events the source posts. Empty: the
+	// host name.
+	NodeName string
 	// OnUpdate gets an Update after the first full list and after each batch of changes.
 	OnUpdate func(Update)
 	// MinSync is the batching delay. Zero means DefaultMinSync.
@@ -48,22 +56,55 @@ type Kubernetes struct {
 	// Resync is how often the informers re-deliver everything. Zero: never.
 	Resync time.Duration
 
-	store Store
+	store  Store
+	events eventReporter
 }
 
 // Store is the source's object store, e.g. to seed the frontends' holders before Run.
 func (k *Kubernetes) Store() *Store { return &k.store }
 
+// Preflight checks the agent's permissions once, before the agent touches the
+// datapath, so a missing permission fails the start with nothing changed. An API server
+// that cannot be reached is not an error here: Run keeps trying, while the pinned
+// datapath keeps serving.
+func (k *Kubernetes) Preflight(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	servesPolicies := k.Dynamic != nil && k.policiesServed() == nil
+	err := checkPermissions(ctx, k.Client, requiredPermissions(servesPolicies))
+	var missing *MissingPermissionsError
+	switch {
+	case errors.As(err, &missing):
+		return err
+	case apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err):
+		return fmt.Errorf("--source kubernetes: the API server refused the agent's credentials: %w", err)
+	}
+	return nil
+}
+
 // syncKey is the work queue's only key: every change leads to one full pass.
 const syncKey = "sync"
 
-// Run starts the informers, waits for their first lists and delivers an Update after
-// each batch of changes, until ctx is done. Until the lists are in, nothing is
-// delivered: the datapath keeps what it has.
+// Run checks the agent's permissions, starts the informers, waits for their first
+// lists and delivers an Update after each batch of changes, until ctx is done. Until the
+// lists are in, nothing is delivered: the datapath keeps what it has. A missing
+// permission ends Run at once with a *MissingPermissionsError naming each one.
 func (k *Kubernetes) Run(ctx context.Context) error {
 	log := k.Log
 	if log == nil {
 		log = slog.Default()
+	}
+	servesPolicies := false
+	if k.Dynamic != nil {
+		if err := k.policiesServed(); err != nil {
+			log.Warn("AuthorizationPolicies are not read: "+err.Error(), "resource", AuthorizationPolicies.String())
+		} else {
+			servesPolicies = true
+		}
+	}
+	k.deliverNoInput("checking the agent's permissions on the API server")
+	if err := waitForPermissions(ctx, log, k.Client, requiredPermissions(servesPolicies)); err != nil {
+		return err
 	}
 	factory := informers.NewSharedInformerFactory(k.Client, k.Resync)
 	services := factory.Core().V1().Services()
@@ -86,22 +127,23 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		synced = append(synced, inf.HasSynced)
 	}
 	var policies cache.GenericLister
-	if k.Dynamic != nil {
-		if err := k.policiesServed(ctx); err != nil {
-			log.Warn("AuthorizationPolicies are not read: "+err.Error(), "resource", AuthorizationPolicies.String())
-		} else {
-			dyn := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, k.Resync)
-			inf := dyn.ForResource(AuthorizationPolicies)
-			if _, err := inf.Informer().AddEventHandler(dirty); err != nil {
-				return err
-			}
-			synced = append(synced, inf.Informer().HasSynced)
-			policies = inf.Lister()
-			dyn.Start(ctx.Done())
+	caches := objectCaches{services: services.Informer().GetStore(), slices: slices.Informer().GetStore(), pods: pods.Informer().GetStore()}
+	if servesPolicies {
+		dyn := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, k.Resync)
+		inf := dyn.ForResource(AuthorizationPolicies)
+		if _, err := inf.Informer().AddEventHandler(dirty); err != nil {
+			return err
 		}
+		synced = append(synced, inf.Informer().HasSynced)
+		policies = inf.Lister()
+		caches.policies = inf.Informer().GetStore()
+		dyn.Start(ctx.Done())
+		defer dyn.Shutdown()
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	k.events.start(k.Client, k.reportingInstance(), caches)
+	defer k.events.stop()
 
 	k.deliverNoInput("waiting for the API server's first lists")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
@@ -134,12 +176,32 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 
 // policiesServed says whether the API server serves AuthorizationPolicies (their CRD is
 // installed); without it there are none to enforce, which is a warning, not a failure.
-func (k *Kubernetes) policiesServed(ctx context.Context) error {
-	_, err := k.Dynamic.Resource(AuthorizationPolicies).List(ctx, metav1ListOne)
+// It asks discovery, which every authenticated user may read, so the answer does not
+// depend on the agent's permissions.
+func (k *Kubernetes) policiesServed() error {
+	notServed := fmt.Errorf("the API server does not serve %s (is Istio's CRD installed?)", AuthorizationPolicies.GroupResource())
+	list, err := k.Client.Discovery().ServerResourcesForGroupVersion(AuthorizationPolicies.GroupVersion().String())
 	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("the API server does not serve %s (is Istio's CRD installed?)", AuthorizationPolicies.GroupResource())
+		return notServed
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	for _, r := range list.APIResources {
+		if r.Name == AuthorizationPolicies.Resource {
+			return nil
+		}
+	}
+	return notServed
+}
+
+// reportingInstance is NodeName, else the host name.
+func (k *Kubernetes) reportingInstance() string {
+	if k.NodeName != "" {
+		return k.NodeName
+	}
+	host, _ := os.Hostname()
+	return host
 }
 
 func (k *Kubernetes) deliverNoInput(why string) {
@@ -193,6 +255,3 @@ func (k *Kubernetes) list(services func(labels.Selector) ([]*corev1.Service, err
 	}
 	return d, nil
 }
-
-// metav1ListOne asks for at most one object: enough to learn whether a resource exists.
-var metav1ListOne = metav1.ListOptions{Limit: 1}

@@ -28,6 +28,8 @@ func TestKubernetesSourceFollowsTheAPI(t *testing.T) {
 			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},
 		slice("web-1", "10.0.1.1"),
 	)
+	grant(client, nil)
+	servePolicies(client)
 	scheme := runtime.NewScheme()
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
 		map[schema.GroupVersionResource]string{AuthorizationPolicies: "AuthorizationPolicyList"},
