@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -126,6 +128,14 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		}
 		synced = append(synced, inf.HasSynced)
 	}
+	// This node only: its zone label decides topology hints.
+	nodes := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + k.NodeName }))
+	node := nodes.Core().V1().Nodes()
+	if _, err := node.Informer().AddEventHandler(dirty); err != nil {
+		return err
+	}
+	synced = append(synced, node.Informer().HasSynced)
 	var policies cache.GenericLister
 	caches := objectCaches{services: services.Informer().GetStore(), slices: slices.Informer().GetStore(), pods: pods.Informer().GetStore()}
 	if servesPolicies {
@@ -142,6 +152,8 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	nodes.Start(ctx.Done())
+	defer nodes.Shutdown()
 	k.events.start(k.Client, k.reportingInstance(), caches)
 	defer k.events.stop()
 
@@ -165,6 +177,7 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 			queue.AddRateLimited(key)
 		} else {
 			queue.Forget(key)
+			k.store.setZone(nodeZone(node.Lister(), k.NodeName))
 			k.store.Replace(d)
 			if k.OnUpdate != nil {
 				k.OnUpdate(Update{Snapshot: k.store.Snapshot()})
@@ -254,4 +267,17 @@ func (k *Kubernetes) list(services func(labels.Selector) ([]*corev1.Service, err
 		d.Policies = append(d.Policies, p)
 	}
 	return d, nil
+}
+
+// nodeZone is the node's topology.kubernetes.io/zone label ("" without the Node or the
+// label: then no zone hint applies, as for kube-proxy).
+func nodeZone(nodes corelisters.NodeLister, name string) string {
+	if name == "" {
+		return ""
+	}
+	n, err := nodes.Get(name)
+	if err != nil {
+		return ""
+	}
+	return n.Labels[corev1.LabelTopologyZone]
 }

@@ -35,11 +35,11 @@ func (p Permission) String() string {
 }
 
 // requiredPermissions is what the source uses: list and watch for each informer
-// (Services, EndpointSlices, Pods, and AuthorizationPolicies when the API server serves
+// (Services, EndpointSlices, Pods, this Node, and AuthorizationPolicies when the API server serves
 // them), and create and patch on core/v1 Events (the recorder patches an event it
 // aggregates).
 func requiredPermissions(policies bool) []Permission {
-	watched := []Permission{{Resource: "services"}, {Group: "discovery.k8s.io", Resource: "endpointslices"}, {Resource: "pods"}}
+	watched := []Permission{{Resource: "services"}, {Group: "discovery.k8s.io", Resource: "endpointslices"}, {Resource: "pods"}, {Resource: "nodes"}}
 	if policies {
 		watched = append(watched, Permission{Group: AuthorizationPolicies.Group, Resource: AuthorizationPolicies.Resource})
 	}

@@ -142,7 +142,7 @@ func TestRequiredPermissions(t *testing.T) {
 		got = append(got, p.String())
 	}
 	want := "list services, watch services, list endpointslices.discovery.k8s.io, watch endpointslices.discovery.k8s.io, " +
-		"list pods, watch pods, list authorizationpolicies.security.istio.io, watch authorizationpolicies.security.istio.io, " +
+		"list pods, watch pods, list nodes, watch nodes, list authorizationpolicies.security.istio.io, watch authorizationpolicies.security.istio.io, " +
 		"create events, patch events"
 	if s := strings.Join(got, ", "); s != want {
 		t.Errorf("requiredPermissions(true) = %s\nwant %s", s, want)

@@ -48,6 +48,13 @@ type Node struct {
 	ProxyName string
 }
 
+// setZone updates the node's zone alone, as the Node object says.
+func (s *Store) setZone(zone string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.node.Zone = zone
+}
+
 // SetNode tells the Store which node it builds for; the next Snapshot uses it.
 func (s *Store) SetNode(n Node) {
 	s.mu.Lock()
