@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/sockops"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
@@ -68,7 +68,7 @@ func TestReattachUpdatesLinksInPlaceAndCleanupDetaches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg, err := demo.NewCgroup(root, filepath.Base(dir))
+	cg, err := netlab.NewCgroup(root, filepath.Base(dir))
 	if err != nil {
 		t.Fatal(err)
 	}

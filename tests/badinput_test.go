@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -45,7 +45,7 @@ func inputErrors(t *testing.T, a *harness.Agent, kind, reason string) float64 {
 func TestBadObjectsAreNamedCountedAndIsolated(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	good := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
+	good := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
 	path := env.WriteFile(t, "svc.yaml", good+badObjects)
 	a := env.StartAgent(t, path)
 	client := env.Host("client")
@@ -95,7 +95,7 @@ func TestBadObjectsAreNamedCountedAndIsolated(t *testing.T) {
 func TestFullServiceMapRejectsTheRestAndKeepsServing(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	path := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	path := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
 	// Four frontends (v4/v6 × TCP/UDP) into room for two: the IPv4 ones sort first.
 	a := env.StartAgent(t, path, "--max-services", "2")
 	log := a.WaitLog(t, "map_full", "[fd00:96::10]:80/TCP", "--max-services")

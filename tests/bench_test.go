@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -28,14 +28,14 @@ func benchEnv(b *testing.B) (*harness.Env, netip.AddrPort) {
 	env := harness.NewEnv(b, "backend-1")
 	env.StartBackends(b, "backend-1")
 	// One backend, so the ClusterIP and the direct path end at the same server.
-	return env, netip.AddrPortFrom(env.Host("backend-1").IPv4, demo.BackendTCPPort)
+	return env, netip.AddrPortFrom(env.Host("backend-1").IPv4, netlab.BackendTCPPort)
 }
 
 func pct(a, base time.Duration) float64 { return 100 * (float64(a) - float64(base)) / float64(base) }
 
 func BenchmarkSocketLBConnectVsDirect(b *testing.B) {
 	env, direct := benchEnv(b)
-	path := env.WriteFile(b, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1")))
+	path := env.WriteFile(b, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1")))
 	env.StartAgent(b, path)
 	n := *benchRequests
 	r := env.Bench(b, env.Host("client"), []netip.AddrPort{direct, tcpTo(vip4)}, n, 20)
@@ -49,7 +49,7 @@ func BenchmarkSocketLBConnectVsDirect(b *testing.B) {
 
 func BenchmarkSocketLBServiceScale(b *testing.B) {
 	env, direct := benchEnv(b)
-	web := demo.ServiceYAML("demo", "web", env.Hosts("backend-1"))
+	web := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1"))
 	path := env.WriteFile(b, "svc.yaml", web)
 	a := env.StartAgent(b, path)
 	n := *benchRequests
@@ -141,7 +141,7 @@ func rssMB(b *testing.B, pid int) float64 {
 
 func BenchmarkAgent10kServicesStartAndRSS(b *testing.B) {
 	env, _ := benchEnv(b)
-	web := demo.ServiceYAML("demo", "web", env.Hosts("backend-1"))
+	web := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1"))
 	small := env.StartAgent(b, env.WriteFile(b, "small.yaml", web))
 	baseRSS := rssMB(b, small.PID())
 	small.Stop(b)
@@ -177,8 +177,8 @@ func BenchmarkFileEditToProgrammed(b *testing.B) {
 	env, _ := benchEnv(b)
 	for _, scale := range []int{1, 10000} {
 		filler := fillerYAML(scale-1, 2)
-		one := demo.ServiceYAML("demo", "web", env.Hosts("backend-1"))
-		two := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "client"))
+		one := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1"))
+		two := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "client"))
 		a := env.StartAgent(b, env.WriteFile(b, "svc.yaml", one+filler))
 		a.WaitMetric(b, "sockmesh_services", nil, float64(4+scale-1), 2*time.Minute)
 		a.WaitIdle(b, 300*time.Millisecond, 30*time.Second)

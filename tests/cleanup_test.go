@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -30,7 +30,7 @@ func TestHarnessLeavesNothingBehindWhenATestFailsMidway(t *testing.T) {
 	m := harness.RunMidway(t, func(m *harness.MidwayT) {
 		env = harness.NewEnv(m, "backend-1")
 		env.StartBackends(m, "backend-1")
-		path := env.WriteFile(m, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1")))
+		path := env.WriteFile(m, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1")))
 		env.StartAgent(m, path)
 		env.Hold(m, env.Host("client"), tcpTo(vip4))
 		var err error
@@ -46,7 +46,7 @@ func TestHarnessLeavesNothingBehindWhenATestFailsMidway(t *testing.T) {
 	if linksWhileRunning != len(bpf.ProgramNames()) {
 		t.Fatalf("%d links on the test cgroup while running, want %d (the check below would prove nothing)", linksWhileRunning, len(bpf.ProgramNames()))
 	}
-	for _, h := range append(env.Hosts("client", "backend-1"), &demo.Host{NetNS: "/run/netns/" + env.Prefix + "-sw"}) {
+	for _, h := range append(env.Hosts("client", "backend-1"), &netlab.Host{NetNS: "/run/netns/" + env.Prefix + "-sw"}) {
 		if _, err := os.Stat(h.NetNS); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("network namespace %s left behind (%v)", h.NetNS, err)
 		}

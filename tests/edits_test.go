@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -43,12 +43,12 @@ func backendsSeen(res harness.ClientResult) map[string]int {
 func TestYAMLEditsAddRemoveAndDelete(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2", "backend-3")
 	backends := env.StartBackends(t, "backend-1", "backend-2", "backend-3")
-	path := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	path := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
 	env.StartAgent(t, path)
 	client := env.Host("client")
 
 	// Added backend: receives new connections.
-	env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2", "backend-3")))
+	env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2", "backend-3")))
 	took := env.WaitPinned(t, "backend-3 added", hasBackend(web4, env.Host("backend-3").IPv4))
 	t.Logf("added backend programmed %v after the file was replaced", took)
 	seen := backendsSeen(env.Run(t, client, "tcp", tcpTo(vip4), 60))
@@ -57,7 +57,7 @@ func TestYAMLEditsAddRemoveAndDelete(t *testing.T) {
 	}
 
 	// Removed backend: receives none.
-	env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-2", "backend-3")))
+	env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-2", "backend-3")))
 	took = env.WaitPinned(t, "backend-1 removed", not(hasBackend(web4, env.Host("backend-1").IPv4)))
 	t.Logf("removed backend unprogrammed %v after the file was replaced", took)
 	before := backends["backend-1"].AcceptCount()
@@ -77,8 +77,8 @@ func TestYAMLEditsAddRemoveAndDelete(t *testing.T) {
 	}
 }
 
-func affinityYAML(hosts []*demo.Host, timeout int) string {
-	y := demo.ServiceYAML("demo", "web", hosts)
+func affinityYAML(hosts []*netlab.Host, timeout int) string {
+	y := netlab.ServiceYAML("demo", "web", hosts)
 	return strings.Replace(y, "  type: ClusterIP\n",
 		"  type: ClusterIP\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: "+itoa(timeout)+"}}\n", 1)
 }
@@ -100,7 +100,7 @@ func TestClientIPAffinityHoldsExpiresAndFollowsRemoval(t *testing.T) {
 		pinned = b
 	}
 	// The backend it sticks to goes away: the next connections go elsewhere, and stick.
-	var rest []*demo.Host
+	var rest []*netlab.Host
 	for _, h := range all {
 		if h.Name != pinned {
 			rest = append(rest, h)
@@ -139,7 +139,7 @@ func TestClientIPAffinityHoldsExpiresAndFollowsRemoval(t *testing.T) {
 func TestEndpointWeightsSkewTheSpread(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	y := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
+	y := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
 	// backend-1 three times as likely as backend-2, on the IPv4 slice.
 	y = strings.Replace(y, "  name: web-ipv4\n", "  name: web-ipv4\n  annotations: {sockmesh.io/backend-weights: '{\""+env.Host("backend-1").IPv4.String()+"\": 3}'}\n", 1)
 	env.StartAgent(t, env.WriteFile(t, "svc.yaml", y))

@@ -11,7 +11,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -21,8 +21,8 @@ type threeNode struct {
 	name     string
 	env      *harness.Env
 	agent    *harness.Agent
-	port     int                   // this node's endpoint port in its EndpointSlice
-	backends map[int]*demo.Backend // by TCP port: every node's port listens in every env
+	port     int                     // this node's endpoint port in its EndpointSlice
+	backends map[int]*netlab.Backend // by TCP port: every node's port listens in every env
 }
 
 // Three nodes on one real API server. Each env is an isolated topology, so every env's
@@ -46,9 +46,9 @@ func TestThreeNodesLocalEndpointsAndARestartDisturbsNobody(t *testing.T) {
 	nodes := make([]*threeNode, len(names))
 	for i, n := range names {
 		env := harness.NewEnv(t, "backend-1")
-		nd := &threeNode{name: n, env: env, port: ports[i], backends: map[int]*demo.Backend{}}
+		nd := &threeNode{name: n, env: env, port: ports[i], backends: map[int]*netlab.Backend{}}
 		for j, p := range ports {
-			b, err := demo.StartBackend(env.Host("backend-1"), p, 5301+j)
+			b, err := netlab.StartBackend(env.Host("backend-1"), p, 5301+j)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,7 +64,7 @@ func TestThreeNodesLocalEndpointsAndARestartDisturbsNobody(t *testing.T) {
 	local := corev1.ServiceInternalTrafficPolicyLocal
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
 		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), InternalTrafficPolicy: &local,
-			Ports: []corev1.ServicePort{{Name: "http", Port: int32(demo.ServiceHTTPPort)}}}}
+			Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
 	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

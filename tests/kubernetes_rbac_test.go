@@ -16,10 +16,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/agent/source"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -205,7 +205,7 @@ func createWeb(t *testing.T, c kubernetes.Interface, slice *discoveryv1.Endpoint
 		t.Fatal(err)
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(demo.ServiceHTTPPort)}}}}
+		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
 	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

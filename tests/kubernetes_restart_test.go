@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -25,7 +25,7 @@ func TestAPIServerRestartDisturbsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(demo.ServiceHTTPPort)}}}}
+		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
 	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

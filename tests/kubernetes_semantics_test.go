@@ -15,8 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -151,11 +151,11 @@ func TestKubernetesSemantics(t *testing.T) {
 		ip := netip.AddrFrom4([4]byte{10, 96, 0, 27})
 		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "both", Namespace: "demo"},
 			Spec: corev1.ServiceSpec{ClusterIP: ip.String(), Ports: []corev1.ServicePort{
-				{Name: "tcp", Port: demo.DNSPort, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(demo.BackendTCPPort)},
-				{Name: "udp", Port: demo.DNSPort, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(demo.DNSPort)},
+				{Name: "tcp", Port: netlab.DNSPort, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(netlab.BackendTCPPort)},
+				{Name: "udp", Port: netlab.DNSPort, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(netlab.DNSPort)},
 			}}}
 		k.create(t, svc)
-		tcpPort, udpPort := int32(demo.BackendTCPPort), int32(demo.DNSPort)
+		tcpPort, udpPort := int32(netlab.BackendTCPPort), int32(netlab.DNSPort)
 		tcpName, udpName := "tcp", "udp"
 		tcpProto, udpProto := corev1.ProtocolTCP, corev1.ProtocolUDP
 		s := &discoveryv1.EndpointSlice{
@@ -170,10 +170,10 @@ func TestKubernetesSemantics(t *testing.T) {
 			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{env.Host(b).IPv4.String()}})
 		}
 		k.createSlice(t, s)
-		tcpFE := fmt.Sprintf("%s:%d/TCP", ip, demo.DNSPort)
-		udpFE := fmt.Sprintf("%s:%d/UDP", ip, demo.DNSPort)
+		tcpFE := fmt.Sprintf("%s:%d/TCP", ip, netlab.DNSPort)
+		udpFE := fmt.Sprintf("%s:%d/UDP", ip, netlab.DNSPort)
 		env.WaitPinned(t, "53/TCP and 53/UDP with 2 backends each", func(svcs []lbmap.ListedService) bool {
-			for fe, port := range map[string]uint16{tcpFE: demo.BackendTCPPort, udpFE: demo.DNSPort} {
+			for fe, port := range map[string]uint16{tcpFE: netlab.BackendTCPPort, udpFE: netlab.DNSPort} {
 				f, ok := harness.Frontend(svcs, fe)
 				if !ok || len(f.Backends) != 2 {
 					return false
@@ -186,15 +186,15 @@ func TestKubernetesSemantics(t *testing.T) {
 			}
 			return true
 		})
-		res := env.Run(t, client, "tcp", netip.AddrPortFrom(ip, demo.DNSPort), 20)
+		res := env.Run(t, client, "tcp", netip.AddrPortFrom(ip, netlab.DNSPort), 20)
 		if seen := backendsSeen(res); len(res.Errors) > 0 || seen["backend-1"] == 0 || seen["backend-2"] == 0 {
 			t.Fatalf("TCP to port 53: %v, errors %v", seen, res.Errors)
 		}
-		res = env.Run(t, client, "dns", netip.AddrPortFrom(ip, demo.DNSPort), 20)
+		res = env.Run(t, client, "dns", netip.AddrPortFrom(ip, netlab.DNSPort), 20)
 		dns := map[string]int{}
 		for _, a := range res.DNS {
 			dns[a.Backend]++
-			if a.From != netip.AddrPortFrom(ip, demo.DNSPort) {
+			if a.From != netip.AddrPortFrom(ip, netlab.DNSPort) {
 				t.Fatalf("DNS reply from %v, want the ClusterIP", a.From)
 			}
 		}
@@ -234,7 +234,7 @@ type semantics struct {
 	env *harness.Env
 }
 
-func tcpFE(ip netip.Addr) string { return fmt.Sprintf("%s:%d/TCP", ip, demo.ServiceHTTPPort) }
+func tcpFE(ip netip.Addr) string { return fmt.Sprintf("%s:%d/TCP", ip, netlab.ServiceHTTPPort) }
 
 // service creates demo/NAME on 10.96.0.OCTET, port http 80 → 8080, and deletes it
 // (with its slices) when the subtest ends.
@@ -243,7 +243,7 @@ func (k *semantics) service(t *testing.T, name string, octet byte, mutate func(*
 	ip := netip.AddrFrom4([4]byte{10, 96, 0, octet})
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "demo"},
 		Spec: corev1.ServiceSpec{ClusterIP: ip.String(), Ports: []corev1.ServicePort{
-			{Name: "http", Port: int32(demo.ServiceHTTPPort), TargetPort: intstr.FromInt32(demo.BackendTCPPort)}}}}
+			{Name: "http", Port: int32(netlab.ServiceHTTPPort), TargetPort: intstr.FromInt32(netlab.BackendTCPPort)}}}}
 	if mutate != nil {
 		mutate(svc)
 	}
@@ -266,7 +266,7 @@ func (k *semantics) create(t *testing.T, svc *corev1.Service) {
 
 // sliceOf is service's IPv4 slice NAME, port http 8080, over the endpoints.
 func sliceOf(service, name string, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
-	port, pname := int32(demo.BackendTCPPort), "http"
+	port, pname := int32(netlab.BackendTCPPort), "http"
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: "demo", Labels: map[string]string{discoveryv1.LabelServiceName: service}},
 		AddressType: discoveryv1.AddressTypeIPv4,

@@ -8,8 +8,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -26,7 +26,7 @@ func TestKubernetesSourceServesAServiceThroughTheClusterIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(demo.ServiceHTTPPort)}}}}
+		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
 	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestKubernetesSourceServesAServiceThroughTheClusterIP(t *testing.T) {
 
 // webSlice is web's IPv4 EndpointSlice over the named backends.
 func webSlice(env *harness.Env, backends ...string) *discoveryv1.EndpointSlice {
-	port, name := int32(demo.BackendTCPPort), "http"
+	port, name := int32(netlab.BackendTCPPort), "http"
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Namespace: "demo", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
 		AddressType: discoveryv1.AddressTypeIPv4,

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -21,12 +21,12 @@ var (
 )
 
 // l7YAML is the demo service marked L7, plus the same backends as a plain service.
-func l7YAML(backends []*demo.Host) string {
-	web := demo.ServiceYAML("demo", "web", backends)
+func l7YAML(backends []*netlab.Host) string {
+	web := netlab.ServiceYAML("demo", "web", backends)
 	web = strings.Replace(web, "metadata: {name: web, namespace: demo}", "metadata: {name: web, namespace: demo, annotations: {sockmesh.io/l7: \"true\"}}", 1)
-	plain := demo.ServiceYAML("demo", "plain", backends)
-	plain = strings.ReplaceAll(plain, demo.ClusterIPv4.String(), plain4.String())
-	plain = strings.ReplaceAll(plain, demo.ClusterIPv6.String(), plain6.String())
+	plain := netlab.ServiceYAML("demo", "plain", backends)
+	plain = strings.ReplaceAll(plain, netlab.ClusterIPv4.String(), plain4.String())
+	plain = strings.ReplaceAll(plain, netlab.ClusterIPv6.String(), plain6.String())
 	return web + "---\n" + plain
 }
 
@@ -132,7 +132,7 @@ func TestL7ServiceGoesThroughTheRelayWhichFindsTheClusterIP(t *testing.T) {
 func TestPlainServiceFromTheSameAppSkipsTheRelay(t *testing.T) {
 	env := newL7Env(t)
 	env.startRelay(t)
-	res := env.Run(t, env.Host("client"), "tcp", netip.AddrPortFrom(plain4, demo.ServiceHTTPPort), 20)
+	res := env.Run(t, env.Host("client"), "tcp", netip.AddrPortFrom(plain4, netlab.ServiceHTTPPort), 20)
 	if len(res.Errors) > 0 || len(res.TCP) != 20 {
 		t.Fatalf("plain service: %+v", res)
 	}
@@ -147,7 +147,7 @@ func TestPlainServiceFromTheSameAppSkipsTheRelay(t *testing.T) {
 // originalDstOutsideSockmesh reads SO_ORIGINAL_DST on a connection accepted in the node
 // namespace by the test process itself, which is outside the test cgroup: what the
 // kernel answers without sockmesh.
-func originalDstOutsideSockmesh(t *testing.T, node, client *demo.Host, port uint16, v6 bool) string {
+func originalDstOutsideSockmesh(t *testing.T, node, client *netlab.Host, port uint16, v6 bool) string {
 	t.Helper()
 	addr, network := node.IPv4, "tcp4"
 	if v6 {

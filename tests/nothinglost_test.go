@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -24,7 +24,7 @@ import (
 func TestRestartOnABadFileKeepsTheAdoptedState(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	good := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
+	good := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
 	path := env.WriteFile(t, "svc.yaml", good)
 	client := env.Host("client")
 	env.StartAgent(t, path).Stop(t)
@@ -70,7 +70,7 @@ func TestRestartOnABadFileKeepsTheAdoptedState(t *testing.T) {
 func TestEmptyingOrRewritingTheFileInPlaceLosesNothing(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	good := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
+	good := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
 	path := env.WriteFile(t, "svc.yaml", good)
 	client := env.Host("client")
 	a := env.StartAgent(t, path)
@@ -110,7 +110,7 @@ func webOnBackend1(t *testing.T) (env *harness.Env, path, web string) {
 }
 
 // oneBackendService is a one-port IPv4 Service: its entries are easy to count.
-func oneBackendService(name, ip string, backends ...*demo.Host) string {
+func oneBackendService(name, ip string, backends ...*netlab.Host) string {
 	var eps strings.Builder
 	for _, b := range backends {
 		fmt.Fprintf(&eps, "- addresses: [%q]\n", b.IPv4.String())
@@ -126,7 +126,7 @@ metadata: {name: %[1]s-1, namespace: demo, labels: {kubernetes.io/service-name: 
 addressType: IPv4
 ports: [{name: http, port: %[4]d}]
 endpoints:
-%[5]s`, name, ip, demo.ServiceHTTPPort, demo.BackendTCPPort, eps.String())
+%[5]s`, name, ip, netlab.ServiceHTTPPort, netlab.BackendTCPPort, eps.String())
 }
 
 // Defect 3: with the backend map full, replacing an endpoint still works (no room for
@@ -268,7 +268,7 @@ type load struct {
 	err chan error
 }
 
-func startLoad(t *testing.T, env *harness.Env, h *demo.Host, n int) *load {
+func startLoad(t *testing.T, env *harness.Env, h *netlab.Host, n int) *load {
 	l := &load{res: make(chan harness.ClientResult, 1), err: make(chan error, 1)}
 	go func() {
 		r, err := env.RunE(t, h, "tcp", tcpTo(vip4), n)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -53,7 +53,7 @@ endpoints: [{addresses: ["10.251.0.%d"], nodeName: node-2}]
 
 // twinAddress gives host h the twins' shared address on its loopback (iproute2 with -n
 // only enters the namespace; it never remounts /run/netns, as `ip netns add` would).
-func twinAddress(t *testing.T, h *demo.Host) {
+func twinAddress(t *testing.T, h *netlab.Host) {
 	t.Helper()
 	if out, err := exec.Command("ip", "-n", filepath.Base(h.NetNS), "addr", "add", twinAddr.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
 		t.Fatalf("ip addr add in %s: %v\n%s", h.Name, err, out)

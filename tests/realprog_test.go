@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -113,7 +113,7 @@ func newRPContent(t *testing.T) *rpContent {
 
 // rpYAML is one IPv4 service with the three programs' ports, whose only endpoint is
 // server on this node; l7 marks it for the node proxy.
-func rpYAML(vip netip.Addr, l7 bool, server *demo.Host) string {
+func rpYAML(vip netip.Addr, l7 bool, server *netlab.Host) string {
 	annotations := ""
 	if l7 {
 		annotations = `, annotations: {sockmesh.io/l7: "true"}`
@@ -147,7 +147,7 @@ endpoints:
 
 type rpEnv struct {
 	*harness.Env
-	client, server *demo.Host
+	client, server *netlab.Host
 	vip            netip.Addr
 	l7             bool
 	relay          *harness.Proc // the node proxy, on the relay path

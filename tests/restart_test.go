@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -29,7 +29,7 @@ func pinnedJSON(t *testing.T, env *harness.Env) string {
 func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2", "backend-3")
 	env.StartBackends(t, "backend-1", "backend-2", "backend-3")
-	path := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	path := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
 	client := env.Host("client")
 	first := env.StartAgent(t, path)
 	if mapOps(t, first, "update") == 0 {
@@ -76,7 +76,7 @@ func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	// Changed while down: exactly the changed entries are written on restart. One added
 	// endpoint on four frontends (TCP+UDP, v4+v6): a backend, a slot and the service's
 	// slot count each.
-	env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2", "backend-3")))
+	env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2", "backend-3")))
 	third := env.StartAgent(t, path)
 	if u, d := mapOps(t, third, "update"), mapOps(t, third, "delete"); u != 12 || d != 0 {
 		t.Fatalf("restart after adding one endpoint: %v updated, %v deleted; want 12 and 0", u, d)
@@ -92,7 +92,7 @@ func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 func TestCleanupRemovesEverythingAndRefusesWhileAnAgentRuns(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1")
 	env.StartBackends(t, "backend-1")
-	path := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1")))
+	path := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1")))
 	a := env.StartAgent(t, path)
 
 	out, err := exec.Command(harness.Binary(t), "cleanup", "--bpffs", env.BPFFS, "--cgroup", env.Cgroup.Path).CombinedOutput()

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -45,7 +45,7 @@ var (
 	everyMode = []string{"off", "auto", "on"}
 )
 
-func srYAML(backend *demo.Host) string {
+func srYAML(backend *netlab.Host) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: slowrelay, namespace: slowrelay, annotations: {sockmesh.io/l7: "true"}}
@@ -90,7 +90,7 @@ func slowRelayMode(t *testing.T, mode string) {
 	srv := env.StartProc(t, harness.SpliceRequest(backend, netip.AddrPort{},
 		harness.SpliceServerParams{Listen: []netip.AddrPort{netip.AddrPortFrom(backend.IPv4, srPort)}}))
 	to := netip.AddrPortFrom(srVIP, srPort)
-	hosts := []*demo.Host{client, node, backend}
+	hosts := []*netlab.Host{client, node, backend}
 	tcpBefore := tcpStats(t, hosts)
 	countsBefore := spliceCountsOf(t, env)
 	redirectsBefore := counter(t, env, "redirect")
@@ -226,7 +226,7 @@ func (h hostTCP) since(before hostTCP) hostTCP {
 
 // tcpStats reads each host's /proc/net/snmp from a thread inside its namespace
 // (thread-self: /proc/self/net is the main thread's namespace, not this one's).
-func tcpStats(t *testing.T, hosts []*demo.Host) hostTCP {
+func tcpStats(t *testing.T, hosts []*netlab.Host) hostTCP {
 	t.Helper()
 	out := hostTCP{}
 	for _, h := range hosts {

@@ -6,17 +6,17 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
 var (
-	vip4 = demo.ClusterIPv4
-	vip6 = demo.ClusterIPv6
+	vip4 = netlab.ClusterIPv4
+	vip6 = netlab.ClusterIPv6
 )
 
-func tcpTo(vip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(vip, demo.ServiceHTTPPort) }
-func dnsTo(vip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(vip, demo.DNSPort) }
+func tcpTo(vip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(vip, netlab.ServiceHTTPPort) }
+func dnsTo(vip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(vip, netlab.DNSPort) }
 
 // fairShare fails unless every backend got a share of n that a fair coin would give
 // with overwhelming probability (within ±4.5 standard deviations).
@@ -68,7 +68,7 @@ func sqrt(x float64) float64 {
 func TestTCPToClusterIPReachesBackendsFairlyOnBothFamilies(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	yaml := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	yaml := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
 	env.StartAgent(t, yaml)
 
 	client := env.Host("client")
@@ -91,7 +91,7 @@ func TestNoClusterIPRouteMeansUntranslatedTrafficCannotLeave(t *testing.T) {
 
 func TestServiceWithoutBackendsIsRefusedFast(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1")
-	yaml := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", nil))
+	yaml := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", nil))
 	env.StartAgent(t, yaml)
 	res := env.Run(t, env.Host("client"), "tcp", tcpTo(vip4), 3)
 	if len(res.Errors) != 3 {

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/sockops"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
@@ -37,11 +37,11 @@ const (
 
 type spliceEnv struct {
 	*harness.Env
-	client, server, remote *demo.Host
+	client, server, remote *netlab.Host
 }
 
 // spliceYAML makes server's addresses local to this node and remote's not.
-func spliceYAML(server, remote *demo.Host) string {
+func spliceYAML(server, remote *netlab.Host) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `apiVersion: v1
 kind: Service
@@ -55,7 +55,7 @@ spec:
   ports: [{name: tcp, port: %d, protocol: TCP}]
 `, splicePort)
 	for _, fam := range []string{"IPv4", "IPv6"} {
-		addr := func(h *demo.Host) netip.Addr {
+		addr := func(h *netlab.Host) netip.Addr {
 			if fam == "IPv6" {
 				return h.IPv6
 			}
@@ -119,7 +119,7 @@ func (e *spliceEnv) localAddrs(t *testing.T) map[netip.Addr]bool {
 	}
 	defer maps.Close()
 	out := map[netip.Addr]bool{}
-	for _, h := range []*demo.Host{e.server, e.remote} {
+	for _, h := range []*netlab.Host{e.server, e.remote} {
 		for _, a := range []netip.Addr{h.IPv4, h.IPv6} {
 			k, fam := bpf.AddrFrom(a)
 			var v uint8
@@ -132,7 +132,7 @@ func (e *spliceEnv) localAddrs(t *testing.T) map[netip.Addr]bool {
 }
 
 // startServer runs splice-server in h on h's addresses (or the given ones).
-func (e *spliceEnv) startServer(t *testing.T, h *demo.Host, listen []netip.AddrPort) *harness.Proc {
+func (e *spliceEnv) startServer(t *testing.T, h *netlab.Host, listen []netip.AddrPort) *harness.Proc {
 	t.Helper()
 	if listen == nil {
 		listen = spliceAddrs(h, splicePort)
@@ -141,7 +141,7 @@ func (e *spliceEnv) startServer(t *testing.T, h *demo.Host, listen []netip.AddrP
 }
 
 // run runs scenario p's client end in h against to and decodes its output into out.
-func (e *spliceEnv) run(t *testing.T, h *demo.Host, to netip.AddrPort, timeout time.Duration, out any, p harness.SpliceOp) {
+func (e *spliceEnv) run(t *testing.T, h *netlab.Host, to netip.AddrPort, timeout time.Duration, out any, p harness.SpliceOp) {
 	t.Helper()
 	runSplice(t, e.Env, h, to, timeout, out, p)
 }
@@ -150,7 +150,7 @@ func (e *spliceEnv) run(t *testing.T, h *demo.Host, to netip.AddrPort, timeout t
 // out. The child bounds every socket operation itself; the timeout here only turns a
 // hang the child could not catch into a failure (the env's cleanup then kills the
 // child).
-func runSplice(t *testing.T, env *harness.Env, h *demo.Host, to netip.AddrPort, timeout time.Duration, out any, p harness.SpliceOp) {
+func runSplice(t *testing.T, env *harness.Env, h *netlab.Host, to netip.AddrPort, timeout time.Duration, out any, p harness.SpliceOp) {
 	t.Helper()
 	type result struct {
 		out []byte
@@ -248,7 +248,7 @@ func requireSpliced(t *testing.T, d spliceCounts, pairs uint64, payload int64) {
 	}
 }
 
-func spliceAddrs(h *demo.Host, port uint16) []netip.AddrPort {
+func spliceAddrs(h *netlab.Host, port uint16) []netip.AddrPort {
 	return []netip.AddrPort{netip.AddrPortFrom(h.IPv4, port), netip.AddrPortFrom(h.IPv6, port)}
 }
 
@@ -481,7 +481,7 @@ func TestSpliceEdgeTriggeredEpollServerNeverStalls(t *testing.T) {
 
 func TestSpliceLoopbackTuplesNeverCrossNamespaces(t *testing.T) {
 	e := newSpliceEnv(t, "ns-a", "ns-b")
-	hosts := []*demo.Host{e.Host("ns-a"), e.Host("ns-b")}
+	hosts := []*netlab.Host{e.Host("ns-a"), e.Host("ns-b")}
 	lo := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), spliceLoPort),
 		netip.AddrPortFrom(netip.IPv6Loopback(), spliceLoPort)}
 	for _, h := range hosts {

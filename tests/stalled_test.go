@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -28,7 +28,7 @@ const (
 
 var stVIP = netip.MustParseAddr("10.96.0.70")
 
-func stYAML(server *demo.Host) string {
+func stYAML(server *netlab.Host) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: stalled, namespace: stalled}
@@ -70,7 +70,7 @@ func stalledMode(t *testing.T, mode string) {
 	waitSmLocal(t, env, server.IPv4)
 	srv := env.StartProc(t, harness.SpliceRequest(server, netip.AddrPort{}, harness.SpliceServerParams{
 		Listen: []netip.AddrPort{netip.AddrPortFrom(server.IPv4, stPort)}, RcvBuf: stBuf, SndBuf: stBuf}))
-	hosts := []*demo.Host{client, server}
+	hosts := []*netlab.Host{client, server}
 	tcpBefore := tcpStats(t, hosts)
 	sockBefore := sockstats(t, hosts)
 	countsBefore := spliceCountsOf(t, env)
@@ -87,7 +87,7 @@ func stalledMode(t *testing.T, mode string) {
 	// asserted; the per-socket SO_MEMINFO above is the precise measure.
 	page := int64(os.Getpagesize())
 	for _, x := range []struct {
-		h     *demo.Host
+		h     *netlab.Host
 		stall *harness.SpliceStall
 	}{{client, up[0].Stall}, {server, up[1].Stall}} {
 		if x.stall == nil {
@@ -154,7 +154,7 @@ func stCheck(t *testing.T, label string, snd, rcv harness.SpliceSide, p harness.
 func stBound(snd, rcv *harness.SpliceStall) int64 { return 4 * int64(snd.SndBuf+rcv.RcvBuf) }
 
 // sockstats reads each host's /proc/net/sockstat from a thread inside its namespace.
-func sockstats(t *testing.T, hosts []*demo.Host) map[string]harness.Sockstat {
+func sockstats(t *testing.T, hosts []*netlab.Host) map[string]harness.Sockstat {
 	t.Helper()
 	out := map[string]harness.Sockstat{}
 	for _, h := range hosts {

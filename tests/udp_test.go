@@ -9,13 +9,13 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
 // trackConnections makes conntrack follow every new flow from h, so that "no entry for
 // the ClusterIP" means something: the flows to the backends must show up.
-func trackConnections(t *testing.T, h *demo.Host) {
+func trackConnections(t *testing.T, h *netlab.Host) {
 	t.Helper()
 	rules := "table inet smtest {\n chain out {\n  type filter hook output priority 0;\n  ct state new counter\n }\n}\n"
 	cmd := exec.Command("nsenter", "--net="+h.NetNS, "nft", "-f", "-")
@@ -26,7 +26,7 @@ func trackConnections(t *testing.T, h *demo.Host) {
 }
 
 // conntrackDestinations lists the original destinations of h's conntrack entries.
-func conntrackDestinations(t *testing.T, h *demo.Host) map[netip.Addr]int {
+func conntrackDestinations(t *testing.T, h *netlab.Host) map[netip.Addr]int {
 	t.Helper()
 	out := map[netip.Addr]int{}
 	err := h.Do(func() error {
@@ -56,7 +56,7 @@ func conntrackDestinations(t *testing.T, h *demo.Host) map[netip.Addr]int {
 func TestDNSToClusterIPAnswersFromClusterIPWithoutConntrack(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2")
 	env.StartBackends(t, "backend-1", "backend-2")
-	yaml := env.WriteFile(t, "svc.yaml", demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	yaml := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
 	env.StartAgent(t, yaml)
 	client := env.Host("client")
 	trackConnections(t, client)

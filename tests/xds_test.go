@@ -8,12 +8,12 @@ import (
 	"testing"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
 // grpcYAML is a gRPC service whose endpoints are the given hosts.
-func grpcYAML(hosts ...*demo.Host) string {
+func grpcYAML(hosts ...*netlab.Host) string {
 	var eps []string
 	for _, h := range hosts {
 		eps = append(eps, fmt.Sprintf("{addresses: [\"%s\"]}", h.IPv4))
@@ -115,7 +115,7 @@ func TestPolicyTargetedServiceIsReachedThroughTheProxyByProxylessClients(t *test
 	node := env.Host("node")
 	listen := []netip.AddrPort{netip.AddrPortFrom(node.IPv4, relayPort), netip.AddrPortFrom(node.IPv6, relayPort)}
 	relay := env.StartRelay(t, node, listen, agent.DefaultEnvoyMark)
-	web := demo.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
+	web := netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2"))
 	path := env.WriteFile(t, "svc.yaml", grpcYAML(b1, b2)+"---\n"+web+policyYAML)
 	a := env.StartAgent(t, path, "--envoy-redirect", listen[0].String()+","+listen[1].String(),
 		"--envoy-mark", "0x539", "--node-name", "node-1")

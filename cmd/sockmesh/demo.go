@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/demo"
 )
 
 func newDemoCmd() *cobra.Command {

@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // Servers from Debian as test backends and proxies: each gets its own scratch dir for
@@ -44,7 +44,7 @@ http {
 // StartNginx runs nginx in h with the given server blocks and waits until it accepts
 // connections on ready. Its error log is printed if the test fails: a stalled request
 // leaves its traces there.
-func (e *Env) StartNginx(t testing.TB, h *demo.Host, ready netip.AddrPort, servers string) {
+func (e *Env) StartNginx(t testing.TB, h *netlab.Host, ready netip.AddrPort, servers string) {
 	t.Helper()
 	dir := filepath.Join(e.Dir, "nginx-"+h.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -65,7 +65,7 @@ func (e *Env) StartNginx(t testing.TB, h *demo.Host, ready netip.AddrPort, serve
 }
 
 // StartRedis runs redis-server in h on addr with persistence off and its dir in the env.
-func (e *Env) StartRedis(t testing.TB, h *demo.Host, addr netip.AddrPort) {
+func (e *Env) StartRedis(t testing.TB, h *netlab.Host, addr netip.AddrPort) {
 	t.Helper()
 	dir := filepath.Join(e.Dir, "redis-"+h.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -78,7 +78,7 @@ func (e *Env) StartRedis(t testing.TB, h *demo.Host, addr netip.AddrPort) {
 
 // StartIperf3 runs a persistent iperf3 server in h on addr. Not one-off (-1): the
 // readiness probe is a connection too, and each client run is another.
-func (e *Env) StartIperf3(t testing.TB, h *demo.Host, addr netip.AddrPort) {
+func (e *Env) StartIperf3(t testing.TB, h *netlab.Host, addr netip.AddrPort) {
 	t.Helper()
 	e.StartProgram(t, h, addr, "iperf3", "-s", "-B", addr.Addr().String(), "-p", fmt.Sprint(addr.Port()))
 }

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // BenchResult is the latency of connect + one request/response + close to one target.
@@ -33,7 +33,7 @@ func bench(targets []netip.AddrPort, n, rounds int) ([]BenchResult, error) {
 			}
 			for k := 0; k < per; k++ {
 				start := time.Now()
-				c, _, err := demo.DialTCP(targets[ti])
+				c, _, err := netlab.DialTCP(targets[ti])
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", targets[ti], err)
 				}

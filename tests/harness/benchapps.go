@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // Load generators from Debian for the splice benchmark (iperf3, redis-benchmark, wrk;
@@ -30,7 +30,7 @@ const (
 
 // BenchIperf3 runs `iperf3 -c to -t seconds -J` (with -R: the server sends) from h and
 // returns what the receiver measured, in bits/s.
-func (e *Env) BenchIperf3(t testing.TB, h *demo.Host, to netip.AddrPort, seconds int, reverse bool) (float64, error) {
+func (e *Env) BenchIperf3(t testing.TB, h *netlab.Host, to netip.AddrPort, seconds int, reverse bool) (float64, error) {
 	t.Helper()
 	args := []string{"-c", to.Addr().String(), "-p", strconv.Itoa(int(to.Port())), "-t", strconv.Itoa(seconds), "-J", "--connect-timeout", "3000"}
 	if reverse {
@@ -76,7 +76,7 @@ func (e *Env) BenchIperf3(t testing.TB, h *demo.Host, to netip.AddrPort, seconds
 
 // BenchRedis runs `redis-benchmark -q -n n -c conns -t tests -P 1 --csv` from h
 // against to and returns requests/s by test name in lower case ("set", "get").
-func (e *Env) BenchRedis(t testing.TB, h *demo.Host, to netip.AddrPort, n, conns int, tests string) (map[string]float64, error) {
+func (e *Env) BenchRedis(t testing.TB, h *netlab.Host, to netip.AddrPort, n, conns int, tests string) (map[string]float64, error) {
 	t.Helper()
 	out, err := e.RunProgramE(t, 60*time.Second, h, "redis-benchmark", "-h", to.Addr().String(), "-p", strconv.Itoa(int(to.Port())),
 		"-q", "-n", strconv.Itoa(n), "-c", strconv.Itoa(conns), "-t", tests, "-P", "1", "--csv")
@@ -123,7 +123,7 @@ var (
 
 // BenchWrk runs `wrk -tthreads -cconns -dDs url` from h and returns requests/s; any
 // socket error or non-2xx answer is an error.
-func (e *Env) BenchWrk(t testing.TB, h *demo.Host, url string, threads, conns int, d time.Duration) (float64, error) {
+func (e *Env) BenchWrk(t testing.TB, h *netlab.Host, url string, threads, conns int, d time.Duration) (float64, error) {
 	t.Helper()
 	secs := int(d.Round(time.Second) / time.Second)
 	out, err := e.RunProgramE(t, d+10*time.Second, h, "wrk", "-t"+strconv.Itoa(threads), "-c"+strconv.Itoa(conns),

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // Child operations for the splice benchmarks: an echo server and request/response
@@ -121,7 +121,7 @@ type RRClient struct {
 
 // StartRRClient starts a bench-rr child in h (and the env's cgroup); it is stopped at
 // cleanup.
-func (e *Env) StartRRClient(t testing.TB, h *demo.Host) *RRClient {
+func (e *Env) StartRRClient(t testing.TB, h *netlab.Host) *RRClient {
 	t.Helper()
 	cmd := e.childCmd(t, ClientRequest{Op: "bench-rr", NetNS: h.NetNS})
 	in, err := cmd.StdinPipe()

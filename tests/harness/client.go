@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // extraOps are child operations registered by other files of this package (init);
@@ -42,8 +42,8 @@ type ClientRequest struct {
 // ClientResult is one client process's findings; each attempt yields an answer or an
 // error string, so a test can count both.
 type ClientResult struct {
-	TCP    []demo.TCPAnswer
-	DNS    []demo.DNSAnswer
+	TCP    []netlab.TCPAnswer
+	DNS    []netlab.DNSAnswer
 	Errors []string
 	Bench  []BenchResult // one per target, in request order
 }
@@ -74,7 +74,7 @@ func runChild(req ClientRequest) error {
 	switch req.Op {
 	case "tcp":
 		for i := 0; i < req.N; i++ {
-			c, ans, err := demo.DialTCP(req.To)
+			c, ans, err := netlab.DialTCP(req.To)
 			if err != nil {
 				res.Errors = append(res.Errors, err.Error())
 				continue
@@ -84,7 +84,7 @@ func runChild(req ClientRequest) error {
 		}
 	case "dns":
 		for i := 0; i < req.N; i++ {
-			ans, err := demo.QueryDNS(req.To)
+			ans, err := netlab.QueryDNS(req.To)
 			if err != nil {
 				res.Errors = append(res.Errors, err.Error())
 				continue
@@ -96,7 +96,7 @@ func runChild(req ClientRequest) error {
 	case "relay":
 		return relay(req.Targets, req.N)
 	case "serve":
-		b, err := demo.StartBackend(&demo.Host{Name: req.Name, NetNS: req.NetNS}, demo.BackendTCPPort, demo.DNSPort)
+		b, err := netlab.StartBackend(&netlab.Host{Name: req.Name, NetNS: req.NetNS}, netlab.BackendTCPPort, netlab.DNSPort)
 		if err != nil {
 			return err
 		}
@@ -120,7 +120,7 @@ func runChild(req ClientRequest) error {
 
 // hold keeps one connection open and asks on it once per stdin line.
 func hold(to netip.AddrPort) error {
-	c, ans, err := demo.DialTCP(to)
+	c, ans, err := netlab.DialTCP(to)
 	if err != nil {
 		return err
 	}
@@ -131,8 +131,8 @@ func hold(to netip.AddrPort) error {
 	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		name, err := demo.Ask(c)
-		a := demo.TCPAnswer{Backend: name}
+		name, err := netlab.Ask(c)
+		a := netlab.TCPAnswer{Backend: name}
 		if err != nil {
 			a.Backend = "error: " + err.Error()
 		}
@@ -172,7 +172,7 @@ func (e *Env) RunOp(t testing.TB, req ClientRequest) ([]byte, error) {
 }
 
 // Run runs a client process in host h's namespace and the env's cgroup.
-func (e *Env) Run(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n int) ClientResult {
+func (e *Env) Run(t testing.TB, h *netlab.Host, op string, to netip.AddrPort, n int) ClientResult {
 	t.Helper()
 	res, err := e.RunE(t, h, op, to, n)
 	if err != nil {
@@ -183,7 +183,7 @@ func (e *Env) Run(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n in
 
 // Bench measures connect + one request/response + close to each target, n times each,
 // from host h inside the env's cgroup.
-func (e *Env) Bench(t testing.TB, h *demo.Host, targets []netip.AddrPort, n, rounds int) []BenchResult {
+func (e *Env) Bench(t testing.TB, h *netlab.Host, targets []netip.AddrPort, n, rounds int) []BenchResult {
 	t.Helper()
 	cmd := e.childCmd(t, ClientRequest{Op: "bench", NetNS: h.NetNS, Targets: targets, N: n, Rounds: rounds})
 	out, err := cmd.Output()
@@ -198,7 +198,7 @@ func (e *Env) Bench(t testing.TB, h *demo.Host, targets []netip.AddrPort, n, rou
 }
 
 // RunE is Run for use off the test goroutine: it reports failure as an error.
-func (e *Env) RunE(t testing.TB, h *demo.Host, op string, to netip.AddrPort, n int) (ClientResult, error) {
+func (e *Env) RunE(t testing.TB, h *netlab.Host, op string, to netip.AddrPort, n int) (ClientResult, error) {
 	cmd := e.childCmd(t, ClientRequest{Op: op, NetNS: h.NetNS, To: to, N: n})
 	out, err := cmd.Output()
 	if err != nil {
@@ -216,11 +216,11 @@ type Holder struct {
 	cmd   *exec.Cmd
 	in    io.WriteCloser
 	out   *json.Decoder
-	First demo.TCPAnswer
+	First netlab.TCPAnswer
 }
 
 // Hold opens one long-lived connection from h to the service.
-func (e *Env) Hold(t testing.TB, h *demo.Host, to netip.AddrPort) *Holder {
+func (e *Env) Hold(t testing.TB, h *netlab.Host, to netip.AddrPort) *Holder {
 	t.Helper()
 	cmd := e.childCmd(t, ClientRequest{Op: "hold", NetNS: h.NetNS, To: to})
 	in, err := cmd.StdinPipe()
@@ -248,7 +248,7 @@ func (hd *Holder) Ask(t testing.TB) string {
 	if _, err := hd.in.Write([]byte("ask\n")); err != nil {
 		t.Fatal(err)
 	}
-	var a demo.TCPAnswer
+	var a netlab.TCPAnswer
 	if err := hd.out.Decode(&a); err != nil {
 		t.Fatal(err)
 	}

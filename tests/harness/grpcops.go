@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	_ "google.golang.org/grpc/xds" // the xds:/// resolver: a real, independent xDS client
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // GRPCPort is where the gRPC backends listen.
@@ -25,7 +25,7 @@ const GRPCPort = 9090
 func init() { extraOps["grpc-xds"] = grpcXDSClient }
 
 // StartGRPCBackends serves the standard gRPC health service in each host's namespace.
-func (e *Env) StartGRPCBackends(t testing.TB, hosts ...*demo.Host) {
+func (e *Env) StartGRPCBackends(t testing.TB, hosts ...*netlab.Host) {
 	t.Helper()
 	for _, h := range hosts {
 		var ln net.Listener

@@ -19,8 +19,8 @@ import (
 	"github.com/cilium/ebpf/features"
 
 	"github.com/sockmesh/sockmesh/agent"
-	"github.com/sockmesh/sockmesh/agent/demo"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // RequirePrivileged skips a test that needs root, cgroup v2 and BPF when they are
@@ -81,9 +81,9 @@ func RemoveBinary() {
 // Env is one test's private world: network namespaces (a client and backends), a
 // cgroup under the cgroup2 root, and a bpffs pin dir, all named with a random prefix.
 type Env struct {
-	*demo.Env
+	*netlab.Env
 	Prefix string
-	Cgroup *demo.Cgroup
+	Cgroup *netlab.Cgroup
 	BPFFS  string
 	Dir    string // scratch dir for YAML and logs
 }
@@ -95,7 +95,7 @@ func NewEnv(t testing.TB, backends ...string) *Env {
 	RequirePrivileged(t)
 	prefix := "smt" + randomHex(3)
 	e := &Env{Prefix: prefix, BPFFS: filepath.Join("/sys/fs/bpf", prefix), Dir: t.TempDir()}
-	ne, err := demo.NewEnv(prefix, append([]string{"client"}, backends...)...)
+	ne, err := netlab.NewEnv(prefix, append([]string{"client"}, backends...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func NewEnv(t testing.TB, backends ...string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg, err := demo.NewCgroup(root, prefix)
+	cg, err := netlab.NewCgroup(root, prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,11 +127,11 @@ func NewEnv(t testing.TB, backends ...string) *Env {
 }
 
 // StartBackends starts the demo backend servers in the named hosts.
-func (e *Env) StartBackends(t testing.TB, names ...string) map[string]*demo.Backend {
+func (e *Env) StartBackends(t testing.TB, names ...string) map[string]*netlab.Backend {
 	t.Helper()
-	out := map[string]*demo.Backend{}
+	out := map[string]*netlab.Backend{}
 	for _, n := range names {
-		b, err := demo.StartBackend(e.Host(n), demo.BackendTCPPort, demo.DNSPort)
+		b, err := netlab.StartBackend(e.Host(n), netlab.BackendTCPPort, netlab.DNSPort)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,8 +157,8 @@ func (e *Env) WriteFile(t testing.TB, name, content string) string {
 }
 
 // Hosts returns the hosts with the given names.
-func (e *Env) Hosts(names ...string) []*demo.Host {
-	var out []*demo.Host
+func (e *Env) Hosts(names ...string) []*netlab.Host {
+	var out []*netlab.Host
 	for _, n := range names {
 		out = append(out, e.Host(n))
 	}

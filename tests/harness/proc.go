@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // Proc is a long-running child (a relay, servers) inside the env's cgroup and a host's
@@ -22,14 +22,14 @@ type Proc struct {
 }
 
 // StartRelay runs the original-destination relay in h, listening on the addresses.
-func (e *Env) StartRelay(t testing.TB, h *demo.Host, listen []netip.AddrPort, mark int) *Proc {
+func (e *Env) StartRelay(t testing.TB, h *netlab.Host, listen []netip.AddrPort, mark int) *Proc {
 	t.Helper()
 	return e.startProc(t, ClientRequest{Op: "relay", NetNS: h.NetNS, Targets: listen, N: mark})
 }
 
 // StartServers runs the demo backend servers in h as a process inside the env's cgroup
 // (so that their sockets can be spliced), instead of inside the test process.
-func (e *Env) StartServers(t testing.TB, h *demo.Host) *Proc {
+func (e *Env) StartServers(t testing.TB, h *netlab.Host) *Proc {
 	t.Helper()
 	return e.startProc(t, ClientRequest{Op: "serve", NetNS: h.NetNS, Name: h.Name})
 }

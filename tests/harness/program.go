@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // Real programs (nginx, curl, redis, iperf3: installed from Debian by
@@ -21,7 +21,7 @@ import (
 
 // Program prepares name with args to run in host h's namespace and the env's cgroup.
 // The caller starts it; ctx bounds it (a stalled program is killed, never waited on).
-func (e *Env) Program(t testing.TB, ctx context.Context, h *demo.Host, name string, args ...string) *exec.Cmd {
+func (e *Env) Program(t testing.TB, ctx context.Context, h *netlab.Host, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
@@ -42,7 +42,7 @@ func (e *Env) Program(t testing.TB, ctx context.Context, h *demo.Host, name stri
 
 // RunProgram runs a program to completion within timeout and returns its stdout; a
 // non-zero exit or a timeout fails the test with what the program printed.
-func (e *Env) RunProgram(t testing.TB, timeout time.Duration, h *demo.Host, name string, args ...string) string {
+func (e *Env) RunProgram(t testing.TB, timeout time.Duration, h *netlab.Host, name string, args ...string) string {
 	t.Helper()
 	out, err := e.RunProgramE(t, timeout, h, name, args...)
 	if err != nil {
@@ -52,7 +52,7 @@ func (e *Env) RunProgram(t testing.TB, timeout time.Duration, h *demo.Host, name
 }
 
 // RunProgramE is RunProgram that returns the failure instead.
-func (e *Env) RunProgramE(t testing.TB, timeout time.Duration, h *demo.Host, name string, args ...string) (string, error) {
+func (e *Env) RunProgramE(t testing.TB, timeout time.Duration, h *netlab.Host, name string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -71,7 +71,7 @@ func (e *Env) RunProgramE(t testing.TB, timeout time.Duration, h *demo.Host, nam
 
 // StartProgram starts a long-running program (a server) in h and waits until it accepts
 // TCP connections on ready (dialed from inside h); it is killed at cleanup.
-func (e *Env) StartProgram(t testing.TB, h *demo.Host, ready netip.AddrPort, name string, args ...string) {
+func (e *Env) StartProgram(t testing.TB, h *netlab.Host, ready netip.AddrPort, name string, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := e.Program(t, ctx, h, name, args...)

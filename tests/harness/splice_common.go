@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // Child operations for the splice end-to-end tests (tests/splice_test.go and the tests
@@ -44,7 +44,7 @@ type SpliceOp interface{ Op() string }
 
 // SpliceRequest is the request that runs p in h's namespace: a scenario's client end
 // (against to), or a server (to unused).
-func SpliceRequest(h *demo.Host, to netip.AddrPort, p SpliceOp) ClientRequest {
+func SpliceRequest(h *netlab.Host, to netip.AddrPort, p SpliceOp) ClientRequest {
 	raw, err := json.Marshal(p)
 	if err != nil {
 		panic(err) // plain structs of numbers, strings and addresses always marshal

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sockmesh/sockmesh/agent/demo"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
 
 // StartSquid runs Debian's squid in h as an intercepting node proxy: it accepts the
@@ -15,7 +15,7 @@ import (
 // getsockopt(SO_ORIGINAL_DST) as it does behind iptables REDIRECT, and forwards to it
 // with mark on its upstream sockets (tcp_outgoing_mark), so they are load-balanced and
 // never redirected again. It caches nothing and keeps its files in a dir of its own.
-func (e *Env) StartSquid(t testing.TB, h *demo.Host, listen netip.AddrPort, mark int) {
+func (e *Env) StartSquid(t testing.TB, h *netlab.Host, listen netip.AddrPort, mark int) {
 	t.Helper()
 	// squid drops to its own user, which must reach and write its logs and pid file:
 	// not under the test's private temp dir, so a dir of its own in /tmp.

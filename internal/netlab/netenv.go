@@ -1,8 +1,9 @@
-// Package demo is `sockmesh demo`: a client and backends in their own network namespaces,
-// the agent on a generated Service, real TCP and DNS traffic to the ClusterIP, a printed
-// result. Its namespace topology, servers and probes are the ones the end-to-end tests
-// use, so the demo and the tests exercise the same thing.
-package demo
+// Package netlab is the little network the demo and the end-to-end tests share: hosts
+// in their own network namespaces joined by veths, a cgroup v2 child to attach to, the
+// demo's Service addresses and YAML, backend servers and probes. It is test and demo
+// infrastructure, not part of the agent; one package, so the demo and the tests
+// exercise the same thing.
+package netlab
 
 import (
 	"errors"

@@ -1,3 +1,6 @@
+// Package demo is `sockmesh demo`: a client and backends in their own network namespaces
+// (internal/netlab, the same topology the end-to-end tests use), the agent on a
+// generated Service, real TCP and DNS traffic to the ClusterIP, a printed result.
 package demo
 
 import (
@@ -17,62 +20,8 @@ import (
 	"github.com/sockmesh/sockmesh/agent"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/internal/netlab"
 )
-
-// The demo's service addresses: never routed anywhere, only translated.
-var (
-	ClusterIPv4 = netip.MustParseAddr("10.96.0.10")
-	ClusterIPv6 = netip.MustParseAddr("fd00:96::10")
-)
-
-// Ports of the demo's service and of its backends.
-const (
-	ServiceHTTPPort = 80
-	BackendTCPPort  = 8080
-	DNSPort         = 53
-)
-
-// ServiceYAML renders the demo's Service and EndpointSlices (one per family) for the
-// given backends, in the same format a user feeds `--source file:PATH`.
-func ServiceYAML(ns, name string, backends []*Host) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `apiVersion: v1
-kind: Service
-metadata: {name: %[2]s, namespace: %[1]s}
-spec:
-  type: ClusterIP
-  clusterIP: %[3]s
-  clusterIPs: [%[3]s, "%[4]s"]
-  ipFamilies: [IPv4, IPv6]
-  ipFamilyPolicy: RequireDualStack
-  ports:
-  - {name: http, port: %[5]d, targetPort: %[6]d, protocol: TCP}
-  - {name: dns, port: %[7]d, targetPort: %[7]d, protocol: UDP}
-`, ns, name, ClusterIPv4, ClusterIPv6, ServiceHTTPPort, BackendTCPPort, DNSPort)
-	for _, fam := range []string{"IPv4", "IPv6"} {
-		fmt.Fprintf(&b, `---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: %[2]s-%[3]s
-  namespace: %[1]s
-  labels: {kubernetes.io/service-name: %[2]s}
-addressType: %[4]s
-ports:
-- {name: http, port: %[5]d, protocol: TCP}
-- {name: dns, port: %[6]d, protocol: UDP}
-endpoints:
-`, ns, name, strings.ToLower(fam), fam, BackendTCPPort, DNSPort)
-		for _, h := range backends {
-			addr := h.IPv4
-			if fam == "IPv6" {
-				addr = h.IPv6
-			}
-			fmt.Fprintf(&b, "- addresses: [\"%s\"]\n  conditions: {ready: true}\n", addr)
-		}
-	}
-	return b.String()
-}
 
 // Options tune the demo.
 type Options struct {
@@ -97,14 +46,14 @@ func Run(ctx context.Context, opt Options) (err error) {
 		}
 	}()
 
-	env, err := NewEnv(prefix, "client", "backend-1", "backend-2")
+	env, err := netlab.NewEnv(prefix, "client", "backend-1", "backend-2")
 	if err != nil {
 		return err
 	}
 	cleanup = append(cleanup, env.Close)
-	backendHosts := []*Host{env.Host("backend-1"), env.Host("backend-2")}
+	backendHosts := []*netlab.Host{env.Host("backend-1"), env.Host("backend-2")}
 	for _, h := range backendHosts {
-		b, err := StartBackend(h, BackendTCPPort, DNSPort)
+		b, err := netlab.StartBackend(h, netlab.BackendTCPPort, netlab.DNSPort)
 		if err != nil {
 			return err
 		}
@@ -118,7 +67,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 	}
 	cleanup = append(cleanup, func() error { return os.RemoveAll(dir) })
 	yamlPath := filepath.Join(dir, "services.yaml")
-	if err := os.WriteFile(yamlPath, []byte(ServiceYAML("demo", "web", backendHosts)), 0o644); err != nil {
+	if err := os.WriteFile(yamlPath, []byte(netlab.ServiceYAML("demo", "web", backendHosts)), 0o644); err != nil {
 		return err
 	}
 
@@ -126,7 +75,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 	if err != nil {
 		return err
 	}
-	cg, err := NewCgroup(root, prefix)
+	cg, err := netlab.NewCgroup(root, prefix)
 	if err != nil {
 		return err
 	}
@@ -160,17 +109,17 @@ func Run(ctx context.Context, opt Options) (err error) {
 	client := env.Host("client")
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nTRAFFIC\tTO\tANSWERS BY BACKEND\tSEEN PEER")
-	for _, vip := range []netip.Addr{ClusterIPv4, ClusterIPv6} {
-		tcp, peer, err := spreadTCP(client, netip.AddrPortFrom(vip, ServiceHTTPPort), opt.Requests)
+	for _, vip := range []netip.Addr{netlab.ClusterIPv4, netlab.ClusterIPv6} {
+		tcp, peer, err := spreadTCP(client, netip.AddrPortFrom(vip, netlab.ServiceHTTPPort), opt.Requests)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "TCP connect+request\t%s\t%s\t%s\n", netip.AddrPortFrom(vip, ServiceHTTPPort), tcp, peer)
-		udp, from, err := spreadDNS(client, netip.AddrPortFrom(vip, DNSPort), opt.Requests)
+		fmt.Fprintf(tw, "TCP connect+request\t%s\t%s\t%s\n", netip.AddrPortFrom(vip, netlab.ServiceHTTPPort), tcp, peer)
+		udp, from, err := spreadDNS(client, netip.AddrPortFrom(vip, netlab.DNSPort), opt.Requests)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "DNS query (UDP)\t%s\t%s\t%s\n", netip.AddrPortFrom(vip, DNSPort), udp, from)
+		fmt.Fprintf(tw, "DNS query (UDP)\t%s\t%s\t%s\n", netip.AddrPortFrom(vip, netlab.DNSPort), udp, from)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -202,12 +151,12 @@ func waitProgrammed(ctx context.Context, bpffs string, n int, agentExited <-chan
 	return errors.New("agent did not program the demo service within 10s")
 }
 
-func spreadTCP(client *Host, to netip.AddrPort, n int) (string, string, error) {
+func spreadTCP(client *netlab.Host, to netip.AddrPort, n int) (string, string, error) {
 	counts := map[string]int{}
 	peers := map[string]bool{}
 	err := client.Do(func() error {
 		for i := 0; i < n; i++ {
-			c, ans, err := DialTCP(to)
+			c, ans, err := netlab.DialTCP(to)
 			if err != nil {
 				return fmt.Errorf("TCP to %s: %w", to, err)
 			}
@@ -220,12 +169,12 @@ func spreadTCP(client *Host, to netip.AddrPort, n int) (string, string, error) {
 	return formatCounts(counts), formatSet(peers), err
 }
 
-func spreadDNS(client *Host, to netip.AddrPort, n int) (string, string, error) {
+func spreadDNS(client *netlab.Host, to netip.AddrPort, n int) (string, string, error) {
 	counts := map[string]int{}
 	froms := map[string]bool{}
 	err := client.Do(func() error {
 		for i := 0; i < n; i++ {
-			ans, err := QueryDNS(to)
+			ans, err := netlab.QueryDNS(to)
 			if err != nil {
 				return fmt.Errorf("DNS to %s: %w", to, err)
 			}
