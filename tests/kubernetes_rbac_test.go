@@ -10,7 +10,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -19,7 +18,6 @@ import (
 	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/agent/source"
-	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -195,23 +193,6 @@ func agentKubeconfig(t *testing.T, api *harness.APIServer, role *rbacv1.ClusterR
 		return err
 	})
 	return api.WriteKubeconfig(t, sa.Name, api.ServiceAccountToken(t, sa.Namespace, sa.Name))
-}
-
-// createWeb creates namespace demo, Service demo/web on vip4 and the given slice.
-func createWeb(t *testing.T, c kubernetes.Interface, slice *discoveryv1.EndpointSlice) {
-	t.Helper()
-	ctx := context.Background()
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
-	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.DiscoveryV1().EndpointSlices("demo").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // eventsRegarding lists the core/v1 Events in namespace about kind/name.

@@ -5,10 +5,8 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -21,17 +19,7 @@ func TestAPIServerRestartDisturbsNothing(t *testing.T) {
 	env.StartBackends(t, "backend-1", "backend-2")
 	ctx := context.Background()
 	c := api.Client
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
-	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.DiscoveryV1().EndpointSlices("demo").Create(ctx, webSlice(env, "backend-1", "backend-2"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createWeb(t, c, webSlice(env, "backend-1", "backend-2"))
 	a := env.StartAgent(t, "", "--source", "kubernetes", "--kubeconfig", api.Kubeconfig)
 	env.WaitPinned(t, "web programmed", hasBackend(web4, env.Host("backend-2").IPv4))
 	client := env.Host("client")

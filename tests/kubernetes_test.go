@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/internal/netlab"
@@ -22,17 +23,7 @@ func TestKubernetesSourceServesAServiceThroughTheClusterIP(t *testing.T) {
 	env.StartBackends(t, "backend-1", "backend-2")
 	ctx := context.Background()
 	c := api.Client
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
-		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
-	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.DiscoveryV1().EndpointSlices("demo").Create(ctx, webSlice(env, "backend-1", "backend-2"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createWeb(t, c, webSlice(env, "backend-1", "backend-2"))
 
 	env.StartAgent(t, "", "--source", "kubernetes", "--kubeconfig", api.Kubeconfig)
 	client := env.Host("client")
@@ -70,4 +61,21 @@ func webSlice(env *harness.Env, backends ...string) *discoveryv1.EndpointSlice {
 		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{env.Host(b).IPv4.String()}})
 	}
 	return s
+}
+
+// createWeb creates namespace demo, Service demo/web on vip4 and the given slice.
+func createWeb(t *testing.T, c kubernetes.Interface, slice *discoveryv1.EndpointSlice) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
+		Spec: corev1.ServiceSpec{ClusterIP: vip4.String(), Ports: []corev1.ServicePort{{Name: "http", Port: int32(netlab.ServiceHTTPPort)}}}}
+	if _, err := c.CoreV1().Services("demo").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DiscoveryV1().EndpointSlices("demo").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
