@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -197,7 +196,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	lns.http, lns.debug, lns.xds = nil, nil, nil // the servers own them now
 
 	// A newcomer must not take a frontend the previous run programmed for another Service.
-	src.Store().SeedHolders(holders(a.writer.Programmed()))
+	src.Store().SeedHolders(a.writer.Programmed())
 	src.Store().SetNode(source.Node{Name: cfg.NodeName})
 	srcErr := make(chan error, 1)
 	wg.Go(func() {
@@ -389,17 +388,6 @@ func objectName(e model.ObjectError) string {
 		return e.Name
 	}
 	return e.Namespace + "/" + e.Name
-}
-
-// holders reads the Service names the maps hold frontends for ("namespace/name").
-func holders(programmed map[model.Frontend]string) map[model.Frontend]model.ServiceName {
-	out := make(map[model.Frontend]model.ServiceName, len(programmed))
-	for fe, name := range programmed {
-		if ns, n, ok := strings.Cut(name, "/"); ok {
-			out[fe] = model.ServiceName{Namespace: ns, Name: n}
-		}
-	}
-	return out
 }
 
 // proxySettings gathers the Envoy and splice flags; without --envoy-redirect, Envoy is

@@ -128,7 +128,7 @@ func TestRepairBeforeApplyOnlyRereads(t *testing.T) {
 	if n := mustRepair(t, w); n != 0 || f.Writes() != writes || len(obs.repairs) != 0 {
 		t.Fatalf("Repair before Apply returned %d, wrote %d", n, f.Writes()-writes)
 	}
-	if got := w.Programmed(); got[api.Frontend] != "default/api" {
+	if got := w.Programmed(); got[api.Frontend] != (model.ServiceName{Namespace: "default", Name: "api"}) {
 		t.Fatalf("Programmed after Repair = %v", got)
 	}
 	// The next Apply sees it and changes nothing.
@@ -173,9 +173,9 @@ func TestRepairAndApplyConcurrently(t *testing.T) {
 
 func TestProgrammedNamesTheHolder(t *testing.T) {
 	f, w, _ := programmedFakes(t, 16, 64)
-	want := map[model.Frontend]string{
-		{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}:  "default/web",
-		{Addr: netip.MustParseAddr("10.96.0.11"), Port: 443, Protocol: model.TCP}: "default/api",
+	want := map[model.Frontend]model.ServiceName{
+		{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}:  {Namespace: "default", Name: "web"},
+		{Addr: netip.MustParseAddr("10.96.0.11"), Port: 443, Protocol: model.TCP}: {Namespace: "default", Name: "api"},
 	}
 	check := func(w *lbmap.Writer) {
 		t.Helper()

@@ -223,17 +223,20 @@ func (w *Writer) isProgrammed(fe model.Frontend) bool {
 	return ok
 }
 
-// Programmed returns, for each frontend in the services map, the Kubernetes Service
-// ("namespace/name") the names map says holds it; "" when the names map has no entry
-// for it. It reads the writer's view of the maps: what NewWriter found, as kept up to
-// date by Apply and Repair.
-func (w *Writer) Programmed() map[model.Frontend]string {
+// Programmed returns, for each frontend in the services map, the Kubernetes Service the
+// names map says holds it (the names map spells it "namespace/name[:port]"). A frontend
+// whose name entry is missing or unreadable (cut at 127 bytes) is left out. It reads the
+// writer's view of the maps: what NewWriter found, as kept up to date by Apply and
+// Repair.
+func (w *Writer) Programmed() map[model.Frontend]model.ServiceName {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make(map[model.Frontend]string, len(w.services.cur))
+	out := make(map[model.Frontend]model.ServiceName, len(w.services.cur))
 	for k, v := range w.services.cur {
 		name, _, _ := strings.Cut(w.names.cur[v.Id].String(), ":")
-		out[frontendOf(k)] = name
+		if ns, n, ok := strings.Cut(name, "/"); ok {
+			out[frontendOf(k)] = model.ServiceName{Namespace: ns, Name: n}
+		}
 	}
 	return out
 }
