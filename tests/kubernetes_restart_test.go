@@ -6,20 +6,15 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
 // An API server restart mid-test: traffic keeps flowing during the outage, the agent's
 // relist after it rewrites no map entry, and a change made after the server is back is
 // applied.
 func TestAPIServerRestartDisturbsNothing(t *testing.T) {
-	api := harness.StartAPIServer(t)
-	env := harness.NewEnv(t, "backend-1", "backend-2")
-	env.StartBackends(t, "backend-1", "backend-2")
+	api, env := webOnAPIServer(t)
 	ctx := context.Background()
 	c := api.Client
-	createWeb(t, c, webSlice(env, "backend-1", "backend-2"))
 	a := env.StartAgent(t, "", "--source", "kubernetes", "--kubeconfig", api.Kubeconfig)
 	env.WaitPinned(t, "web programmed", hasBackend(web4, env.Host("backend-2").IPv4))
 	client := env.Host("client")

@@ -18,12 +18,9 @@ import (
 // an EndpointSlice created with client-go are reached through the ClusterIP from a test
 // namespace; an update and a delete are followed.
 func TestKubernetesSourceServesAServiceThroughTheClusterIP(t *testing.T) {
-	api := harness.StartAPIServer(t)
-	env := harness.NewEnv(t, "backend-1", "backend-2")
-	env.StartBackends(t, "backend-1", "backend-2")
+	api, env := webOnAPIServer(t)
 	ctx := context.Background()
 	c := api.Client
-	createWeb(t, c, webSlice(env, "backend-1", "backend-2"))
 
 	env.StartAgent(t, "", "--source", "kubernetes", "--kubeconfig", api.Kubeconfig)
 	client := env.Host("client")
@@ -47,6 +44,16 @@ func TestKubernetesSourceServesAServiceThroughTheClusterIP(t *testing.T) {
 		_, there := harness.Frontend(s, web4)
 		return !there // default/kubernetes stays: the API server's own Service
 	})
+}
+
+// webOnAPIServer is a real API server holding demo/web over backend-1 and backend-2 of
+// a fresh env: the start of the tests of the kubernetes source.
+func webOnAPIServer(t *testing.T) (*harness.APIServer, *harness.Env) {
+	api := harness.StartAPIServer(t)
+	env := harness.NewEnv(t, "backend-1", "backend-2")
+	env.StartBackends(t, "backend-1", "backend-2")
+	createWeb(t, api.Client, webSlice(env, "backend-1", "backend-2"))
+	return api, env
 }
 
 // webSlice is web's IPv4 EndpointSlice over the named backends.
