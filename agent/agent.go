@@ -130,6 +130,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if rep.Err != nil {
 			a.state.splice.CheckError = rep.Err.Error()
 		}
+		if rep.SharedNetns != "" {
+			log.Info("the kernel check ran on loopback in the agent's own network namespace: its test connections (resets included) show in this namespace's TCP counters",
+				"why", rep.SharedNetns)
+		}
 		if !rep.Safe() {
 			log.Warn("splicing is off: on this kernel a spliced socket does not behave like TCP, and real programs would stall or lose data (details: /debug/state, sockmesh_splice_kernel_check)",
 				"splice", cfg.Splice, "differs", rep.Summary())

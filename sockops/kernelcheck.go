@@ -3,6 +3,7 @@ package sockops
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +17,7 @@ import (
 
 // The kernel check: splicing changes how a socket behaves, so the agent splices only
 // where the running kernel makes a spliced socket indistinguishable from TCP. At start
-// it builds loopback connections in its own network namespace, splices them with the
+// it builds loopback connections in a private network namespace where it may, splices them with the
 // datapath's own sk_msg program through a private sockhash (attached to no cgroup, so
 // nothing else is touched), and runs every behaviour a program may rely on, side by
 // side with the same behaviour on plain TCP. Any difference, on any receiver a splice
@@ -48,6 +49,10 @@ func (f Finding) LikeTCP() bool { return f.Got == f.TCP }
 type Report struct {
 	Findings []Finding
 	Err      error // the check could not run (no BPF, no sockhash): nothing is spliced
+	// SharedNetns says why the check ran in the caller's network namespace rather than
+	// a private one (unshare needs CAP_SYS_ADMIN, which the DaemonSet does not grant):
+	// its loopback connections, resets included, then show in that namespace's counters.
+	SharedNetns string
 }
 
 // Safe says whether every receiver behaved like TCP in every behaviour.
@@ -112,6 +117,8 @@ func CheckKernel() Report {
 		return Report{Err: err}
 	}
 	defer sp.close()
+	pairs, shared := newPairFactory()
+	defer pairs.stop()
 	type result struct {
 		i    int
 		f    Finding
@@ -130,8 +137,8 @@ func CheckKernel() Report {
 				var errs [2]error
 				var done sync.WaitGroup
 				done.Add(2)
-				go func() { defer done.Done(); f.TCP, errs[0] = observe(b, sp, "") }()
-				go func() { defer done.Done(); f.Got, errs[1] = observe(b, sp, kind) }()
+				go func() { defer done.Done(); f.TCP, errs[0] = observe(b, sp, pairs, "") }()
+				go func() { defer done.Done(); f.Got, errs[1] = observe(b, sp, pairs, kind) }()
 				done.Wait()
 				results <- result{i: i, f: f, err: errors.Join(errs[:]...), kind: kind}
 			}()
@@ -147,7 +154,7 @@ func CheckKernel() Report {
 		}
 		byRow[r.i] = append(byRow[r.i], r.f)
 	}
-	var rep Report
+	rep := Report{SharedNetns: shared}
 	for _, fs := range byRow {
 		for _, kind := range kinds { // a stable order: spliced first
 			for _, f := range fs {
@@ -163,8 +170,8 @@ func CheckKernel() Report {
 
 // observe runs one behaviour on a fresh loopback connection, spliced as kind says ("" =
 // plain TCP), and returns what the program saw.
-func observe(b behaviour, sp *splicer, kind string) (string, error) {
-	p, err := newLoopbackPair()
+func observe(b behaviour, sp *splicer, pairs *pairFactory, kind string) (string, error) {
+	p, err := pairs.pair()
 	if err != nil {
 		return "", err
 	}
@@ -275,6 +282,82 @@ func keyOf(fd int) (SockKey, uint64, error) {
 	k.Netns = netns
 	cookie, err := getsockoptU64(fd, unix.SO_COOKIE)
 	return k, cookie, err
+}
+
+// pairFactory makes loopback pairs on one OS thread that moved into a private network
+// namespace, so the check's resets and aborted connections never show in the agent's
+// namespace (its TCP counters are what operators and tests read). A socket belongs to
+// the namespace of the thread that created it, wherever it is used afterwards.
+type pairFactory struct {
+	reqs chan chan pairResult // nil: make pairs in the caller's namespace
+}
+
+type pairResult struct {
+	p   *loopbackPair
+	err error
+}
+
+// newPairFactory returns the factory and, when no private namespace could be had, why.
+func newPairFactory() (*pairFactory, string) {
+	f := &pairFactory{reqs: make(chan chan pairResult)}
+	ready := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread() // still in the caller's namespace: the thread is reusable
+			ready <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
+			return
+		}
+		// Never unlocked: the thread exits with this goroutine, and the namespace goes
+		// with the last socket in it.
+		if err := loopbackUp(); err != nil {
+			ready <- fmt.Errorf("bringing up lo in the private namespace: %w", err)
+			return
+		}
+		ready <- nil
+		for r := range f.reqs {
+			p, err := newLoopbackPair()
+			r <- pairResult{p, err}
+		}
+	}()
+	if err := <-ready; err != nil {
+		return &pairFactory{}, err.Error()
+	}
+	return f, ""
+}
+
+func (f *pairFactory) pair() (*loopbackPair, error) {
+	if f.reqs == nil {
+		return newLoopbackPair()
+	}
+	r := make(chan pairResult, 1)
+	f.reqs <- r
+	res := <-r
+	return res.p, res.err
+}
+
+func (f *pairFactory) stop() {
+	if f.reqs != nil {
+		close(f.reqs)
+	}
+}
+
+// loopbackUp sets IFF_UP on lo in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // loopbackPair is one TCP connection over 127.0.0.1: snd connected, rcv accepted, both

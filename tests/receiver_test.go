@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +114,11 @@ func TestReceiverMatrixCoversEveryBehaviour(t *testing.T) {
 
 // TestSpliceStaysOffWhereTheKernelCheckFails: the agent asked to splice runs the check,
 // exports it, and programs splicing only if every receiver behaved like TCP.
+//
+// The agent's check and this process's are two runs on a loaded machine, and a row may
+// come out differently between them (a blocking read that a race wakes late): so the
+// agent is held to its own findings row by row (metrics, /debug/state, the log and what
+// it programmed all agree), and to this process's check on the verdict, safe or not.
 func TestSpliceStaysOffWhereTheKernelCheckFails(t *testing.T) {
 	rep := receiverMatrix(t)
 	for _, mode := range []string{"auto", "on", "off"} {
@@ -121,39 +127,49 @@ func TestSpliceStaysOffWhereTheKernelCheckFails(t *testing.T) {
 			a := env.StartAgent(t, env.WriteFile(t, "svc.yaml", spliceYAML(env.Host("server"), env.Host("client"))),
 				"--splice", mode, "--node-name", spliceNodeName)
 			c := env.DatapathConfig(t)
-			wantOn := mode != "off" && rep.Safe()
-			if (c.Splice != bpf.SpliceOff) != wantOn {
-				t.Fatalf("--splice %s programmed splice mode %d; the kernel check says safe = %v", mode, c.Splice, rep.Safe())
-			}
-			enabled := a.Metric(t, "sockmesh_splice_enabled", nil)
-			if (enabled == 1) != wantOn {
-				t.Fatalf("sockmesh_splice_enabled = %v with --splice %s, safe = %v", enabled, mode, rep.Safe())
-			}
 			st := a.DebugState(t)
-			if st.Splice.Mode != mode || st.Splice.Splicing != wantOn {
-				t.Fatalf("/debug/state splice = %+v, want mode %s, splicing %v", st.Splice, mode, wantOn)
-			}
-			if mode != "off" && len(st.Splice.Differences) != len(rep.Differences()) {
-				t.Errorf("/debug/state lists %d kernel differences, this process's check %d: %q", len(st.Splice.Differences), len(rep.Differences()), st.Splice.Differences)
-			}
 			if mode == "off" {
+				if c.Splice != bpf.SpliceOff || st.Splice.Splicing || a.Metric(t, "sockmesh_splice_enabled", nil) != 0 {
+					t.Fatalf("--splice off programmed splice mode %d, /debug/state %+v", c.Splice, st.Splice)
+				}
 				if a.Metrics(t)["sockmesh_splice_kernel_check"] != nil {
 					t.Fatal("--splice off ran the kernel check; it should not cost anything")
 				}
 				return
 			}
-			for _, f := range rep.Findings {
-				got := a.Metric(t, "sockmesh_splice_kernel_check", map[string]string{"receiver": f.Receiver, "behaviour": f.Behaviour})
-				if (got == 1) != f.LikeTCP() {
-					t.Errorf("sockmesh_splice_kernel_check{%s,%s} = %v, but this process's check found like TCP = %v", f.Receiver, f.Behaviour, got, f.LikeTCP())
-				}
+			if st.Splice.Mode != mode || st.Splice.CheckError != "" {
+				t.Fatalf("/debug/state splice = %+v, want mode %s and a check that ran", st.Splice, mode)
 			}
-			if !rep.Safe() {
-				log := a.WaitLog(t, "splicing is off")
-				for _, f := range rep.Differences() {
-					if !strings.Contains(log, f.Behaviour) {
-						t.Errorf("the log does not name %s among the differences:\n%s", f.Behaviour, log)
-					}
+			agentSafe := len(st.Splice.Differences) == 0
+			if (c.Splice != bpf.SpliceOff) != agentSafe || st.Splice.Splicing != agentSafe {
+				t.Fatalf("--splice %s programmed splice mode %d (/debug/state splicing %v), but the agent's own check found %d differences: %q",
+					mode, c.Splice, st.Splice.Splicing, len(st.Splice.Differences), st.Splice.Differences)
+			}
+			if enabled := a.Metric(t, "sockmesh_splice_enabled", nil); (enabled == 1) != agentSafe {
+				t.Fatalf("sockmesh_splice_enabled = %v with --splice %s; the agent's check safe = %v", enabled, mode, agentSafe)
+			}
+			if agentSafe != rep.Safe() {
+				t.Errorf("the agent's check says safe = %v (%q), this process's says %v (%s)", agentSafe, st.Splice.Differences, rep.Safe(), rep.Summary())
+			}
+			var log string
+			if !agentSafe {
+				log = a.WaitLog(t, "splicing is off")
+			}
+			for _, f := range rep.Findings { // every row, named as the agent names it
+				row := fmt.Sprintf("%s receiver, %s: ", f.Receiver, f.Behaviour)
+				differs := false
+				for _, d := range st.Splice.Differences {
+					differs = differs || strings.HasPrefix(d, row)
+				}
+				got := a.Metric(t, "sockmesh_splice_kernel_check", map[string]string{"receiver": f.Receiver, "behaviour": f.Behaviour})
+				if (got == 1) == differs {
+					t.Errorf("sockmesh_splice_kernel_check{%s,%s} = %v, but /debug/state lists it among the differences = %v", f.Receiver, f.Behaviour, got, differs)
+				}
+				if differs && !strings.Contains(log, f.Behaviour) {
+					t.Errorf("the log does not name %s among the differences:\n%s", f.Behaviour, log)
+				}
+				if differs != !f.LikeTCP() {
+					t.Logf("%s receiver, %s: the agent's check and this process's disagree (this one: %q where TCP gives %q)", f.Receiver, f.Behaviour, f.Got, f.TCP)
 				}
 			}
 		})

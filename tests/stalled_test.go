@@ -100,8 +100,8 @@ func stalledMode(t *testing.T, mode string) {
 
 	tcp := tcpStats(t, hosts).since(tcpBefore)
 	for _, h := range hosts {
-		if n := tcp[h.Name]["OutRsts"] + tcp[h.Name]["EstabResets"]; n != 0 {
-			t.Errorf("%s: %d TCP resets (OutRsts %d, EstabResets %d in its namespace)", h.Name, n, tcp[h.Name]["OutRsts"], tcp[h.Name]["EstabResets"])
+		if n, detail := connectionResets(tcp[h.Name]); n != 0 {
+			t.Errorf("%s: %d connections reset in its namespace (%s)", h.Name, n, detail)
 		}
 	}
 	d := spliceCountsOf(t, env).since(countsBefore)
