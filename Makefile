@@ -24,7 +24,7 @@ generate: deps
 # failures (see tests/harness). The fuzz targets then run briefly each (FUZZTIME=0 skips
 # them); a failing input lands in the package's testdata/fuzz, to commit with the fix.
 FUZZTIME ?= 15s
-FUZZ_TARGETS := ./agent:FuzzNothingProgrammedIsLost ./agent/lbmap:FuzzWriterWithinCapacity
+FUZZ_TARGETS := ./agent:FuzzNothingProgrammedIsLost ./agent:FuzzIncrementalMatchesFull ./agent/lbmap:FuzzWriterWithinCapacity
 test: deps
 	$(GO) test $(TEST_FLAGS) ./...
 	@if [ "$(FUZZTIME)" != 0 ]; then for t in $(FUZZ_TARGETS); do \

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -37,9 +38,12 @@ type Agent struct {
 
 	pendingMu sync.Mutex
 	pending   *source.Update
-	wake      chan struct{}
-	prevErrs  []model.ObjectError
-	events    reporter // nil: the source posts no Kubernetes Events
+	// pendingTaken says the loop took pending; pendingLost that an untaken snapshot
+	// was replaced by one without a snapshot, so the next one must be applied in full.
+	pendingTaken, pendingLost bool
+	wake                      chan struct{}
+	prevErrs                  []model.ObjectError
+	events                    reporter // nil: the source posts no Kubernetes Events
 }
 
 // reporter is a source that tells the API server about rejected objects (Events).
@@ -254,9 +258,36 @@ func (l *listeners) close() {
 }
 
 // offer hands the run loop a new update; only the latest one matters.
+//
+// A snapshot that says which frontends Changed says so relative to the one before it:
+// when it replaces one the loop never took, it must also carry that one's changes.
 func (a *Agent) offer(u source.Update) {
 	a.pendingMu.Lock()
-	a.pending = &u
+	prev := a.pending
+	if prev != nil && !a.pendingTaken && prev.Snapshot != nil {
+		switch {
+		case u.Snapshot == nil:
+			a.pendingLost = true // an untaken snapshot's changes go with it
+		case u.Snapshot.Changed != nil:
+			merged := *u.Snapshot
+			if prev.Snapshot.Changed == nil {
+				merged.Changed = nil
+			} else {
+				merged.Changed = maps.Clone(u.Snapshot.Changed)
+				maps.Copy(merged.Changed, prev.Snapshot.Changed)
+			}
+			u.Snapshot = &merged
+		}
+	}
+	if a.pendingLost && u.Snapshot != nil {
+		if u.Snapshot.Changed != nil {
+			merged := *u.Snapshot
+			merged.Changed = nil
+			u.Snapshot = &merged
+		}
+		a.pendingLost = false
+	}
+	a.pending, a.pendingTaken = &u, false
 	a.pendingMu.Unlock()
 	select {
 	case a.wake <- struct{}{}:
@@ -279,6 +310,7 @@ func (a *Agent) loop(ctx context.Context) {
 		case <-a.wake:
 			a.pendingMu.Lock()
 			u := a.pending
+			a.pendingTaken = true
 			a.pendingMu.Unlock()
 			if u.Snapshot == nil {
 				a.waitForInput(u)

@@ -20,12 +20,14 @@ const ReasonNameCollision = "xds_name_collision"
 type nameClaims struct {
 	byAuthority map[string][]servicePort    // in name order
 	shadowed    map[servicePort]servicePort // a port left out → the port served instead
+	generation  uint64                      // counts adds and removes
 }
 
 func (c *nameClaims) add(p servicePort) {
 	if c.byAuthority == nil {
 		c.byAuthority, c.shadowed = map[string][]servicePort{}, map[servicePort]servicePort{}
 	}
+	c.generation++
 	a := p.authority()
 	ports := c.byAuthority[a]
 	i, _ := slices.BinarySearchFunc(ports, p, compareServicePorts)
@@ -34,6 +36,7 @@ func (c *nameClaims) add(p servicePort) {
 }
 
 func (c *nameClaims) remove(p servicePort) {
+	c.generation++
 	a := p.authority()
 	c.byAuthority[a] = slices.DeleteFunc(c.byAuthority[a], func(q servicePort) bool { return q == p })
 	delete(c.shadowed, p)

@@ -193,6 +193,14 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) ([]model.ObjectE
 	return rejected, nil
 }
 
+// Served returns the snapshots being served, to Envoy and to proxyless clients (nil
+// before the first Update).
+func (s *Server) Served() (envoy, proxyless *cachev3.Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served.envoy, s.served.proxyless
+}
+
 // Serve answers ADS on ln until Stop.
 func (s *Server) Serve(ln net.Listener) error {
 	if err := s.grpc.Serve(&connTrackingListener{Listener: ln}); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -36,6 +36,9 @@ type builder struct {
 	proxyRes map[resourcev3.Type][]types.Resource
 	// claims say which ports' resources are served when ports share names.
 	claims nameClaims
+	// exact says the last update completed, so the next may look at a snapshot's
+	// Changed frontends alone.
+	exact bool
 	// last are the snapshots made last; nil until the first.
 	last *snapshotPair
 }
@@ -120,35 +123,61 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 	}
 	dirty := map[servicePort]bool{}
 	var scratch []model.Backend
-	present := 0
-	for fe, svc := range snap.Services {
-		if fe.Protocol != model.TCP {
-			continue
-		}
-		present++
+	// A scoped pass looks at the changed frontends alone; it is exact only over what
+	// the last pass built, so a failed pass makes the next one look at everything.
+	scoped := snap.Changed != nil && b.exact
+	b.exact = false
+	l7Touched := !scoped
+	see := func(fe model.Frontend, svc *model.Service) {
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: fe.Port, protocol: fe.Protocol}
 		scratch = svc.AppendSelected(scratch[:0])
 		old, ok := b.frontends[fe]
 		if ok && old.port == p && old.l7 == svc.L7 && old.app == svc.AppProtocol && slices.Equal(old.backends, scratch) {
-			continue
+			return
 		}
 		if ok {
 			b.unlink(fe, old.port)
 			dirty[old.port] = true
+			l7Touched = l7Touched || old.l7
 		}
+		l7Touched = l7Touched || svc.L7
 		b.frontends[fe] = frontendState{port: p, backends: slices.Clone(scratch), l7: svc.L7, app: svc.AppProtocol}
 		b.portFrontends[p] = append(b.portFrontends[p], fe)
 		dirty[p] = true
 	}
-	if present != len(b.frontends) { // some frontends left the model
-		for fe, old := range b.frontends {
-			if svc, ok := snap.Services[fe]; !ok || svc.Frontend.Protocol != model.TCP {
-				delete(b.frontends, fe)
-				b.unlink(fe, old.port)
-				dirty[old.port] = true
+	gone := func(fe model.Frontend) {
+		if old, ok := b.frontends[fe]; ok {
+			delete(b.frontends, fe)
+			b.unlink(fe, old.port)
+			dirty[old.port] = true
+			l7Touched = l7Touched || old.l7
+		}
+	}
+	if scoped {
+		for fe := range snap.Changed {
+			if svc, ok := snap.Services[fe]; ok && fe.Protocol == model.TCP {
+				see(fe, svc)
+			} else {
+				gone(fe)
+			}
+		}
+	} else {
+		present := 0
+		for fe, svc := range snap.Services {
+			if fe.Protocol == model.TCP {
+				present++
+				see(fe, svc)
+			}
+		}
+		if present != len(b.frontends) { // some frontends left the model
+			for fe := range b.frontends {
+				if svc, ok := snap.Services[fe]; !ok || svc.Frontend.Protocol != model.TCP {
+					gone(fe)
+				}
 			}
 		}
 	}
+	claimsBefore := b.claims.generation
 	for p := range dirty {
 		fes := b.portFrontends[p]
 		if len(fes) == 0 {
@@ -198,14 +227,19 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 	}
 	changed = slices.DeleteFunc(changed, func(p servicePort) bool { return !b.claims.served(p) })
 
-	ls, rs, cs := proxyResources(b.proxy, snap, b.claims.served)
-	proxyRes := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: ls, resourcev3.RouteType: rs, resourcev3.ClusterType: cs}
-	for t, res := range proxyRes {
-		if !slices.EqualFunc(res, b.proxyRes[t], func(a, b types.Resource) bool { return proto.Equal(a, b) }) {
-			structural = true
+	// The proxy's resources follow the L7 services and the claims alone (a scoped pass
+	// has the policies of the snapshot before), so a change to neither keeps them.
+	if l7Touched || b.claims.generation != claimsBefore || b.proxyRes == nil {
+		ls, rs, cs := proxyResources(b.proxy, snap, b.claims.served)
+		proxyRes := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: ls, resourcev3.RouteType: rs, resourcev3.ClusterType: cs}
+		for t, res := range proxyRes {
+			if !slices.EqualFunc(res, b.proxyRes[t], func(a, b types.Resource) bool { return proto.Equal(a, b) }) {
+				structural = true
+			}
 		}
+		b.proxyRes = proxyRes
 	}
-	b.proxyRes = proxyRes
+	b.exact = true
 	return changed, structural, nil
 }
 

@@ -54,6 +54,25 @@ type held struct {
 // heldIndex groups the shadow by service id (a backend by the id in its value).
 type heldIndex map[uint32]*held
 
+// heldFor is index for the given ids alone, read through the tables' id index.
+func (w *Writer) heldFor(ids map[uint32]bool) heldIndex {
+	idx := make(heldIndex, len(ids))
+	for id := range ids {
+		h := &held{}
+		for k := range w.services.byID[id] {
+			h.keys = append(h.keys, k)
+		}
+		for k := range w.slots.byID[id] {
+			h.slots = append(h.slots, k)
+		}
+		for k := range w.backends.byID[id] {
+			h.backends = append(h.backends, k)
+		}
+		idx[id] = h
+	}
+	return idx
+}
+
 func (w *Writer) index() heldIndex {
 	idx := make(heldIndex, len(w.services.cur))
 	get := func(id uint32) *held {

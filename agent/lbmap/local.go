@@ -9,19 +9,40 @@ import (
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
-// localAddrs are the addresses of endpoints on this node plus the node's own. When they
-// outnumber the map, the ones it holds stay, then the lowest; the rest are reported.
-func (w *Writer) localAddrs(snap *model.Snapshot) (map[bpf.LbAddr]uint8, *model.ObjectError) {
-	var addrs []netip.Addr
-	addrs = append(addrs, w.nodeAddrs...)
-	if w.nodeName != "" {
-		for _, svc := range snap.Services {
-			for _, b := range svc.Backends {
-				if b.NodeName == w.nodeName {
-					addrs = append(addrs, b.Addr)
-				}
+// noteLocal records the local endpoint addresses of the snapshot's frontends: all of
+// them, or the changed ones in a scoped pass.
+func (w *Writer) noteLocal(snap *model.Snapshot, scoped bool) {
+	note := func(fe model.Frontend) {
+		delete(w.localOf, fe)
+		svc, ok := snap.Services[fe]
+		if !ok || w.nodeName == "" {
+			return
+		}
+		for _, b := range svc.Backends {
+			if b.NodeName == w.nodeName {
+				w.localOf[fe] = append(w.localOf[fe], b.Addr)
 			}
 		}
+	}
+	if !scoped || w.localOf == nil {
+		w.localOf = map[model.Frontend][]netip.Addr{}
+		for fe := range snap.Services {
+			note(fe)
+		}
+		return
+	}
+	for fe := range snap.Changed {
+		note(fe)
+	}
+}
+
+// localAddrs are the addresses of endpoints on this node plus the node's own. When they
+// outnumber the map, the ones it holds stay, then the lowest; the rest are reported.
+func (w *Writer) localAddrs() (map[bpf.LbAddr]uint8, *model.ObjectError) {
+	var addrs []netip.Addr
+	addrs = append(addrs, w.nodeAddrs...)
+	for _, as := range w.localOf {
+		addrs = append(addrs, as...)
 	}
 	out := make(map[bpf.LbAddr]uint8, len(addrs))
 	for _, a := range addrs {

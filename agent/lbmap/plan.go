@@ -123,11 +123,11 @@ func (c *change) changes() bool {
 	return len(c.slots)+len(c.backends)+len(c.staleSlots)+len(c.staleBackends) > 0 || c.writeName || c.writeService || c.staleName
 }
 
-// removeUnwanted is phase (a): it deletes the services keep refuses, then the slots,
-// names and backends of every id not in ids.
-func (w *Writer) removeUnwanted(idx heldIndex, keep func(bpf.SvcKey) bool, ids map[uint32]bool) error {
+// removeUnwanted is phase (a): it deletes the considered services keep refuses, then
+// the slots, names and backends of every id of idx not in ids.
+func (w *Writer) removeUnwanted(idx heldIndex, considered []bpf.SvcKey, keep func(bpf.SvcKey) bool, ids map[uint32]bool) error {
 	var svcKeys []bpf.SvcKey
-	for k := range w.services.cur {
+	for _, k := range considered {
 		if !keep(k) {
 			svcKeys = append(svcKeys, k)
 		}

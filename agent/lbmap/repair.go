@@ -57,6 +57,9 @@ func (w *Writer) Repair() (int, error) {
 		{w.local.name, w.local.changed, &w.local.changed},
 	}
 	complete, err := w.restore(want)
+	if !complete || err != nil {
+		w.exact = false // the next Apply reads everything
+	}
 	if complete && err == nil {
 		w.unrestored = nil
 	}
@@ -80,7 +83,11 @@ func (w *Writer) restore(want *state) (complete bool, err error) {
 		ids[id] = true
 	}
 	keep := func(k bpf.SvcKey) bool { _, ok := want.services[k]; return ok }
-	if err := w.removeUnwanted(idx, keep, ids); err != nil {
+	considered := make([]bpf.SvcKey, 0, len(w.services.cur))
+	for k := range w.services.cur {
+		considered = append(considered, k)
+	}
+	if err := w.removeUnwanted(idx, considered, keep, ids); err != nil {
 		return false, err
 	}
 	if err := w.local.prune(want.local); err != nil {

@@ -24,14 +24,48 @@ type synced[K comparable, V comparable] struct {
 	max  int
 	// changed counts the entries written or removed, so Repair can tell what it fixed.
 	changed int
+	// byID, when idOf is set, indexes cur by the service id each entry belongs to, so a
+	// pass over a few services finds their entries without reading every entry.
+	idOf func(K, V) uint32
+	byID map[uint32]map[K]struct{}
 }
 
-func newSynced[K comparable, V comparable](t Table[K, V], obs Observer) (*synced[K, V], error) {
-	s := &synced[K, V]{t: t, obs: obs, name: t.Name(), max: t.MaxEntries()}
+func newSynced[K comparable, V comparable](t Table[K, V], obs Observer, idOf func(K, V) uint32) (*synced[K, V], error) {
+	s := &synced[K, V]{t: t, obs: obs, name: t.Name(), max: t.MaxEntries(), idOf: idOf}
 	if err := s.reload(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// set and unset keep cur and byID together.
+func (s *synced[K, V]) set(k K, v V) {
+	if s.idOf != nil {
+		if old, ok := s.cur[k]; ok {
+			s.unindex(k, old)
+		}
+		id := s.idOf(k, v)
+		if s.byID[id] == nil {
+			s.byID[id] = map[K]struct{}{}
+		}
+		s.byID[id][k] = struct{}{}
+	}
+	s.cur[k] = v
+}
+
+func (s *synced[K, V]) unset(k K) {
+	if old, ok := s.cur[k]; ok && s.idOf != nil {
+		s.unindex(k, old)
+	}
+	delete(s.cur, k)
+}
+
+func (s *synced[K, V]) unindex(k K, v V) {
+	id := s.idOf(k, v)
+	delete(s.byID[id], k)
+	if len(s.byID[id]) == 0 {
+		delete(s.byID, id)
+	}
 }
 
 // reload replaces the mirror with what the kernel holds now.
@@ -40,7 +74,11 @@ func (s *synced[K, V]) reload() error {
 	if err != nil {
 		return fmt.Errorf("read map %s: %w", s.name, err)
 	}
-	s.cur = cur
+	s.cur = map[K]V{}
+	s.byID = map[uint32]map[K]struct{}{}
+	for k, v := range cur {
+		s.set(k, v)
+	}
 	return nil
 }
 
@@ -54,7 +92,7 @@ func (s *synced[K, V]) write(keys []K, vals []V) error {
 	}
 	n, err := s.t.Update(keys, vals)
 	for i := 0; i < n; i++ {
-		s.cur[keys[i]] = vals[i]
+		s.set(keys[i], vals[i])
 	}
 	s.changed += n
 	s.obs.MapOp(s.name, "update", n, err)
@@ -71,7 +109,7 @@ func (s *synced[K, V]) remove(keys []K) error {
 	}
 	n, err := s.t.Delete(keys)
 	for i := 0; i < n; i++ {
-		delete(s.cur, keys[i])
+		s.unset(keys[i])
 	}
 	s.changed += n
 	s.obs.MapOp(s.name, "delete", n, err)

@@ -3,6 +3,7 @@ package lbmap
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 
@@ -33,6 +34,12 @@ type Writer struct {
 
 	// applied says Apply ran, so the shadow holds an intended state Repair can put back.
 	applied bool
+	// exact says the maps hold exactly the last snapshot applied, no more (no refused
+	// service waiting for room, no pass that failed half-way, nothing Repair rewrote):
+	// only then may a pass look at a snapshot's Changed frontends alone.
+	exact bool
+	// localOf are the local endpoint addresses of each frontend, as last applied.
+	localOf map[model.Frontend][]netip.Addr
 	// unrestored is the state a Repair could not fully put back; the next Repair tries
 	// again, the next Apply replaces it.
 	unrestored *state
@@ -43,19 +50,19 @@ type Writer struct {
 func NewWriter(t Tables, obs Observer) (*Writer, error) {
 	w := &Writer{obs: obs, pendingIDs: map[model.Frontend]uint32{}, nextSvcID: 1, nextBackendID: 1}
 	var err error
-	if w.services, err = newSynced(t.Services, obs); err != nil {
+	if w.services, err = newSynced(t.Services, obs, func(_ bpf.SvcKey, v bpf.SvcValue) uint32 { return v.Id }); err != nil {
 		return nil, err
 	}
-	if w.slots, err = newSynced(t.Slots, obs); err != nil {
+	if w.slots, err = newSynced(t.Slots, obs, func(k bpf.SlotKey, _ uint32) uint32 { return k.SvcId }); err != nil {
 		return nil, err
 	}
-	if w.backends, err = newSynced(t.Backends, obs); err != nil {
+	if w.backends, err = newSynced(t.Backends, obs, func(_ uint32, v bpf.BackendValue) uint32 { return v.SvcId }); err != nil {
 		return nil, err
 	}
-	if w.names, err = newSynced(t.Names, obs); err != nil {
+	if w.names, err = newSynced(t.Names, obs, func(id uint32, _ bpf.SvcName) uint32 { return id }); err != nil {
 		return nil, err
 	}
-	if w.local, err = newSynced(t.Local, obs); err != nil {
+	if w.local, err = newSynced(t.Local, obs, nil); err != nil {
 		return nil, err
 	}
 	w.adoptIDs()
@@ -85,6 +92,7 @@ func (w *Writer) SetNode(name string, addrs []netip.Addr) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.nodeName, w.nodeAddrs = name, addrs
+	w.exact = false
 }
 
 // Result says what one Apply achieved.
@@ -100,26 +108,66 @@ type Result struct {
 // one. Capacity never makes Apply fail: only an unexpected write failure does, and then
 // the maps hold complete services and the writer knows exactly what it wrote, so the
 // caller simply retries.
+//
+// A snapshot that says which frontends Changed, applied over maps that hold exactly
+// the snapshot before it, is a pass over those frontends' entries alone: the same
+// phases, the same result, O(the change). Otherwise the pass reads everything.
 func (w *Writer) Apply(snap *model.Snapshot) (Result, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.applied, w.unrestored = true, nil
 	var res Result
-	err := w.apply(snap, &res)
+	scoped := snap.Changed != nil && w.exact
+	w.exact = false // until this pass completes with nothing refused
+	err := w.apply(snap, scoped, &res)
+	w.exact = err == nil && len(w.pendingIDs) == 0 && !hasMapFull(res.Errors)
 	res.Services, res.Backends = len(w.services.cur), len(w.backends.cur)
 	return res, err
 }
 
-func (w *Writer) apply(snap *model.Snapshot, res *Result) error {
-	idx := w.index()
-	programmed, fresh, ids := w.claimIDs(snap, idx)
+func hasMapFull(errs []model.ObjectError) bool {
+	for _, e := range errs {
+		if e.Reason == "map_full" {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Writer) apply(snap *model.Snapshot, scoped bool, res *Result) error {
+	var idx heldIndex
+	var svcs []*model.Service
+	var considered []bpf.SvcKey // the programmed frontends this pass may remove
+	if scoped {
+		ids := map[uint32]bool{}
+		for fe := range snap.Changed {
+			k := svcKeyOf(fe)
+			if v, ok := w.services.cur[k]; ok {
+				ids[v.Id] = true
+				considered = append(considered, k)
+			}
+			if svc, ok := snap.Services[fe]; ok {
+				svcs = append(svcs, svc)
+			}
+		}
+		slices.SortFunc(svcs, func(a, b *model.Service) int { return compareFrontends(a.Frontend, b.Frontend) })
+		idx = w.heldFor(ids)
+	} else {
+		idx = w.index()
+		svcs = snap.SortedServices()
+		for k := range w.services.cur {
+			considered = append(considered, k)
+		}
+	}
+	programmed, fresh, ids := w.claimIDs(snap, svcs, idx)
 
 	// (a) Whole services that are gone, and whatever no service here holds.
 	keep := func(k bpf.SvcKey) bool { _, ok := snap.Services[frontendOf(k)]; return ok }
-	if err := w.removeUnwanted(idx, keep, ids); err != nil {
+	if err := w.removeUnwanted(idx, considered, keep, ids); err != nil {
 		return err
 	}
-	local, localErr := w.localAddrs(snap)
+	w.noteLocal(snap, scoped)
+	local, localErr := w.localAddrs()
 	if localErr != nil {
 		res.Errors = append(res.Errors, *localErr)
 	}
@@ -163,14 +211,14 @@ func (w *Writer) apply(snap *model.Snapshot, res *Result) error {
 // claimIDs orders the snapshot's services for admission, programmed ones first (so a
 // full map never evicts one), each in frontend order, and gives each the id it has in
 // the maps, or the one a failed pass gave it; ids are the ids claimed.
-func (w *Writer) claimIDs(snap *model.Snapshot, idx heldIndex) (programmed, fresh []*candidate, ids map[uint32]bool) {
+func (w *Writer) claimIDs(snap *model.Snapshot, svcs []*model.Service, idx heldIndex) (programmed, fresh []*candidate, ids map[uint32]bool) {
 	for fe := range w.pendingIDs {
 		if _, ok := snap.Services[fe]; !ok || w.isProgrammed(fe) {
 			delete(w.pendingIDs, fe)
 		}
 	}
 	ids = map[uint32]bool{}
-	for _, svc := range snap.SortedServices() {
+	for _, svc := range svcs {
 		c := &candidate{svc: svc, newID: true}
 		if v, ok := w.services.cur[svcKeyOf(svc.Frontend)]; ok {
 			c.id, c.newID = v.Id, false
@@ -239,4 +287,14 @@ func (w *Writer) Programmed() map[model.Frontend]model.ServiceName {
 		}
 	}
 	return out
+}
+
+func compareFrontends(a, b model.Frontend) int {
+	switch {
+	case model.FrontendLess(a, b):
+		return -1
+	case model.FrontendLess(b, a):
+		return 1
+	}
+	return 0
 }

@@ -39,6 +39,10 @@ func (b *builder) indexSlices(in []*discoveryv1.EndpointSlice) map[ServiceName][
 			continue // names, not addresses: nothing the datapath can connect to
 		}
 		svc := ServiceName{s.Namespace, s.Labels[discoveryv1.LabelServiceName]}
+		if b.sliceService == nil {
+			b.sliceService = map[objectKey]ServiceName{}
+		}
+		b.sliceService[objectKey{s.Namespace, s.Name}] = svc
 		if !b.present[svc] {
 			b.report(report(ReasonUnknownService, fmt.Sprintf(
 				"Service %s does not exist; its endpoints are used once it does", svc)))

@@ -71,9 +71,9 @@ func BuildAll(in Input) *Snapshot {
 	}
 	b.resolvePolicies(in.Pods, in.Policies)
 	b.decideL7()
-	// Errors are sorted per object so that two Builds of the same input compare equal
-	// and logs and metrics do not flap; within one object they keep their field order.
-	sortErrors(b.snap.Errors)
+	b.snap.built = b.groupErrors()
+	b.snap.Errors = b.snap.built.all()
+	b.snap.indexFrontends()
 	return b.snap
 }
 
@@ -86,6 +86,8 @@ type builder struct {
 	annotatedL7 map[ServiceName]bool
 	// nodeName and nodeZone are Input.NodeName and Input.NodeZone.
 	nodeName, nodeZone string
+	// sliceService says which Service each EndpointSlice belongs to, for its errors.
+	sliceService map[objectKey]ServiceName
 }
 
 func (b *builder) report(errs ...ObjectError) { b.snap.Errors = append(b.snap.Errors, errs...) }

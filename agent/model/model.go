@@ -163,6 +163,17 @@ type Snapshot struct {
 	Policies map[ServiceName][]*Policy
 	// Errors lists the objects that were rejected or only partly used in this snapshot.
 	Errors []ObjectError
+	// Changed, when set, says that only these frontends may differ from the snapshot
+	// this one was rebuilt from (see Rebuild): a reconciler may look at them alone. Nil
+	// means anything may have changed.
+	Changed map[Frontend]bool
+
+	// built are the errors Build found, by the Service they belong to (an EndpointSlice's
+	// are its Service's), so that Rebuild can replace one Service's alone; Errors may
+	// have more, appended by the caller.
+	built builtErrors
+	// frontendsOf lists each Service's frontends in order, for Rebuild.
+	frontendsOf map[ServiceName][]Frontend
 }
 
 // NewSnapshot returns an empty snapshot.

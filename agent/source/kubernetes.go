@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -30,16 +31,18 @@ import (
 // AuthorizationPolicies is the resource of Istio's security.istio.io/v1 policies.
 var AuthorizationPolicies = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
 
-// DefaultMinSync batches the API server's events: a burst of changes (a rollout) is one
-// reconcile, and no change waits longer than this.
-const DefaultMinSync = 100 * time.Millisecond
+// retryBase is the first delay before a failed pass is retried; it doubles up to 30 s.
+const retryBase = 100 * time.Millisecond
 
 // Kubernetes is the kubernetes source: client-go shared informers for Services,
 // EndpointSlices and Pods, and a dynamic one for AuthorizationPolicies, feeding the same
-// Store the file source uses. Events only mark the source dirty; a rate-limited work
-// queue turns them into one Replace of everything the informers hold (the full-build
-// path), so an API server outage or a watch expiry changes nothing: the informers keep
-// their last lists and relist on their own when the server is back.
+// Store the file source uses. Events only record what changed (see changeTracker); a
+// rate-limited work queue turns each batch into one pass: the Services and
+// EndpointSlices that changed are stored and rebuilt alone (Store.UpdateServices and
+// SnapshotChanged), anything else is one Replace of everything the informers hold (the
+// full path, also the first). An API server outage or a watch expiry changes nothing:
+// the informers keep their last lists and relist on their own when the server is back,
+// and a relist delivers only the objects that changed.
 //
 // Before it starts the informers, Run checks that the API server grants every permission
 // it will use (see requiredPermissions) and fails naming the missing ones. While it runs,
@@ -53,7 +56,10 @@ type Kubernetes struct {
 	NodeName string
 	// OnUpdate gets an Update after the first full list and after each batch of changes.
 	OnUpdate func(Update)
-	// MinSync is the batching delay. Zero means DefaultMinSync.
+	// MinSync delays each pass to batch more events into it. Zero (the default): a pass
+	// starts at once, and the events that arrive while it runs make the next one, so a
+	// burst (a rollout) is batched by the work itself and a lone change waits for
+	// nothing. (kube-proxy's minSyncPeriod is 1 s: its passes cost O(services).)
 	MinSync time.Duration
 	// Resync is how often the informers re-deliver everything. Zero: never.
 	Resync time.Duration
@@ -113,20 +119,56 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	slices := factory.Discovery().V1().EndpointSlices()
 	pods := factory.Core().V1().Pods()
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedMaxOfRateLimiter(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](or(k.MinSync, DefaultMinSync), 30*time.Second),
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBase, 30*time.Second),
 	))
 	defer queue.ShutDown()
+	var changes changeTracker
+	wake := func() {
+		if k.MinSync > 0 {
+			queue.AddAfter(syncKey, k.MinSync)
+		} else {
+			queue.Add(syncKey)
+		}
+	}
+	// Services and EndpointSlices name the Service they change; anything else (pods,
+	// policies, the node) takes the full pass.
+	perService := func(objs ...any) {
+		for _, o := range objs {
+			if name, ok := serviceOf(o); ok {
+				changes.service(name)
+			} else {
+				changes.everything()
+			}
+		}
+		wake()
+	}
+	tracked := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) { perService(o) },
+		UpdateFunc: func(old, o any) {
+			if sameObjectVersion(old, o) {
+				return // a resync or relist re-delivering what is stored: nothing changed
+			}
+			perService(old, o)
+		},
+		DeleteFunc: func(o any) { perService(o) },
+	}
 	dirty := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { queue.AddAfter(syncKey, or(k.MinSync, DefaultMinSync)) },
-		UpdateFunc: func(any, any) { queue.AddAfter(syncKey, or(k.MinSync, DefaultMinSync)) },
-		DeleteFunc: func(any) { queue.AddAfter(syncKey, or(k.MinSync, DefaultMinSync)) },
+		AddFunc:    func(any) { changes.everything(); wake() },
+		UpdateFunc: func(any, any) { changes.everything(); wake() },
+		DeleteFunc: func(any) { changes.everything(); wake() },
+	}
+	if err := slices.Informer().AddIndexers(cache.Indexers{byServiceIndex: sliceServiceKey}); err != nil {
+		return err
 	}
 	synced := []cache.InformerSynced{}
-	for _, inf := range []cache.SharedIndexInformer{services.Informer(), slices.Informer(), pods.Informer()} {
-		if _, err := inf.AddEventHandler(dirty); err != nil {
+	for _, h := range []struct {
+		inf     cache.SharedIndexInformer
+		handler cache.ResourceEventHandler
+	}{{services.Informer(), tracked}, {slices.Informer(), tracked}, {pods.Informer(), dirty}} {
+		if _, err := h.inf.AddEventHandler(h.handler); err != nil {
 			return err
 		}
-		synced = append(synced, inf.HasSynced)
+		synced = append(synced, h.inf.HasSynced)
 	}
 	// This node only: its zone label decides topology hints.
 	nodes := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync,
@@ -161,6 +203,7 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
+	changes.everything() // the first pass lists everything
 	queue.Add(syncKey)
 	go func() {
 		<-ctx.Done()
@@ -171,20 +214,47 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		if shutdown {
 			return nil
 		}
-		d, err := k.list(services.Lister().List, slices.Lister().List, pods.Lister().List, policies)
-		if err != nil {
-			log.Error("cannot read the informers' lists; retrying", "err", err)
-			queue.AddRateLimited(key)
-		} else {
-			queue.Forget(key)
-			k.store.setZone(nodeZone(node.Lister(), k.NodeName))
-			k.store.Replace(d)
-			if k.OnUpdate != nil {
-				k.OnUpdate(Update{Snapshot: k.store.Snapshot()})
+		dirtyServices, full := changes.take()
+		var snap *model.Snapshot
+		if full {
+			d, err := k.list(services.Lister().List, slices.Lister().List, pods.Lister().List, policies)
+			if err == nil {
+				k.store.setZone(nodeZone(node.Lister(), k.NodeName))
+				k.store.Replace(d)
+				snap = k.store.Snapshot()
+			} else {
+				log.Error("cannot read the informers' lists; retrying", "err", err)
 			}
+		} else if len(dirtyServices) > 0 {
+			states, err := serviceStates(dirtyServices, services.Informer().GetIndexer(), slices.Informer().GetIndexer())
+			if err == nil {
+				k.store.UpdateServices(states)
+				snap = k.store.SnapshotChanged(dirtyServices)
+			} else {
+				log.Error("cannot read the informers' caches; retrying", "err", err)
+			}
+		}
+		switch {
+		case snap != nil:
+			queue.Forget(key)
+			if k.OnUpdate != nil {
+				k.OnUpdate(Update{Snapshot: snap})
+			}
+		case full || len(dirtyServices) > 0: // failed: the retry takes it again
+			changes.putBack(dirtyServices, full)
+			queue.AddRateLimited(key)
+		default:
+			queue.Forget(key) // the events were already taken by an earlier pass
 		}
 		queue.Done(key)
 	}
+}
+
+// sameObjectVersion says whether two informer objects are the same version of one object.
+func sameObjectVersion(a, b any) bool {
+	am, aerr := meta.Accessor(a)
+	bm, berr := meta.Accessor(b)
+	return aerr == nil && berr == nil && am.GetResourceVersion() != "" && am.GetResourceVersion() == bm.GetResourceVersion()
 }
 
 // policiesServed says whether the API server serves AuthorizationPolicies (their CRD is

@@ -37,6 +37,14 @@ type Store struct {
 	holders map[model.Frontend]model.ServiceName
 	errs    []model.ObjectError // errors of the current input
 	node    Node
+
+	// slicesOf indexes the stored slices by the Service they name, for UpdateServices.
+	slicesOf map[model.ServiceName]map[objectKey]bool
+	// last is the snapshot of the stored objects, which SnapshotChanged rebuilds from:
+	// nil after anything only a full build applies (a Replace, a node change). gen
+	// counts the changes, so a full build that raced one is not taken for current.
+	last *model.Snapshot
+	gen  uint64
 }
 
 // Node is what the model needs to know of the node the agent runs on.
@@ -52,6 +60,9 @@ type Node struct {
 func (s *Store) setZone(zone string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.node.Zone != zone {
+		s.last, s.gen = nil, s.gen+1
+	}
 	s.node.Zone = zone
 }
 
@@ -59,6 +70,9 @@ func (s *Store) setZone(zone string) {
 func (s *Store) SetNode(n Node) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.node != n {
+		s.last, s.gen = nil, s.gen+1
+	}
 	s.node = n
 }
 
@@ -115,6 +129,8 @@ func (s *Store) Replace(d Decoded) []model.ObjectError {
 		}
 	}
 	s.errs = r.errs
+	s.reindexSlices()
+	s.last, s.gen = nil, s.gen+1
 	return slices.Clone(r.errs)
 }
 
@@ -277,17 +293,21 @@ func (s *Store) Snapshot() *model.Snapshot {
 		RejectedServices: maps.Clone(s.rejectedServices), Holders: maps.Clone(s.holders),
 		NodeName: s.node.Name, NodeZone: s.node.Zone, ProxyName: s.node.ProxyName}
 	errs := slices.Clone(s.errs)
+	gen := s.gen
 	s.mu.Unlock()
 	// Build runs unlocked: stored objects are never modified, and a large Build must not
 	// stall a concurrent Replace.
 	snap := model.BuildAll(in)
-	snap.Errors = append(snap.Errors, errs...)
+	snap.Errors = model.SortedErrors(append(snap.Errors, errs...))
 	holders := make(map[model.Frontend]model.ServiceName, len(snap.Services))
 	for fe, svc := range snap.Services {
 		holders[fe] = svc.Name
 	}
 	s.mu.Lock()
 	s.holders = holders
+	if s.gen == gen {
+		s.last = snap
+	}
 	s.mu.Unlock()
 	return snap
 }
