@@ -115,6 +115,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("kernel feature missing", "detail", d)
 	}
 	a.dp, a.metrics = dp, NewMetrics(dp.Maps())
+	if k, ok := src.(*source.Kubernetes); ok {
+		k.OnEvent = a.metrics.observeSourceEvent // set before Run starts the informers
+	}
 	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), a.metrics); err != nil {
 		return err
 	}

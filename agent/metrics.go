@@ -30,6 +30,7 @@ type Metrics struct {
 	xdsStreamsRefused prometheus.Counter
 	xdsSlowStreams    prometheus.Counter
 	mapRepairs        *prometheus.CounterVec
+	sourceEvents      *prometheus.CounterVec
 	spliceEnabled     prometheus.Gauge
 	spliceCheck       *prometheus.GaugeVec
 }
@@ -67,6 +68,8 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 			Help: "ADS connections closed because a response stayed unsent (the client stopped reading) past the send timeout."}),
 		mapRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sockmesh_map_repairs_total",
 			Help: "BPF map entries rewritten or removed because the map had drifted from what the agent programmed, by map."}, []string{"map"}),
+		sourceEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sockmesh_source_events_total",
+			Help: "Informer events from the API server, by kind and whether the object changed (unchanged: a resync or relist re-delivering what is stored, which costs no pass)."}, []string{"kind", "change"}),
 		spliceEnabled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "sockmesh_splice_enabled",
 			Help: "1 when the datapath splices local socket pairs (--splice auto or on, and the kernel check found every receiver like TCP)."}),
 		spliceCheck: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sockmesh_splice_kernel_check",
@@ -74,7 +77,7 @@ func NewMetrics(maps *bpf.Maps) *Metrics {
 	}
 	m.Registry.MustRegister(m.spliceEnabled, m.spliceCheck)
 	m.Registry.MustRegister(m.xdsStreams, m.xdsNacks, m.xdsErrors, m.xdsStreamsRefused, m.xdsSlowStreams, m.policyServices)
-	m.Registry.MustRegister(m.mapRepairs)
+	m.Registry.MustRegister(m.mapRepairs, m.sourceEvents)
 	m.Registry.MustRegister(m.services, m.backends, m.mapOps, m.reconcileDuration, m.reconcileErrors,
 		m.inputErrors, m.rejected, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if maps != nil {
@@ -119,6 +122,15 @@ func (m *Metrics) MapOp(table, op string, n int, err error) {
 	if err != nil {
 		m.mapOps.WithLabelValues(table, op, "error").Inc()
 	}
+}
+
+// observeSourceEvent counts one informer event.
+func (m *Metrics) observeSourceEvent(kind string, changed bool) {
+	change := "unchanged"
+	if changed {
+		change = "changed"
+	}
+	m.sourceEvents.WithLabelValues(kind, change).Inc()
 }
 
 // MapRepairs implements lbmap.Observer.

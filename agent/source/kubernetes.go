@@ -56,6 +56,9 @@ type Kubernetes struct {
 	NodeName string
 	// OnUpdate gets an Update after the first full list and after each batch of changes.
 	OnUpdate func(Update)
+	// OnEvent, when set, learns of each informer event: the object's kind, and whether
+	// it changed (a resync or relist re-delivers unchanged versions).
+	OnEvent func(kind string, changed bool)
 	// MinSync delays each pass to batch more events into it. Zero (the default): a pass
 	// starts at once, and the events that arrive while it runs make the next one, so a
 	// burst (a rollout) is batched by the work itself and a lone change waits for
@@ -132,7 +135,13 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	}
 	// Services and EndpointSlices name the Service they change; anything else (pods,
 	// policies, the node) takes the full pass.
+	event := func(o any, changed bool) {
+		if k.OnEvent != nil {
+			k.OnEvent(eventKind(o), changed)
+		}
+	}
 	perService := func(objs ...any) {
+		event(objs[len(objs)-1], true)
 		for _, o := range objs {
 			if name, ok := serviceOf(o); ok {
 				changes.service(name)
@@ -146,16 +155,25 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		AddFunc: func(o any) { perService(o) },
 		UpdateFunc: func(old, o any) {
 			if sameObjectVersion(old, o) {
-				return // a resync or relist re-delivering what is stored: nothing changed
+				event(o, false) // a resync or relist re-delivering what is stored
+				return
 			}
 			perService(old, o)
 		},
 		DeleteFunc: func(o any) { perService(o) },
 	}
 	dirty := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { changes.everything(); wake() },
-		UpdateFunc: func(any, any) { changes.everything(); wake() },
-		DeleteFunc: func(any) { changes.everything(); wake() },
+		AddFunc: func(o any) { event(o, true); changes.everything(); wake() },
+		UpdateFunc: func(old, o any) {
+			if sameObjectVersion(old, o) {
+				event(o, false)
+				return
+			}
+			event(o, true)
+			changes.everything()
+			wake()
+		},
+		DeleteFunc: func(o any) { event(o, true); changes.everything(); wake() },
 	}
 	if err := slices.Informer().AddIndexers(cache.Indexers{byServiceIndex: sliceServiceKey}); err != nil {
 		return err
@@ -248,6 +266,24 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		}
 		queue.Done(key)
 	}
+}
+
+// eventKind names an informer object's kind for OnEvent.
+func eventKind(o any) string {
+	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = t.Obj
+	}
+	switch o.(type) {
+	case *corev1.Service:
+		return model.KindService
+	case *discoveryv1.EndpointSlice:
+		return model.KindEndpointSlice
+	case *corev1.Pod:
+		return model.KindPod
+	case *corev1.Node:
+		return "Node"
+	}
+	return model.KindAuthorizationPolicy // the dynamic informer's unstructured objects
 }
 
 // sameObjectVersion says whether two informer objects are the same version of one object.
