@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -89,8 +91,15 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 }
 
 // benchVIP is Service i's cluster IP, inside harness.ServiceClusterIPRange (10.96.0.x is
-// left to the default/kubernetes Service).
-func benchVIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 96, byte(1 + i>>8), byte(i)}) }
+// left to the default/kubernetes Service), unless createServices had to take another.
+func benchVIP(i int) netip.Addr {
+	if v, ok := benchVIPs.Load(i); ok {
+		return v.(netip.Addr)
+	}
+	return netip.AddrFrom4([4]byte{10, 96, byte(1 + i>>8), byte(i)})
+}
+
+var benchVIPs sync.Map // i → the cluster IP the API server allocated instead
 
 // benchBackend is endpoint j of Service i; the changes use j = 10, 11, ... .
 func benchBackend(i, j int) netip.Addr {
@@ -113,28 +122,46 @@ func benchSlice(i int, endpoints []netip.Addr) *discoveryv1.EndpointSlice {
 	return s
 }
 
-// createServices creates Services from..to-1 with 10 endpoints each, 16 writers at once.
+// createServices creates Services from..to-1 with 10 endpoints each, 4 writers at once.
 func createServices(b *testing.B, c kubernetes.Interface, from, to int) {
 	ctx := context.Background()
 	work := make(chan int)
 	errs := make(chan error, 16)
 	var wg sync.WaitGroup
-	for range 16 {
+	for range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range work {
 				svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", i), Namespace: "scale"},
 					Spec: corev1.ServiceSpec{ClusterIP: benchVIP(i).String(), Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
-				if _, err := c.CoreV1().Services("scale").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+				if err := retryCreate(func() error {
+					_, err := c.CoreV1().Services("scale").Create(ctx, svc, metav1.CreateOptions{})
+					if err != nil && strings.Contains(err.Error(), "already allocated") {
+						// A create the loaded etcd timed out on kept its IP: take another.
+						svc.Spec.ClusterIP = ""
+					}
+					return err
+				}); err != nil {
 					errs <- err
 					return
+				}
+				if svc.Spec.ClusterIP == "" {
+					got, err := c.CoreV1().Services("scale").Get(ctx, svc.Name, metav1.GetOptions{})
+					if err != nil {
+						errs <- err
+						return
+					}
+					benchVIPs.Store(i, netip.MustParseAddr(got.Spec.ClusterIP))
 				}
 				var eps []netip.Addr
 				for j := range 10 {
 					eps = append(eps, benchBackend(i, j))
 				}
-				if _, err := c.DiscoveryV1().EndpointSlices("scale").Create(ctx, benchSlice(i, eps), metav1.CreateOptions{}); err != nil {
+				if err := retryCreate(func() error {
+					_, err := c.DiscoveryV1().EndpointSlices("scale").Create(ctx, benchSlice(i, eps), metav1.CreateOptions{})
+					return err
+				}); err != nil {
 					errs <- err
 					return
 				}
@@ -155,6 +182,19 @@ func createServices(b *testing.B, c kubernetes.Interface, from, to int) {
 		b.Fatal(err)
 	default:
 	}
+}
+
+// retryCreate retries a create that the loaded etcd timed out on (a retry of one that
+// did land finds it there).
+func retryCreate(create func() error) error {
+	var err error
+	for attempt := range 10 {
+		if err = create(); err == nil || apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+	}
+	return err
 }
 
 // oneChangeLatencies makes 200 changes, each replacing endpoint 0 of one Service with a
@@ -207,7 +247,7 @@ func backendsHold(b *testing.B, maps *bpf.Maps, fe netip.AddrPort, addr netip.Ad
 		return false
 	}
 	want, _ := bpf.AddrFrom(addr)
-	for slot := range sv.Count {
+	for slot := uint32(1); slot <= sv.Count; slot++ { // slots count from 1, as sock_lb.c picks them
 		var id uint32
 		if err := maps.SmSlots.Lookup(bpf.SlotKey{SvcId: sv.Id, Slot: slot}, &id); err != nil {
 			continue

@@ -50,7 +50,21 @@ func plain(gs []goal) []check {
 	return out
 }
 
-var goals = slices.Concat(plain(socketLBGoals), spliceGoals(), plain(xdsGoals))
+var goals = slices.Concat(plain(socketLBGoals), spliceGoals(), plain(xdsGoals), plain(changeGoals))
+
+// changeGoals hold one change to O(change): the same p99 at every scale, under 50 ms,
+// from the API write to the kernel map and to a delta xDS client.
+var changeGoals = []goal{
+	{"OneChange/1000", "incremental-ms/change", 50, "one slice edit, store → model → maps → xDS, 1k services, incremental path (ms)", false},
+	{"OneChange/10000", "incremental-ms/change", 50, "the same at 10k services (ms)", false},
+	{"OneChange/30000", "incremental-ms/change", 50, "the same at 30k services (ms)", false},
+	{"KubernetesOneChange", "svc1000-to-map-p99-ms", 50, "API write → kernel map, p99 of 200, 1k services (ms)", false},
+	{"KubernetesOneChange", "svc10000-to-map-p99-ms", 50, "API write → kernel map, p99 of 200, 10k services (ms)", false},
+	{"KubernetesOneChange", "svc30000-to-map-p99-ms", 50, "API write → kernel map, p99 of 200, 30k services (ms)", false},
+	{"KubernetesOneChange", "svc1000-to-xds-p99-ms", 50, "API write → delta xDS client, p99 of 200, 1k services (ms)", false},
+	{"KubernetesOneChange", "svc10000-to-xds-p99-ms", 50, "API write → delta xDS client, p99 of 200, 10k services (ms)", false},
+	{"KubernetesOneChange", "svc30000-to-xds-p99-ms", 50, "API write → delta xDS client, p99 of 200, 30k services (ms)", false},
+}
 
 var socketLBGoals = []goal{
 	{"SocketLBConnectVsDirect", "overhead-mean-%", 5, "socket-LB connect+request overhead vs dialing the backend directly (mean)", false},
@@ -68,7 +82,7 @@ var xdsGoals = []goal{
 	{"EndpointChangeDeltaVsSotW", "update-to-client-p50-ms", 10, "xDS: one endpoint change reaches a delta client, median of 50 (ms)", false},
 }
 
-var benchLine = regexp.MustCompile(`^Benchmark(\w+?)(-\d+)?\s+\d+\s+\d+ ns/op\s+(.*)$`)
+var benchLine = regexp.MustCompile(`^Benchmark([\w/]+?)(-\d+)?\s+\d+\s+\d+ ns/op\s+(.*)$`)
 
 func main() {
 	out := flag.String("out", "bench-out", "report directory")
@@ -90,6 +104,7 @@ func run(outDir string, requests int, filter string) error {
 	for _, args := range [][]string{
 		{"./tests/", "-args", "-sockmesh.requests=" + strconv.Itoa(requests)},
 		{"./xds/"},
+		{"./agent/"},
 	} {
 		cmd := exec.Command("go", append([]string{"test", "-run", "^$", "-bench", filter, "-benchtime", "1x", "-count", "1", "-timeout", "30m"}, args...)...)
 		cmd.Stdout = ioTee(&raw)
