@@ -200,12 +200,7 @@ func l7Chains(snap *model.Snapshot, served func(servicePort) bool) ([]l7Chain, [
 			l7 = append(l7, svc)
 		}
 	}
-	slices.SortFunc(l7, func(a, b *model.Service) int {
-		if model.FrontendLess(a.Frontend, b.Frontend) {
-			return -1
-		}
-		return 1
-	})
+	slices.SortFunc(l7, func(a, b *model.Service) int { return model.CompareFrontends(a.Frontend, b.Frontend) })
 	// A port's endpoints' target ports, across its frontends (both IP families).
 	targets := map[servicePort][]uint16{}
 	for _, svc := range l7 {

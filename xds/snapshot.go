@@ -200,12 +200,7 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 		}
 		// A stable order, so an unchanged model gives identical resources (no pushes).
 		slices.SortFunc(st.backends, func(a, b model.Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
-		slices.SortFunc(st.vips, func(a, b model.Frontend) int {
-			if model.FrontendLess(a, b) {
-				return -1
-			}
-			return 1
-		})
+		slices.SortFunc(st.vips, model.CompareFrontends)
 		// A dirty port is rebuilt; if its resources come out the same (a change the
 		// resources do not carry, such as a node name), their versions say so.
 		old, ok := b.built[p]

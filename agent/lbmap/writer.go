@@ -150,7 +150,7 @@ func (w *Writer) apply(snap *model.Snapshot, scoped bool, res *Result) error {
 				svcs = append(svcs, svc)
 			}
 		}
-		slices.SortFunc(svcs, func(a, b *model.Service) int { return compareFrontends(a.Frontend, b.Frontend) })
+		slices.SortFunc(svcs, func(a, b *model.Service) int { return model.CompareFrontends(a.Frontend, b.Frontend) })
 		idx = w.heldFor(ids)
 	} else {
 		idx = w.index()
@@ -287,14 +287,4 @@ func (w *Writer) Programmed() map[model.Frontend]model.ServiceName {
 		}
 	}
 	return out
-}
-
-func compareFrontends(a, b model.Frontend) int {
-	switch {
-	case model.FrontendLess(a, b):
-		return -1
-	case model.FrontendLess(b, a):
-		return 1
-	}
-	return 0
 }

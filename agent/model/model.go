@@ -11,6 +11,7 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -191,12 +192,9 @@ func (s *Snapshot) SortedServices() []*Service {
 }
 
 // FrontendLess orders frontends by address, port, then protocol.
-func FrontendLess(a, b Frontend) bool {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c < 0
-	}
-	if a.Port != b.Port {
-		return a.Port < b.Port
-	}
-	return a.Protocol < b.Protocol
+func FrontendLess(a, b Frontend) bool { return CompareFrontends(a, b) < 0 }
+
+// CompareFrontends is FrontendLess as a three-way comparison, for slices.SortFunc.
+func CompareFrontends(a, b Frontend) int {
+	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
 }

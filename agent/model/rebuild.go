@@ -23,10 +23,20 @@ type objectKey struct{ namespace, name string }
 type builtErrors struct {
 	byService map[ServiceName][]ObjectError
 	other     []ObjectError
-	// contested counts the duplicate_frontend errors: while a Service waits for a
-	// frontend another holds, a change to the holder may hand it over, which only a full
-	// build sees.
-	contested int
+}
+
+// contested says whether some Service waits for a frontend another holds (a
+// duplicate_frontend error): a change to the holder may hand it over, which only a full
+// build sees.
+func (g builtErrors) contested() bool {
+	for _, es := range g.byService {
+		for _, e := range es {
+			if e.Reason == ReasonDuplicateFrontend {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // groupErrors files the builder's errors by the Service they belong to.
@@ -47,9 +57,6 @@ func (b *builder) groupErrors() builtErrors {
 			g.byService = map[ServiceName][]ObjectError{}
 		}
 		g.byService[svc] = append(g.byService[svc], e)
-		if e.Reason == ReasonDuplicateFrontend {
-			g.contested++
-		}
 	}
 	return g
 }
@@ -75,14 +82,8 @@ func (g builtErrors) all() []ObjectError {
 
 // replaced is g with the errors of the dirty Services replaced by fresh ones.
 func (g builtErrors) replaced(dirty map[ServiceName]bool, fresh builtErrors) builtErrors {
-	out := builtErrors{other: g.other, contested: g.contested + fresh.contested}
-	out.byService = maps.Clone(g.byService)
+	out := builtErrors{other: g.other, byService: maps.Clone(g.byService)}
 	for name := range dirty {
-		for _, e := range out.byService[name] {
-			if e.Reason == ReasonDuplicateFrontend {
-				out.contested--
-			}
-		}
 		delete(out.byService, name)
 	}
 	for name, es := range fresh.byService {
@@ -107,7 +108,7 @@ func (g builtErrors) replaced(dirty map[ServiceName]bool, fresh builtErrors) bui
 // resolved across services), a frontend they claim is held by another Service, or some
 // Service waits for a frontend that a change could free.
 func Rebuild(prev *Snapshot, in Input, dirty map[ServiceName]bool) (snap *Snapshot, ok bool) {
-	if prev == nil || prev.frontendsOf == nil && len(prev.Services) > 0 || len(in.Policies) > 0 || prev.built.contested > 0 {
+	if prev == nil || prev.frontendsOf == nil && len(prev.Services) > 0 || len(in.Policies) > 0 || prev.built.contested() {
 		return nil, false
 	}
 	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}, nodeName: in.NodeName, nodeZone: in.NodeZone}
@@ -179,17 +180,7 @@ func (s *Snapshot) indexFrontends() {
 	}
 }
 
-func sortFrontends(fes []Frontend) {
-	slices.SortFunc(fes, func(a, b Frontend) int {
-		if FrontendLess(a, b) {
-			return -1
-		}
-		if FrontendLess(b, a) {
-			return 1
-		}
-		return 0
-	})
-}
+func sortFrontends(fes []Frontend) { slices.SortFunc(fes, CompareFrontends) }
 
 // SortedErrors sorts errs per object (Kind, namespace, name), keeping each object's
 // errors in their order, and returns it: the one order both build paths give.
