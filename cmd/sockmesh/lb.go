@@ -1,10 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -29,37 +26,14 @@ func newLBCmd() *cobra.Command {
 				return err
 			}
 			defer maps.Close()
-			svcs, err := lbmap.List(lbmap.BPFTables(maps))
+			svcs, err := lbmap.ListMaps(maps)
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			if output == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(svcs)
+				return writeJSON(cmd.OutOrStdout(), svcs)
 			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SERVICE\tFRONTEND\tAFFINITY\tBACKENDS")
-			for _, s := range svcs {
-				var bs []string
-				for _, b := range s.Backends {
-					e := b.Address.String()
-					if len(s.Backends) > 0 && b.Slots != int(s.Slots)/len(s.Backends) {
-						e += fmt.Sprintf(" (%d/%d)", b.Slots, s.Slots)
-					}
-					bs = append(bs, e)
-				}
-				if len(bs) == 0 {
-					bs = []string{"(none: connects refused)"}
-				}
-				aff := "-"
-				if s.AffinitySeconds > 0 {
-					aff = fmt.Sprintf("%ds", s.AffinitySeconds)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.Frontend, aff, strings.Join(bs, ", "))
-			}
-			return tw.Flush()
+			return writeTable(cmd.OutOrStdout(), svcs)
 		},
 	}
 	pins.register(list.Flags())

@@ -1,0 +1,79 @@
+package lbmap_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/agent/lbmap/lbmaptest"
+	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/tests/harness"
+)
+
+// copyInto writes every entry of from into to.
+func copyInto[K comparable, V comparable](t *testing.T, to lbmap.Table[K, V], from *lbmaptest.Table[K, V]) {
+	t.Helper()
+	var keys []K
+	var vals []V
+	for k, v := range from.Entries {
+		keys = append(keys, k)
+		vals = append(vals, v)
+	}
+	if _, err := to.Update(keys, vals); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ListMaps on kernel maps (loaded and pinned in a private dir, attached nowhere) lists
+// what List lists, in batches of any size: batches smaller than a hash bucket make the
+// kernel refuse them, and ListMaps asks again with bigger ones.
+func TestListMapsMatchesList(t *testing.T) {
+	harness.RequirePrivileged(t)
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("smtlblist%d", os.Getpid()))
+	t.Cleanup(func() {
+		if err := bpf.Cleanup(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	dp, err := bpf.Load(dir, bpf.Limits{MaxServices: 4096, MaxBackends: 16384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	m := dp.Maps()
+
+	got, err := lbmap.ListMaps(m)
+	if err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("empty maps: %#v, %v", got, err)
+	}
+
+	f := lbmaptest.NewTables(4096, 16384)
+	randomListContent(rand.New(rand.NewPCG(3, 9)), f, listShape{services: 1500, maxBackends: 8, idBase: 1, idStride: 1, drift: true})
+	kt := lbmap.BPFTables(m)
+	copyInto(t, kt.Services, f.Services)
+	copyInto(t, kt.Slots, f.Slots)
+	copyInto(t, kt.Backends, f.Backends)
+	copyInto(t, kt.Names, f.Names)
+	want, err := lbmap.List(f.Tables())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, batch := range []int{4096, 1, 3, 1 << 20} {
+		restore := lbmap.SetListBatch(batch)
+		got, err := lbmap.ListMaps(m)
+		restore()
+		if err != nil {
+			t.Fatalf("batches of %d: %v", batch, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("batches of %d: ListMaps differs from List of the same entries", batch)
+		}
+	}
+	if got, err := lbmap.List(kt); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("List of the kernel maps differs from List of the same entries: %v", err)
+	}
+}

@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"unicode/utf8"
+
+	"github.com/sockmesh/sockmesh/agent/lbmap"
+)
+
+// The two outputs of `lb list`, written straight into a buffer: at 30k services a
+// text/tabwriter table or an indented encoding/json document costs more than reading the
+// maps. The bytes are the same as theirs (lbformat_test.go holds both side by side).
+
+// flushAt is how much output is gathered before each write.
+const flushAt = 256 << 10
+
+// chunks gathers output and writes it in big writes.
+type chunks struct {
+	out io.Writer
+	buf []byte
+	err error
+}
+
+func newChunks(out io.Writer) *chunks { return &chunks{out: out, buf: make([]byte, 0, flushAt+16<<10)} }
+
+// maybeFlush writes the gathered output once there is enough of it.
+func (c *chunks) maybeFlush() {
+	if len(c.buf) >= flushAt {
+		c.flush()
+	}
+}
+
+func (c *chunks) flush() error {
+	if c.err == nil && len(c.buf) > 0 {
+		_, c.err = c.out.Write(c.buf)
+	}
+	c.buf = c.buf[:0]
+	return c.err
+}
+
+// tablePadding is the padding the table's columns had under tabwriter.NewWriter(out, 0,
+// 4, 2, ' ', 0): each column is as wide as its widest cell plus two spaces.
+const tablePadding = 2
+
+var tableHeader = [...]string{"SERVICE", "FRONTEND", "AFFINITY", "BACKENDS"}
+
+// writeTable writes the services as the aligned table.
+func writeTable(out io.Writer, svcs []lbmap.ListedService) error {
+	// A cell that tabwriter would read as more than text (a cell or line break, its
+	// escape byte: a name can hold anything) goes through tabwriter itself.
+	for i := range svcs {
+		if !plainCell(svcs[i].Name) || !plainCell(svcs[i].Frontend) {
+			return writeTabwriter(out, svcs)
+		}
+	}
+	affs := make([]string, len(svcs))
+	width := [3]int{}
+	for i, h := range tableHeader[:3] {
+		width[i] = len(h)
+	}
+	for i := range svcs {
+		s := &svcs[i]
+		affs[i] = affinityCell(s)
+		width[0] = max(width[0], utf8.RuneCountInString(s.Name))
+		width[1] = max(width[1], utf8.RuneCountInString(s.Frontend))
+		width[2] = max(width[2], len(affs[i]))
+	}
+	pad := []byte(strings.Repeat(" ", max(width[0], width[1], width[2])+tablePadding))
+	cell := func(buf []byte, text string, col int) []byte {
+		buf = append(buf, text...)
+		return append(buf, pad[:width[col]+tablePadding-utf8.RuneCountInString(text)]...)
+	}
+
+	w := newChunks(out)
+	for i, h := range tableHeader[:3] {
+		w.buf = cell(w.buf, h, i)
+	}
+	w.buf = append(w.buf, tableHeader[3]...)
+	w.buf = append(w.buf, '\n')
+	for i := range svcs {
+		s := &svcs[i]
+		w.buf = cell(w.buf, s.Name, 0)
+		w.buf = cell(w.buf, s.Frontend, 1)
+		w.buf = cell(w.buf, affs[i], 2)
+		w.buf = appendBackendsCell(w.buf, s)
+		w.buf = append(w.buf, '\n')
+		w.maybeFlush()
+		if w.err != nil {
+			return w.err
+		}
+	}
+	return w.flush()
+}
+
+// plainCell says whether tabwriter takes s as text alone: no cell or line break, no
+// escape byte.
+func plainCell(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\t', '\v', '\n', '\f', tabwriter.Escape:
+			return false
+		}
+	}
+	return true
+}
+
+func affinityCell(s *lbmap.ListedService) string {
+	if s.AffinitySeconds > 0 {
+		return strconv.FormatUint(uint64(s.AffinitySeconds), 10) + "s"
+	}
+	return "-"
+}
+
+// appendBackendsCell appends the backends, a backend's share of the slots where it is
+// not the even one.
+func appendBackendsCell(buf []byte, s *lbmap.ListedService) []byte {
+	if len(s.Backends) == 0 {
+		return append(buf, "(none: connects refused)"...)
+	}
+	even := int(s.Slots) / len(s.Backends)
+	for i, b := range s.Backends {
+		if i > 0 {
+			buf = append(buf, ", "...)
+		}
+		if b.Address.IsValid() {
+			buf = b.Address.AppendTo(buf) // what String returns, for a valid one
+		} else {
+			buf = append(buf, b.Address.String()...)
+		}
+		if b.Slots != even {
+			buf = append(buf, " ("...)
+			buf = strconv.AppendInt(buf, int64(b.Slots), 10)
+			buf = append(buf, '/')
+			buf = strconv.AppendUint(buf, uint64(s.Slots), 10)
+			buf = append(buf, ')')
+		}
+	}
+	return buf
+}
+
+// writeTabwriter is the table as text/tabwriter aligns it.
+func writeTabwriter(out io.Writer, svcs []lbmap.ListedService) error {
+	w := bufio.NewWriterSize(out, flushAt)
+	tw := tabwriter.NewWriter(w, 0, 4, tablePadding, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(tableHeader[:], "\t"))
+	var line []byte
+	for i := range svcs {
+		s := &svcs[i]
+		line = append(line[:0], s.Name...)
+		line = append(line, '\t')
+		line = append(line, s.Frontend...)
+		line = append(line, '\t')
+		line = append(line, affinityCell(s)...)
+		line = append(line, '\t')
+		line = appendBackendsCell(line, s)
+		line = append(line, '\n')
+		tw.Write(line)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// writeJSON writes the services as json.Encoder with SetIndent("", "  ") encodes them.
+func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
+	w := newChunks(out)
+	if svcs == nil {
+		w.buf = append(w.buf, "null\n"...)
+		return w.flush()
+	}
+	if len(svcs) == 0 {
+		w.buf = append(w.buf, "[]\n"...)
+		return w.flush()
+	}
+	w.buf = append(w.buf, '[')
+	for i := range svcs {
+		s := &svcs[i]
+		buf := w.buf
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, "\n  {\n    \"id\": "...)
+		buf = strconv.AppendUint(buf, uint64(s.ID), 10)
+		buf = append(buf, ",\n    \"name\": "...)
+		buf = appendJSONString(buf, s.Name)
+		buf = append(buf, ",\n    \"frontend\": "...)
+		buf = appendJSONString(buf, s.Frontend)
+		if s.AffinitySeconds != 0 {
+			buf = append(buf, ",\n    \"affinitySeconds\": "...)
+			buf = strconv.AppendUint(buf, uint64(s.AffinitySeconds), 10)
+		}
+		buf = append(buf, ",\n    \"slots\": "...)
+		buf = strconv.AppendUint(buf, uint64(s.Slots), 10)
+		switch {
+		case s.Backends == nil:
+			buf = append(buf, ",\n    \"backends\": null\n  }"...)
+		case len(s.Backends) == 0:
+			buf = append(buf, ",\n    \"backends\": []\n  }"...)
+		default:
+			buf = append(buf, ",\n    \"backends\": ["...)
+			for j, b := range s.Backends {
+				if j > 0 {
+					buf = append(buf, ',')
+				}
+				buf = append(buf, "\n      {\n        \"id\": "...)
+				buf = strconv.AppendUint(buf, uint64(b.ID), 10)
+				buf = append(buf, ",\n        \"address\": "...)
+				buf = appendJSONAddrPort(buf, b.Address)
+				buf = append(buf, ",\n        \"slots\": "...)
+				buf = strconv.AppendInt(buf, int64(b.Slots), 10)
+				buf = append(buf, "\n      }"...)
+			}
+			buf = append(buf, "\n    ]\n  }"...)
+		}
+		w.buf = buf
+		w.maybeFlush()
+		if w.err != nil {
+			return w.err
+		}
+	}
+	w.buf = append(w.buf, "\n]\n"...)
+	return w.flush()
+}
+
+// appendJSONString appends s as a JSON string; what needs escaping (quotes, control
+// bytes, <, > and & as json.Encoder escapes them, non-ASCII) goes through encoding/json.
+func appendJSONString(buf []byte, s string) []byte {
+	if !plainJSON(s) {
+		q, err := json.Marshal(s)
+		if err != nil { // cannot happen for a string
+			panic(err)
+		}
+		return append(buf, q...)
+	}
+	buf = append(buf, '"')
+	buf = append(buf, s...)
+	return append(buf, '"')
+}
+
+// plainJSON says whether s stands in a JSON string as it is.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendJSONAddrPort appends an address as encoding/json writes it (its MarshalText,
+// quoted). Without a zone, that text is digits, hex letters, dots, colons and brackets.
+func appendJSONAddrPort(buf []byte, a netip.AddrPort) []byte {
+	if a.Addr().Zone() != "" {
+		text, _ := a.MarshalText() // never fails
+		return appendJSONString(buf, string(text))
+	}
+	buf = append(buf, '"')
+	buf = a.AppendTo(buf) // MarshalText is AppendTo, "" for the zero AddrPort
+	return append(buf, '"')
+}
