@@ -11,6 +11,8 @@ command -v llvm-strip >/dev/null || need+=(llvm)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
+# kube-proxy's iptables mode, the baseline `make bench` measures sockmesh beside.
+command -v iptables-legacy-restore >/dev/null || need+=(iptables)
 # Real programs the end-to-end tests and benchmarks run as applications (nobody here
 # wrote them): web server and clients, a key-value store, a bulk-throughput tool, and an
 # intercepting proxy that reads SO_ORIGINAL_DST.

@@ -39,7 +39,13 @@ type check struct {
 	noise     string
 	noiseUnit float64
 	info      bool
+	// beside, when set, makes the bound goal.bound × that metric of the same run: a
+	// baseline such as kube-proxy's nft -f of the same rule set.
+	beside *baseline
 }
+
+// baseline names a metric of another benchmark.
+type baseline struct{ bench, metric string }
 
 // plain makes checks of goals without noise.
 func plain(gs []goal) []check {
@@ -50,7 +56,31 @@ func plain(gs []goal) []check {
 	return out
 }
 
-var goals = slices.Concat(plain(socketLBGoals), spliceGoals(), plain(xdsGoals), plain(changeGoals))
+var goals = slices.Concat(plain(socketLBGoals), spliceGoals(), plain(xdsGoals), plain(changeGoals), plain(cliGoals), kubeProxyGoals())
+
+// cliGoals: `sockmesh lb list`, a whole process over pinned maps, at 30k services.
+var cliGoals = []goal{
+	{"LBList30k", "text-ms", 100, "`sockmesh lb list` at 30k services × 10 backends (ms)", false},
+	{"LBList30k", "json-ms", 100, "`sockmesh lb list -o json` at 30k services × 10 backends (ms)", false},
+}
+
+// kubeProxyGoals hold sockmesh to kube-proxy's rule sets for the same services, loaded
+// by the real tools in the same run (BenchmarkKubeProxyBaselines): a cold start no
+// slower than `nft -f`, and one change no slower than either mode's partial sync.
+func kubeProxyGoals() []check {
+	const kp = "KubeProxyBaselines"
+	return []check{
+		{goal: goal{"Agent10kServicesStartAndRSS", "start-to-programmed-ms", 1, "agent start → programmed, 10k services × 10 endpoints from the file, vs `nft -f` of the same services (ms)", false},
+			beside: &baseline{kp, "nft-cold-10000-ms"}},
+		{goal: goal{"Agent10kServicesStartAndRSS", "rss-10k-MB", 300, "agent RSS with 10k services × 10 endpoints programmed (MB)", false}},
+		{goal: goal{"KubernetesOneChange", "svc10000-to-map-p99-ms", 1, "one endpoint change at 10k through the API server, p99, vs nft partial sync (ms)", false},
+			beside: &baseline{kp, "nft-change-10000-ms"}},
+		{goal: goal{"KubernetesOneChange", "svc30000-to-map-p99-ms", 1, "the same at 30k vs nft partial sync (ms)", false},
+			beside: &baseline{kp, "nft-change-30000-ms"}},
+		{goal: goal{"KubernetesOneChange", "svc30000-to-map-p99-ms", 1, "the same at 30k vs iptables partial sync (ms)", false},
+			beside: &baseline{kp, "iptables-change-30000-ms"}},
+	}
+}
 
 // changeGoals hold one change to O(change): the same p99 at every scale, under 50 ms,
 // from the API write to the kernel map and to a delta xDS client.
@@ -122,6 +152,12 @@ func run(outDir string, requests int, filter string) error {
 	for _, g := range goals {
 		v, ok := results[g.bench][g.metric]
 		bound, noted := g.bound, ""
+		if g.beside != nil {
+			base, measured := results[g.beside.bench][g.beside.metric]
+			ok = ok && measured
+			bound = g.bound * base
+			noted = fmt.Sprintf(" (%g × %s %s)", g.bound, g.beside.metric, fmtVal(base, measured))
+		}
 		if g.noise != "" {
 			n, measured := results[g.bench][g.noise]
 			ok = ok && measured
