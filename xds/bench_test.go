@@ -91,7 +91,7 @@ func BenchmarkEndpointChangeDeltaVsSotW(b *testing.B) {
 func BenchmarkEndpointChangeSnapshots(b *testing.B) {
 	base, changed := scaled(10000, 0), scaled(10000, 1)
 	inc := &builder{}
-	if _, _, err := inc.snapshots("0", base); err != nil {
+	if _, _, _, err := inc.snapshots("0", base); err != nil {
 		b.Fatal(err)
 	}
 	var incremental, full time.Duration
@@ -102,12 +102,12 @@ func BenchmarkEndpointChangeSnapshots(b *testing.B) {
 			m = base
 		}
 		start := time.Now()
-		if _, _, err := inc.snapshots(fmt.Sprint(i+1), m); err != nil {
+		if _, _, _, err := inc.snapshots(fmt.Sprint(i+1), m); err != nil {
 			b.Fatal(err)
 		}
 		incremental += time.Since(start)
 		start = time.Now()
-		if _, _, err := (&builder{}).snapshots(fmt.Sprint(i+1), m); err != nil {
+		if _, _, _, err := (&builder{}).snapshots(fmt.Sprint(i+1), m); err != nil {
 			b.Fatal(err)
 		}
 		full += time.Since(start)

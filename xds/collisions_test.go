@@ -35,7 +35,7 @@ func collidingModel(l7 bool) *model.Snapshot {
 const collidingCluster = "outbound|80||a.b.c.svc.cluster.local"
 
 // backendsOf lists the endpoints a snapshot serves for a cluster.
-func backendsOf(t *testing.T, s *cachev3.Snapshot, cluster string) string {
+func backendsOf(t *testing.T, s cachev3.ResourceSnapshot, cluster string) string {
 	t.Helper()
 	cla, ok := s.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
 	if !ok {
@@ -86,11 +86,11 @@ func TestCollidingServicePortsAreReportedAndTheFirstIsServed(t *testing.T) {
 func TestShadowedServicePortIsServedOnceTheNamesAreFree(t *testing.T) {
 	b := &builder{}
 	m := collidingModel(false)
-	if _, _, err := b.snapshots("1", m); err != nil {
+	if _, _, _, err := b.snapshots("1", m); err != nil {
 		t.Fatal(err)
 	}
 	delete(m.Services, model.Frontend{Addr: netip.MustParseAddr("10.96.0.2"), Port: 80, Protocol: model.TCP}) // b.c/a
-	envoy, _, err := b.snapshots("2", m)
+	envoy, _, _, err := b.snapshots("2", m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestShadowedServicePortIsServedOnceTheNamesAreFree(t *testing.T) {
 	}
 	// An endpoint change of the port now served is patched in like any other.
 	m.Services[model.Frontend{Addr: netip.MustParseAddr("10.96.0.1"), Port: 80, Protocol: model.TCP}].Backends[0].Addr = netip.MustParseAddr("10.1.0.9")
-	if envoy, _, err = b.snapshots("3", m); err != nil {
+	if envoy, _, _, err = b.snapshots("3", m); err != nil {
 		t.Fatal(err)
 	}
 	if got := backendsOf(t, envoy, collidingCluster); got != "10.1.0.9" {

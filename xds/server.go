@@ -54,12 +54,15 @@ type Server struct {
 	// client asks for just the listener and cluster it dials, so its cache is not in
 	// ADS mode, or it would never be answered once there are two services.
 	envoyCache, proxylessCache cachev3.SnapshotCache
-	grpc                       *grpc.Server
-	mu                         sync.Mutex
-	version                    uint64
-	builder                    builder
-	served                     snapshotPair // what the caches hold
-	sent                       sentVersions
+	// servedLock lets the builder patch the snapshots the caches hold in place: the
+	// caches' reads of them take its read side (lockedCache), a patch its write side.
+	servedLock sync.RWMutex
+	grpc       *grpc.Server
+	mu         sync.Mutex
+	version    uint64
+	builder    builder
+	served     snapshotPair // what the caches hold
+	sent       sentVersions
 }
 
 // NewServer makes an ADS server; Update gives it something to serve. With a proxy,
@@ -73,9 +76,13 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy, limits Limits) *Serv
 	mux := &cachev3.MuxCache{
 		Classify:      func(r *cachev3.Request) string { return clientKind{}.ID(r.GetNode()) },
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return clientKind{}.ID(r.GetNode()) },
-		Caches:        map[string]cachev3.Cache{envoyClients: s.envoyCache, proxylessClients: s.proxylessCache},
+		Caches: map[string]cachev3.Cache{
+			envoyClients:     lockedCache{&s.servedLock, s.envoyCache},
+			proxylessClients: lockedCache{&s.servedLock, s.proxylessCache},
+		},
 	}
 	s.builder.proxy = proxy
+	s.builder.patching = &s.servedLock
 	cb := serverv3.CallbackFuncs{
 		StreamOpenFunc:        func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
 		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.sent.forget(id); call(stats.Streams, -1) },
@@ -175,12 +182,12 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) ([]model.ObjectE
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.version++
-	envoy, proxyless, err := s.builder.snapshots(strconv.FormatUint(s.version, 10), m)
+	envoy, proxyless, changed, err := s.builder.snapshots(strconv.FormatUint(s.version, 10), m)
 	rejected := s.builder.claims.errors()
 	if err != nil {
 		return rejected, err
 	}
-	if envoy == s.served.envoy && proxyless == s.served.proxyless {
+	if !changed && envoy == s.served.envoy && proxyless == s.served.proxyless {
 		return rejected, nil // the model changed nothing the clients see
 	}
 	if err := s.envoyCache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
@@ -193,12 +200,12 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) ([]model.ObjectE
 	return rejected, nil
 }
 
-// Served returns the snapshots being served, to Envoy and to proxyless clients (nil
-// before the first Update).
+// Served returns copies of the snapshots being served, to Envoy and to proxyless
+// clients (nil before the first Update): the served ones are patched in place.
 func (s *Server) Served() (envoy, proxyless *cachev3.Snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.served.envoy, s.served.proxyless
+	return s.served.envoy.copy(), s.served.proxyless.copy()
 }
 
 // Serve answers ADS on ln until Stop.

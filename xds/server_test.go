@@ -2,10 +2,13 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -252,4 +255,84 @@ func TestDeltaNackIsCountedAndTheStreamLives(t *testing.T) {
 	if err != nil || len(next.Resources) != 1 {
 		t.Fatalf("after a delta NACK and a change: %v, %v; want the one changed resource", next, err)
 	}
+}
+
+// Endpoint changes patch the served snapshots in place while streams open: every new
+// stream's first response must be one whole version, the endpoints that version had
+// (run with -race, it also checks the patch and the cache's reads are synchronized).
+func TestNewStreamsSeeWholeVersionsWhileEndpointsArePatched(t *testing.T) {
+	ts := startServer(t, scaled(50, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var want sync.Map // EDS version → how many endpoints svc0 has in it
+	want.Store("1", 2)
+	const updates = 60
+	done := make(chan error, 1)
+	go func() {
+		for i := 1; i <= updates; i++ {
+			extra := i % 4
+			want.Store(strconv.Itoa(i+1), 2+extra) // startServer's Update was version 1
+			if _, err := ts.Update(ctx, scaled(50, extra)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	svc0 := servicePort{name: model.ServiceName{Namespace: "ns", Name: "svc" + svcSuffix(0)}, portName: "http", port: 80, protocol: model.TCP}.clusterName()
+	check := func() (string, error) {
+		stream, err := ts.ads().DeltaAggregatedResources(ctx)
+		if err != nil {
+			return "", err
+		}
+		defer stream.CloseSend()
+		if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType}); err != nil {
+			return "", err
+		}
+		first, err := stream.Recv()
+		if err != nil {
+			return "", err
+		}
+		if len(first.Resources) != 50 {
+			return "", fmt.Errorf("version %s: first response has %d resources, want 50", first.SystemVersionInfo, len(first.Resources))
+		}
+		n, ok := want.Load(first.SystemVersionInfo)
+		if !ok {
+			return "", fmt.Errorf("first response at version %q, which no update made", first.SystemVersionInfo)
+		}
+		for _, r := range first.Resources {
+			if r.Name != svc0 {
+				continue
+			}
+			var cla endpointv3.ClusterLoadAssignment
+			if err := r.Resource.UnmarshalTo(&cla); err != nil {
+				return "", err
+			}
+			if got := len(cla.Endpoints[0].LbEndpoints); got != n.(int) {
+				return "", fmt.Errorf("version %s serves %d endpoints for %s, want that version's %d", first.SystemVersionInfo, got, svc0, n)
+			}
+			return first.SystemVersionInfo, nil
+		}
+		return "", fmt.Errorf("version %s: no resource for %s", first.SystemVersionInfo, svc0)
+	}
+	seen := map[string]bool{}
+	for finished := false; !finished; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			finished = true
+		default:
+		}
+		v, err := check()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[v] = true
+	}
+	if v, err := check(); err != nil || v != strconv.Itoa(updates+1) {
+		t.Fatalf("after the updates a new stream gets version %q (%v), want the last, %d", v, err, updates+1)
+	}
+	t.Logf("new streams saw %d distinct versions during %d updates", len(seen), updates)
 }

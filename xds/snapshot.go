@@ -2,9 +2,9 @@ package xds
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -39,11 +39,15 @@ type builder struct {
 	// exact says the last update completed, so the next may look at a snapshot's
 	// Changed frontends alone.
 	exact bool
-	// last are the snapshots made last; nil until the first.
+	// last are the snapshots made last, which an endpoint change patches in place;
+	// nil until the first.
 	last *snapshotPair
+	// patching, when set, is held while last is patched: the server's caches read
+	// the snapshots they serve under its read side.
+	patching sync.Locker
 }
 
-type snapshotPair struct{ envoy, proxyless *cachev3.Snapshot }
+type snapshotPair struct{ envoy, proxyless *liveSnapshot }
 
 type builtPort struct {
 	cluster   types.Resource
@@ -278,21 +282,19 @@ func (b *builder) resources(snap *model.Snapshot) map[resourcev3.Type][]types.Re
 // NewSnapshot builds a consistent snapshot of the model at version: every cluster has
 // its endpoints and every listener its routes, or it is an error.
 func NewSnapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
-	s, _, err := (&builder{}).snapshots(version, snap)
-	return s, err
-}
-
-func (b *builder) snapshot(version string, snap *model.Snapshot) (*cachev3.Snapshot, error) {
-	s, _, err := b.snapshots(version, snap)
-	return s, err
+	s, _, _, err := (&builder{}).snapshots(version, snap)
+	if err != nil {
+		return nil, err
+	}
+	return s.Snapshot, nil
 }
 
 // snapshots builds the node Envoy's snapshot and the proxyless clients' one, which
 // lacks the Envoy-only resources (grpc-go rejects a listener that is not an API
 // listener, and has no use for the passthrough cluster or the Envoy's routes) and has
-// the ClusterIPs as the endpoints of L7 ports. When the model did not change, the last
-// snapshots are returned as they are.
-func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyless *cachev3.Snapshot, err error) {
+// the ClusterIPs as the endpoints of L7 ports. When only endpoints changed, the last
+// snapshots are patched and returned; changed says whether what they serve changed.
+func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyless *liveSnapshot, changed bool, err error) {
 	// On any error the next call builds in full, not from snapshots that lag the
 	// builder's state.
 	defer func() {
@@ -300,22 +302,23 @@ func (b *builder) snapshots(version string, snap *model.Snapshot) (envoy, proxyl
 			b.last = nil
 		}
 	}()
-	changed, structural, err := b.update(snap)
+	ports, structural, err := b.update(snap)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	switch {
-	case b.last != nil && !structural && len(changed) == 0:
-		return b.last.envoy, b.last.proxyless, nil
+	case b.last != nil && !structural && len(ports) == 0:
+		return b.last.envoy, b.last.proxyless, false, nil
 	case b.last != nil && !structural:
-		envoy, proxyless = b.patchEndpoints(version, changed)
+		b.patchEndpoints(version, ports)
 	default:
-		if envoy, proxyless, err = b.fullSnapshots(version); err != nil {
-			return nil, nil, err
+		e, p, err := b.fullSnapshots(version)
+		if err != nil {
+			return nil, nil, false, err
 		}
+		b.last = &snapshotPair{newLiveSnapshot(e), newLiveSnapshot(p)}
 	}
-	b.last = &snapshotPair{envoy, proxyless}
-	return envoy, proxyless, nil
+	return b.last.envoy, b.last.proxyless, true, nil
 }
 
 // fullSnapshots builds both snapshots from every resource and checks them with
@@ -351,30 +354,23 @@ func (b *builder) fullSnapshots(version string) (envoy, proxyless *cachev3.Snaps
 	return envoy, proxyless, nil
 }
 
-// patchEndpoints makes the next snapshots from the last ones when only endpoints
-// changed: the endpoints of the changed ports are replaced and only the endpoint type
-// gets the new version, so state-of-the-world clients are sent endpoints alone and
-// delta clients just the changed resources. The resource names are those of the last
-// snapshots, which passed Consistent(), and endpoints refer to nothing, so the check
-// would give the same answer; it is not run again over every resource.
-func (b *builder) patchEndpoints(version string, changed []servicePort) (envoy, proxyless *cachev3.Snapshot) {
-	// Shallow copies: the other types' item maps are shared with the last snapshots,
-	// which the cache only reads.
-	e, px := *b.last.envoy, *b.last.proxyless
-	envoy, proxyless = &e, &px
-	eds := cachev3.GetResponseType(resourcev3.EndpointType)
-	for _, s := range []*cachev3.Snapshot{envoy, proxyless} {
-		s.Resources[eds] = cachev3.Resources{Version: version, Items: maps.Clone(s.Resources[eds].Items)}
-		s.VersionMap = maps.Clone(s.VersionMap)
-		s.VersionMap[resourcev3.EndpointType] = maps.Clone(s.VersionMap[resourcev3.EndpointType])
+// patchEndpoints brings the last snapshots to the next version when only endpoints
+// changed: the endpoints of the changed ports are replaced in place and only the
+// endpoint type gets the new version, so state-of-the-world clients are sent endpoints
+// alone and delta clients just the changed resources. The resource names are those of
+// the last snapshots, which passed Consistent(), and endpoints refer to nothing, so the
+// check would give the same answer; it is not run again over every resource.
+func (b *builder) patchEndpoints(version string, changed []servicePort) {
+	if b.patching != nil {
+		b.patching.Lock()
+		defer b.patching.Unlock()
 	}
 	for _, p := range changed {
 		r := b.built[p]
-		add(envoy, resourcev3.EndpointType, r.endpoints, r.versions[1])
+		b.last.envoy.setEndpoints(r.endpoints, r.versions[1], version)
 		res, v := r.proxylessEDS()
-		add(proxyless, resourcev3.EndpointType, res, v)
+		b.last.proxyless.setEndpoints(res, v, version)
 	}
-	return envoy, proxyless
 }
 
 func newSnapshot(version string) *cachev3.Snapshot {

@@ -107,7 +107,7 @@ func TestEveryResourcePassesEnvoysValidation(t *testing.T) {
 	if n := len(res[resourcev3.ClusterType]); n != 8 || total != 26 {
 		t.Fatalf("%d clusters, %d resources; want 8 and 26", n, total)
 	}
-	if _, err := (&builder{proxy: testProxy}).snapshot("1", richModel()); err != nil {
+	if _, _, _, err := (&builder{proxy: testProxy}).snapshots("1", richModel()); err != nil {
 		t.Fatal(err)
 	}
 	// Every upstream socket of Envoy's carries the mark, so it is never redirected back.
@@ -199,11 +199,11 @@ func TestEndpointsFollowTheModelsSelection(t *testing.T) {
 }
 
 func TestProxylessClientsReachL7ServicesThroughTheClusterIP(t *testing.T) {
-	envoy, proxyless, err := (&builder{proxy: testProxy}).snapshots("1", richModel())
+	envoy, proxyless, _, err := (&builder{proxy: testProxy}).snapshots("1", richModel())
 	if err != nil {
 		t.Fatal(err)
 	}
-	endpoints := func(s *cachev3.Snapshot, cluster string) []string {
+	endpoints := func(s cachev3.ResourceSnapshot, cluster string) []string {
 		cla, ok := s.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
 		if !ok {
 			t.Fatalf("no endpoints for %s", cluster)
@@ -237,25 +237,30 @@ func TestProxylessClientsReachL7ServicesThroughTheClusterIP(t *testing.T) {
 // versions alone (state-of-the-world clients are then sent endpoints only).
 func TestIncrementalSnapshotsMatchAFullBuild(t *testing.T) {
 	inc := &builder{proxy: testProxy}
-	step := func(name string, m *model.Snapshot) (envoy, proxyless *cachev3.Snapshot) {
+	typeURLs := []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+	// step builds the model on both paths and returns each type's version in the
+	// incremental pair (envoy, then proxyless) and whether it reported a change.
+	step := func(name string, m *model.Snapshot) (versions [2]map[resourcev3.Type]string, changed bool) {
 		t.Helper()
 		version := fmt.Sprint(name)
-		e, p, err := inc.snapshots(version, m)
+		e, p, changed, err := inc.snapshots(version, m)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		fe, fp, err := (&builder{proxy: testProxy}).snapshots(version, m)
+		fe, fp, _, err := (&builder{proxy: testProxy}).snapshots(version, m)
 		if err != nil {
 			t.Fatalf("%s: full build: %v", name, err)
 		}
-		for _, pair := range [][2]*cachev3.Snapshot{{e, fe}, {p, fp}} {
-			for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+		for i, pair := range [][2]*liveSnapshot{{e, fe}, {p, fp}} {
+			versions[i] = map[resourcev3.Type]string{}
+			for _, typ := range typeURLs {
+				versions[i][typ] = pair[0].GetVersion(typ)
 				got, want := pair[0].GetResources(typ), pair[1].GetResources(typ)
-				if len(got) != len(want) {
+				if len(got) != len(want) || len(pair[0].Snapshot.GetResources(typ)) != len(want) {
 					t.Fatalf("%s: %d %s resources, a full build has %d", name, len(got), typ, len(want))
 				}
 				for n, r := range want {
-					if !proto.Equal(got[n], r) {
+					if !proto.Equal(got[n], r) || !proto.Equal(pair[0].Snapshot.GetResources(typ)[n], r) {
 						t.Fatalf("%s: %s %s differs from a full build", name, typ, n)
 					}
 					if pair[0].GetVersionMap(typ)[n] != pair[1].GetVersionMap(typ)[n] {
@@ -267,28 +272,31 @@ func TestIncrementalSnapshotsMatchAFullBuild(t *testing.T) {
 				t.Fatalf("%s: %v", name, err)
 			}
 		}
-		return e, p
+		return versions, changed
 	}
 	m := richModel()
-	e1, p1 := step("start", m)
+	v1, _ := step("start", m)
 
 	// An endpoint added to web:80: only endpoints get a new version.
 	web := m.Services[model.Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: model.TCP}]
 	web.Backends = append(web.Backends, model.Backend{Addr: netip.MustParseAddr("10.0.1.3"), Port: 8080, Weight: 1, Ready: true, Serving: true})
-	e2, p2 := step("endpoint", m)
-	for _, pair := range [][2]*cachev3.Snapshot{{e1, e2}, {p1, p2}} {
-		if pair[1].GetVersion(resourcev3.EndpointType) != "endpoint" {
+	v2, changed := step("endpoint", m)
+	if !changed {
+		t.Fatal("an endpoint change was not reported as a change")
+	}
+	for i := range v2 {
+		if v2[i][resourcev3.EndpointType] != "endpoint" {
 			t.Fatal("changed endpoints kept their old version")
 		}
 		for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.ListenerType} {
-			if pair[0].GetVersion(typ) != pair[1].GetVersion(typ) {
+			if v1[i][typ] != v2[i][typ] {
 				t.Fatalf("an endpoint change gave %s a new version: SotW clients would be sent them all again", typ)
 			}
 		}
 	}
-	// Nothing changed: the same snapshots, so nothing is pushed.
-	if e, p := step("same", m); e != e2 || p != p2 {
-		t.Fatal("an unchanged model made new snapshots")
+	// Nothing changed: nothing to push, and every version stays.
+	if v, changed := step("same", m); changed || fmt.Sprint(v) != fmt.Sprint(v2) {
+		t.Fatalf("an unchanged model was reported changed (%v) or gave new versions %v, was %v", changed, v, v2)
 	}
 	// An endpoint of an L7 service: Envoy's endpoints change, proxyless ones stay the ClusterIPs.
 	orders := m.Services[model.Frontend{Addr: netip.MustParseAddr("10.96.0.14"), Port: 80, Protocol: model.TCP}]
