@@ -106,7 +106,8 @@ func (g builtErrors) replaced(dirty map[ServiceName]bool, fresh builtErrors) bui
 // ok is false, and the caller must build in full, when the change may reach beyond the
 // dirty Services: a policy could target them (policy targets and L7 decisions are
 // resolved across services), a frontend they claim is held by another Service, or some
-// Service waits for a frontend that a change could free.
+// Service waits for a frontend that a change could free. A Rebuild takes prev's index
+// of frontends, so the next one must start from its result, not from prev.
 func Rebuild(prev *Snapshot, in Input, dirty map[ServiceName]bool) (snap *Snapshot, ok bool) {
 	if prev == nil || prev.frontendsOf == nil && len(prev.Services) > 0 || len(in.Policies) > 0 || prev.built.contested() {
 		return nil, false
@@ -144,8 +145,11 @@ func Rebuild(prev *Snapshot, in Input, dirty map[ServiceName]bool) (snap *Snapsh
 	fresh := b.groupErrors()
 
 	out := &Snapshot{Policies: prev.Policies, Changed: map[Frontend]bool{}}
-	out.Services = maps.Clone(prev.Services)
-	out.frontendsOf = maps.Clone(prev.frontendsOf)
+	out.Services = maps.Clone(prev.Services) // the consumers' map: prev stays as it was
+	// The index is Rebuild's alone, so it moves to out instead of being copied (30k
+	// entries a change): prev, left without one, can no longer be rebuilt from, and a
+	// Rebuild of it declines.
+	out.frontendsOf, prev.frontendsOf = prev.frontendsOf, nil
 	if out.frontendsOf == nil {
 		out.frontendsOf = map[ServiceName][]Frontend{}
 	}
