@@ -117,7 +117,7 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	if err := waitForPermissions(ctx, log, k.Client, requiredPermissions(servesPolicies)); err != nil {
 		return err
 	}
-	factory := informers.NewSharedInformerFactory(k.Client, k.Resync)
+	factory := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync, informers.WithTransform(dropManagedFields))
 	services := factory.Core().V1().Services()
 	slices := factory.Discovery().V1().EndpointSlices()
 	pods := factory.Core().V1().Pods()
@@ -133,14 +133,14 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 			queue.Add(syncKey)
 		}
 	}
-	// Services and EndpointSlices name the Service they change; anything else (pods,
-	// policies, the node) takes the full pass.
+	// One handler for every informer: Services and EndpointSlices name the Service they
+	// change; anything else (pods, policies, the node) takes the full pass.
 	event := func(o any, changed bool) {
 		if k.OnEvent != nil {
 			k.OnEvent(eventKind(o), changed)
 		}
 	}
-	perService := func(objs ...any) {
+	record := func(objs ...any) {
 		event(objs[len(objs)-1], true)
 		for _, o := range objs {
 			if name, ok := serviceOf(o); ok {
@@ -151,48 +151,32 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 		}
 		wake()
 	}
-	tracked := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) { perService(o) },
+	onChange := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) { record(o) },
 		UpdateFunc: func(old, o any) {
 			if sameObjectVersion(old, o) {
 				event(o, false) // a resync or relist re-delivering what is stored
 				return
 			}
-			perService(old, o)
+			record(old, o)
 		},
-		DeleteFunc: func(o any) { perService(o) },
-	}
-	dirty := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) { event(o, true); changes.everything(); wake() },
-		UpdateFunc: func(old, o any) {
-			if sameObjectVersion(old, o) {
-				event(o, false)
-				return
-			}
-			event(o, true)
-			changes.everything()
-			wake()
-		},
-		DeleteFunc: func(o any) { event(o, true); changes.everything(); wake() },
+		DeleteFunc: func(o any) { record(o) },
 	}
 	if err := slices.Informer().AddIndexers(cache.Indexers{byServiceIndex: sliceServiceKey}); err != nil {
 		return err
 	}
 	synced := []cache.InformerSynced{}
-	for _, h := range []struct {
-		inf     cache.SharedIndexInformer
-		handler cache.ResourceEventHandler
-	}{{services.Informer(), tracked}, {slices.Informer(), tracked}, {pods.Informer(), dirty}} {
-		if _, err := h.inf.AddEventHandler(h.handler); err != nil {
+	for _, inf := range []cache.SharedIndexInformer{services.Informer(), slices.Informer(), pods.Informer()} {
+		if _, err := inf.AddEventHandler(onChange); err != nil {
 			return err
 		}
-		synced = append(synced, h.inf.HasSynced)
+		synced = append(synced, inf.HasSynced)
 	}
 	// This node only: its zone label decides topology hints.
 	nodes := informers.NewSharedInformerFactoryWithOptions(k.Client, k.Resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + k.NodeName }))
 	node := nodes.Core().V1().Nodes()
-	if _, err := node.Informer().AddEventHandler(dirty); err != nil {
+	if _, err := node.Informer().AddEventHandler(onChange); err != nil {
 		return err
 	}
 	synced = append(synced, node.Informer().HasSynced)
@@ -201,7 +185,7 @@ func (k *Kubernetes) Run(ctx context.Context) error {
 	if servesPolicies {
 		dyn := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, k.Resync)
 		inf := dyn.ForResource(AuthorizationPolicies)
-		if _, err := inf.Informer().AddEventHandler(dirty); err != nil {
+		if _, err := inf.Informer().AddEventHandler(onChange); err != nil {
 			return err
 		}
 		synced = append(synced, inf.Informer().HasSynced)
@@ -386,4 +370,14 @@ func nodeZone(nodes corelisters.NodeLister, name string) string {
 		return ""
 	}
 	return n.Labels[corev1.LabelTopologyZone]
+}
+
+// dropManagedFields is the informers' transform: the field managers' records are most
+// of a small object's size and nothing here reads them, so the caches (30k Services
+// and their EndpointSlices, every pod) do not keep them.
+func dropManagedFields(obj any) (any, error) {
+	if o, ok := obj.(metav1.Object); ok {
+		o.SetManagedFields(nil)
+	}
+	return obj, nil
 }
