@@ -272,21 +272,17 @@ func (a *Agent) offer(u source.Update) {
 		case u.Snapshot == nil:
 			a.pendingLost = true // an untaken snapshot's changes go with it
 		case u.Snapshot.Changed != nil:
-			merged := *u.Snapshot
-			if prev.Snapshot.Changed == nil {
-				merged.Changed = nil
-			} else {
-				merged.Changed = maps.Clone(u.Snapshot.Changed)
-				maps.Copy(merged.Changed, prev.Snapshot.Changed)
+			var changed map[model.Frontend]bool // nil: the whole model
+			if prev.Snapshot.Changed != nil {
+				changed = maps.Clone(u.Snapshot.Changed)
+				maps.Copy(changed, prev.Snapshot.Changed)
 			}
-			u.Snapshot = &merged
+			u.Snapshot = withChanged(u.Snapshot, changed)
 		}
 	}
 	if a.pendingLost && u.Snapshot != nil {
 		if u.Snapshot.Changed != nil {
-			merged := *u.Snapshot
-			merged.Changed = nil
-			u.Snapshot = &merged
+			u.Snapshot = withChanged(u.Snapshot, nil)
 		}
 		a.pendingLost = false
 	}
@@ -296,6 +292,14 @@ func (a *Agent) offer(u source.Update) {
 	case a.wake <- struct{}{}:
 	default:
 	}
+}
+
+// withChanged is s with another Changed (nil: every frontend may have changed), a copy
+// so the source's snapshot stays as it made it.
+func withChanged(s *model.Snapshot, changed map[model.Frontend]bool) *model.Snapshot {
+	c := *s
+	c.Changed = changed
+	return &c
 }
 
 // loop reconciles every new snapshot, retries the last one after a failed write, and

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	envoycache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -42,7 +43,7 @@ type world struct {
 
 func (w *world) decoded() source.Decoded {
 	var d source.Decoded
-	for _, k := range slices.SortedFunc(maps.Keys(w.services), func(a, b model.ServiceName) int { return cmpString(a.String(), b.String()) }) {
+	for _, k := range slices.SortedFunc(maps.Keys(w.services), func(a, b model.ServiceName) int { return strings.Compare(a.String(), b.String()) }) {
 		d.Services = append(d.Services, w.services[k])
 	}
 	for _, k := range slices.Sorted(maps.Keys(w.slices)) {
@@ -334,7 +335,7 @@ func runIncrementalHistory(t *testing.T, seed uint64, steps int) *incrementalPai
 		}
 		var states []source.ServiceState
 		for _, name := range slices.SortedFunc(maps.Keys(dirty), func(a, b model.ServiceName) int {
-			return cmpString(a.String(), b.String())
+			return strings.Compare(a.String(), b.String())
 		}) {
 			states = append(states, w.state(name))
 		}
@@ -345,16 +346,6 @@ func runIncrementalHistory(t *testing.T, seed uint64, steps int) *incrementalPai
 		p.apply(t, step, inc, p.full.Snapshot())
 	}
 	return p
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func TestIncrementalMatchesFull(t *testing.T) {
