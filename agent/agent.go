@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -306,6 +307,7 @@ func withChanged(s *model.Snapshot, changed map[model.Frontend]bool) *model.Snap
 // repairs drift in the maps on a period.
 func (a *Agent) loop(ctx context.Context) {
 	var current *model.Snapshot
+	coldStartReleased := false
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	repair := time.NewTicker(a.cfg.RepairInterval)
@@ -335,6 +337,15 @@ func (a *Agent) loop(ctx context.Context) {
 		if err := a.reconcile(current); err != nil {
 			a.log.Error("reconcile failed; retrying", "err", err, "in", retryInterval)
 			retry.Reset(retryInterval)
+			continue
+		}
+		if !coldStartReleased {
+			// The first full pass (decoding every object, building every map entry
+			// and xDS resource) leaves garbage several times what stays live; hand it
+			// back to the OS now rather than over the scavenger's minutes. Once: a
+			// forced collection on every pass would cost more than it saves.
+			coldStartReleased = true
+			debug.FreeOSMemory()
 		}
 	}
 }
