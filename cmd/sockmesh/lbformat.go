@@ -18,32 +18,9 @@ import (
 // text/tabwriter table or an indented encoding/json document costs more than reading the
 // maps. The bytes are the same as theirs (lbformat_test.go holds both side by side).
 
-// flushAt is how much output is gathered before each write.
-const flushAt = 256 << 10
-
-// chunks gathers output and writes it in big writes.
-type chunks struct {
-	out io.Writer
-	buf []byte
-	err error
-}
-
-func newChunks(out io.Writer) *chunks { return &chunks{out: out, buf: make([]byte, 0, flushAt+16<<10)} }
-
-// maybeFlush writes the gathered output once there is enough of it.
-func (c *chunks) maybeFlush() {
-	if len(c.buf) >= flushAt {
-		c.flush()
-	}
-}
-
-func (c *chunks) flush() error {
-	if c.err == nil && len(c.buf) > 0 {
-		_, c.err = c.out.Write(c.buf)
-	}
-	c.buf = c.buf[:0]
-	return c.err
-}
+// bufferSize is how much output is gathered before each write; each row is appended
+// straight into the writer's free space (bufio.Writer.AvailableBuffer).
+const bufferSize = 256 << 10
 
 // tablePadding is the padding the table's columns had under tabwriter.NewWriter(out, 0,
 // 4, 2, ' ', 0): each column is as wide as its widest cell plus two spaces.
@@ -78,25 +55,26 @@ func writeTable(out io.Writer, svcs []lbmap.ListedService) error {
 		return append(buf, pad[:width[col]+tablePadding-utf8.RuneCountInString(text)]...)
 	}
 
-	w := newChunks(out)
+	w := bufio.NewWriterSize(out, bufferSize)
+	head := w.AvailableBuffer()
 	for i, h := range tableHeader[:3] {
-		w.buf = cell(w.buf, h, i)
+		head = cell(head, h, i)
 	}
-	w.buf = append(w.buf, tableHeader[3]...)
-	w.buf = append(w.buf, '\n')
+	head = append(head, tableHeader[3]...)
+	if _, err := w.Write(append(head, '\n')); err != nil {
+		return err
+	}
 	for i := range svcs {
 		s := &svcs[i]
-		w.buf = cell(w.buf, s.Name, 0)
-		w.buf = cell(w.buf, s.Frontend, 1)
-		w.buf = cell(w.buf, affs[i], 2)
-		w.buf = appendBackendsCell(w.buf, s)
-		w.buf = append(w.buf, '\n')
-		w.maybeFlush()
-		if w.err != nil {
-			return w.err
+		row := cell(w.AvailableBuffer(), s.Name, 0)
+		row = cell(row, s.Frontend, 1)
+		row = cell(row, affs[i], 2)
+		row = appendBackendsCell(row, s)
+		if _, err := w.Write(append(row, '\n')); err != nil {
+			return err
 		}
 	}
-	return w.flush()
+	return w.Flush()
 }
 
 // plainCell says whether tabwriter takes s as text alone: no cell or line break, no
@@ -147,7 +125,7 @@ func appendBackendsCell(buf []byte, s *lbmap.ListedService) []byte {
 
 // writeTabwriter is the table as text/tabwriter aligns it.
 func writeTabwriter(out io.Writer, svcs []lbmap.ListedService) error {
-	w := bufio.NewWriterSize(out, flushAt)
+	w := bufio.NewWriterSize(out, bufferSize)
 	tw := tabwriter.NewWriter(w, 0, 4, tablePadding, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(tableHeader[:], "\t"))
 	var line []byte
@@ -171,20 +149,21 @@ func writeTabwriter(out io.Writer, svcs []lbmap.ListedService) error {
 
 // writeJSON writes the services as json.Encoder with SetIndent("", "  ") encodes them.
 func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
-	w := newChunks(out)
+	w := bufio.NewWriterSize(out, bufferSize)
 	if svcs == nil {
-		w.buf = append(w.buf, "null\n"...)
-		return w.flush()
+		w.WriteString("null\n")
+		return w.Flush()
 	}
 	if len(svcs) == 0 {
-		w.buf = append(w.buf, "[]\n"...)
-		return w.flush()
+		w.WriteString("[]\n")
+		return w.Flush()
 	}
-	w.buf = append(w.buf, '[')
 	for i := range svcs {
 		s := &svcs[i]
-		buf := w.buf
-		if i > 0 {
+		buf := w.AvailableBuffer()
+		if i == 0 {
+			buf = append(buf, '[')
+		} else {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, "\n  {\n    \"id\": "...)
@@ -220,14 +199,12 @@ func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
 			}
 			buf = append(buf, "\n    ]\n  }"...)
 		}
-		w.buf = buf
-		w.maybeFlush()
-		if w.err != nil {
-			return w.err
+		if _, err := w.Write(buf); err != nil {
+			return err
 		}
 	}
-	w.buf = append(w.buf, "\n]\n"...)
-	return w.flush()
+	w.WriteString("\n]\n")
+	return w.Flush()
 }
 
 // appendJSONString appends s as a JSON string; what needs escaping (quotes, control
