@@ -31,8 +31,8 @@ type ListedService struct {
 
 // List reads the programmed services from the maps themselves (not from an agent), so it
 // shows what the datapath does even while the agent is down. Services come sorted by
-// frontend, each one's backends by address. ListMaps does the same on kernel maps,
-// reading them in batches.
+// frontend, each one's backends by address. On kernel maps, call ListMaps: the same
+// result, read in batches.
 func List(t Tables) ([]ListedService, error) {
 	svcs, err := t.Services.Dump()
 	if err != nil {

@@ -142,7 +142,7 @@ func waitProgrammed(ctx context.Context, bpffs string, n int, agentExited <-chan
 		if err != nil {
 			continue
 		}
-		svcs, err := lbmap.List(lbmap.BPFTables(maps))
+		svcs, err := lbmap.ListMaps(maps)
 		maps.Close()
 		if err == nil && len(svcs) >= n {
 			return nil
@@ -203,7 +203,7 @@ func printDatapath(out io.Writer, bpffs string) error {
 		}
 	}
 	fmt.Fprintln(out)
-	svcs, err := lbmap.List(lbmap.BPFTables(maps))
+	svcs, err := lbmap.ListMaps(maps)
 	if err != nil {
 		return err
 	}

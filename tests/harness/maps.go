@@ -16,7 +16,7 @@ func (e *Env) PinnedServices(t testing.TB) []lbmap.ListedService {
 		t.Fatal(err)
 	}
 	defer maps.Close()
-	svcs, err := lbmap.List(lbmap.BPFTables(maps))
+	svcs, err := lbmap.ListMaps(maps)
 	if err != nil {
 		t.Fatal(err)
 	}
