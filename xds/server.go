@@ -190,6 +190,9 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) ([]model.ObjectE
 	if !changed && envoy == s.served.envoy && proxyless == s.served.proxyless {
 		return rejected, nil // the model changed nothing the clients see
 	}
+	// The snapshots may be patched already, so a failed push must not look served:
+	// the next Update pushes them even if the model then changes nothing.
+	s.served = snapshotPair{}
 	if err := s.envoyCache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
 		return rejected, err
 	}
