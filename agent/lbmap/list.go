@@ -92,13 +92,7 @@ func (c *listContent) services() []ListedService {
 		order[i] = int32(i)
 	}
 	slices.SortFunc(order, func(a, b int32) int {
-		if model.FrontendLess(fes[a], fes[b]) {
-			return -1
-		}
-		if model.FrontendLess(fes[b], fes[a]) {
-			return 1
-		}
-		return cmp.Compare(c.svcVals[a].Id, c.svcVals[b].Id)
+		return cmp.Or(model.CompareFrontends(fes[a], fes[b]), cmp.Compare(c.svcVals[a].Id, c.svcVals[b].Id))
 	})
 	ids := make([]uint32, len(order))
 	for i, p := range order {

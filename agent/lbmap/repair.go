@@ -111,12 +111,8 @@ func (w *Writer) restore(want *state) (complete bool, err error) {
 			return 1
 		}
 		if a.hasKey {
-			fa, fb := frontendOf(a.key), frontendOf(b.key)
-			if model.FrontendLess(fa, fb) {
-				return -1
-			}
-			if model.FrontendLess(fb, fa) {
-				return 1
+			if c := model.CompareFrontends(frontendOf(a.key), frontendOf(b.key)); c != 0 {
+				return c
 			}
 		}
 		return cmp.Compare(a.id, b.id)
