@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -129,6 +130,12 @@ func (a *Agent) handler(debug bool) http.Handler {
 			enc.SetIndent("", "  ")
 			_ = enc.Encode(a.state.debug())
 		})
+		// Go's profiles, as Cilium's --pprof serves them, but only on the root-only
+		// socket: a heap or CPU profile of a live agent is how its memory and reconcile
+		// time get explained.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	}
 	return mux
 }

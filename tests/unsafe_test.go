@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -101,11 +102,22 @@ func TestAStartWithoutCapBPFNamesItAndLeavesNothing(t *testing.T) {
 func TestDebugStateIsForRootOnly(t *testing.T) {
 	env, path, _ := webOnBackend1(t)
 	a := env.StartAgent(t, path)
-	resp, err := http.Get("http://" + a.Addr + "/debug/state")
+	for _, p := range []string{"/debug/state", "/debug/pprof/heap"} {
+		resp, err := http.Get("http://" + a.Addr + p)
+		must(t, err)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s on %s: %s, want 404", p, a.Addr, resp.Status)
+		}
+	}
+	// Go's profiles are on the socket, as Cilium serves them with --pprof.
+	resp, err := a.DebugClient().Get("http://sockmesh/debug/pprof/heap?debug=1")
 	must(t, err)
+	heap, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("/debug/state on %s: %s, want 404", a.Addr, resp.Status)
+	must(t, err)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(heap), "heap profile:") {
+		t.Errorf("/debug/pprof/heap on the socket: %s, %.200q; want a heap profile", resp.Status, heap)
 	}
 	st, err := os.Stat(a.Debug)
 	must(t, err)
