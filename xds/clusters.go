@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"sync"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -24,10 +25,10 @@ func buildCluster(name string, app model.AppProtocol, mark uint32) *clusterv3.Cl
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
-		ConnectTimeout:       durationpb.New(connectTimeout),
+		EdsClusterConfig:     sharedEDSConfig,
+		ConnectTimeout:       sharedConnectTimeout,
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
-		UpstreamBindConfig:   markedBind(mark),
+		UpstreamBindConfig:   sharedMarkedBind(mark),
 	}
 	var opts *httpv3.HttpProtocolOptions
 	switch app {
@@ -45,6 +46,27 @@ func buildCluster(name string, app model.AppProtocol, mark uint32) *clusterv3.Cl
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(opts)}
 	}
 	return c
+}
+
+// Parts every cluster has alike, built once and shared (10k clusters would hold 10k
+// copies). Resources are never changed once built, only marshalled, which only reads
+// them, so sharing is safe.
+var (
+	sharedEDSConfig      = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()}
+	sharedConnectTimeout = durationpb.New(connectTimeout)
+	markedBinds          sync.Map // mark → *corev3.BindConfig
+)
+
+// sharedMarkedBind is markedBind(mark), one per mark.
+func sharedMarkedBind(mark uint32) *corev3.BindConfig {
+	if mark == 0 {
+		return nil
+	}
+	if bc, ok := markedBinds.Load(mark); ok {
+		return bc.(*corev3.BindConfig)
+	}
+	bc, _ := markedBinds.LoadOrStore(mark, markedBind(mark))
+	return bc.(*corev3.BindConfig)
 }
 
 // adsSource points a resource at the ADS stream it came from.

@@ -17,13 +17,18 @@ func buildLoadAssignment(cluster string, backends []model.Backend) *endpointv3.C
 		if !b.Ready {
 			status = corev3.HealthStatus_DRAINING // serving while terminating
 		}
-		lbs = append(lbs, &endpointv3.LbEndpoint{
+		lb := &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: socketAddress(b.Addr.String(), b.Port),
 			}},
-			HealthStatus:        status,
-			LoadBalancingWeight: wrapperspb.UInt32(uint32(max(b.Weight, 1))),
-		})
+			HealthStatus: status,
+		}
+		// Unset is weight 1 to Envoy and grpc-go alike; leaving it out of the common
+		// case saves a message per endpoint (100k of them at 10k services).
+		if b.Weight > 1 {
+			lb.LoadBalancingWeight = wrapperspb.UInt32(uint32(b.Weight))
+		}
+		lbs = append(lbs, lb)
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	if len(lbs) > 0 {

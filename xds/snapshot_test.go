@@ -184,6 +184,10 @@ func TestEndpointsFollowTheModelsSelection(t *testing.T) {
 	if w := web.Endpoints[0].LbEndpoints[1].LoadBalancingWeight.GetValue(); w != 3 {
 		t.Fatalf("weight %d, want 3", w)
 	}
+	// Weight 1 is Envoy's and grpc-go's default for an unset weight.
+	if w := web.Endpoints[0].LbEndpoints[0].LoadBalancingWeight; w != nil {
+		t.Fatalf("weight-1 endpoint carries weight %v, want it unset", w)
+	}
 	cart := byName["outbound|80||cart.shop.svc.cluster.local"]
 	if lbs := cart.Endpoints[0].LbEndpoints; len(lbs) != 1 || lbs[0].HealthStatus.String() != "DRAINING" {
 		t.Fatalf("cart's only endpoint is terminating: %v", cart)
