@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -109,11 +110,54 @@ func hashOf(r types.Resource) (string, error) {
 }
 
 // frontendState is what one model service (a frontend) last contributed to its port.
+// The selected backends are kept as a hash, not a copy (100k endpoints at 10k
+// services would be kept twice): a rebuilt port reads them from the model again.
 type frontendState struct {
-	port     servicePort
-	backends []model.Backend // selected, in the model's order
-	l7       bool
-	app      model.AppProtocol
+	port      servicePort
+	selection uint64 // selectionHash of the selected backends, in the model's order
+	l7        bool
+	app       model.AppProtocol
+}
+
+// selectionSeed keys selectionHash; the hashes live only in this process's memory.
+var selectionSeed = maphash.MakeSeed()
+
+// selectionHash hashes backends in order, every field (a change to any may change the
+// resources). Two different selections collide with chance 2^-64.
+func selectionHash(backends []model.Backend) uint64 {
+	var h maphash.Hash
+	h.SetSeed(selectionSeed)
+	var fixed [24]byte
+	for i := range backends {
+		b := &backends[i]
+		// Field by field: maphash.WriteComparable goes through reflection, which
+		// made a 10k-service build half again as slow.
+		a := b.Addr.As16()
+		copy(fixed[:16], a[:])
+		fixed[16] = byte(b.Addr.BitLen() / 32) // 0, 1 or 4: no address, IPv4, IPv6
+		fixed[17], fixed[18] = byte(b.Port>>8), byte(b.Port)
+		fixed[19], fixed[20] = byte(b.Weight>>8), byte(b.Weight)
+		fixed[21] = flags(b.Ready, b.Serving, b.Terminating, b.Local, b.ForLocalZone, b.ForLocalNode)
+		h.Write(fixed[:22])
+		// Each string ends in a 0 byte, so moving bytes from one to the next changes
+		// the hash.
+		for _, s := range [...]string{b.Addr.Zone(), b.NodeName, b.Zone, string(b.ForZones), string(b.ForNodes)} {
+			h.WriteString(s)
+			h.WriteByte(0)
+		}
+	}
+	return h.Sum64()
+}
+
+// flags packs up to eight bools into a byte.
+func flags(bs ...bool) byte {
+	var f byte
+	for i, b := range bs {
+		if b {
+			f |= 1 << i
+		}
+	}
+	return f
 }
 
 // update brings the per-port resources and the proxy's resources to the model. It
@@ -135,8 +179,9 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 	see := func(fe model.Frontend, svc *model.Service) {
 		p := servicePort{name: svc.Name, portName: svc.PortName, port: fe.Port, protocol: fe.Protocol}
 		scratch = svc.AppendSelected(scratch[:0])
+		sel := selectionHash(scratch)
 		old, ok := b.frontends[fe]
-		if ok && old.port == p && old.l7 == svc.L7 && old.app == svc.AppProtocol && slices.Equal(old.backends, scratch) {
+		if ok && old.port == p && old.l7 == svc.L7 && old.app == svc.AppProtocol && old.selection == sel {
 			return
 		}
 		if ok {
@@ -145,7 +190,7 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 			l7Touched = l7Touched || old.l7
 		}
 		l7Touched = l7Touched || svc.L7
-		b.frontends[fe] = frontendState{port: p, backends: slices.Clone(scratch), l7: svc.L7, app: svc.AppProtocol}
+		b.frontends[fe] = frontendState{port: p, selection: sel, l7: svc.L7, app: svc.AppProtocol}
 		b.portFrontends[p] = append(b.portFrontends[p], fe)
 		dirty[p] = true
 	}
@@ -196,7 +241,13 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 		var st portState
 		for _, fe := range fes {
 			f := b.frontends[fe]
-			st.backends = append(st.backends, f.backends...) // both IP families' endpoints
+			// Every frontend of a port is in the model: a scoped pass follows an
+			// exact one, so those it does not look at are as that one saw them.
+			svc, ok := snap.Services[fe]
+			if !ok {
+				return nil, false, fmt.Errorf("xds: frontend %v of %s is missing from the model", fe, p.clusterName())
+			}
+			st.backends = svc.AppendSelected(st.backends) // both IP families' endpoints
 			if f.l7 {
 				st.vips = append(st.vips, fe)
 			}
