@@ -18,6 +18,9 @@ import (
 type liveSnapshot struct {
 	*cachev3.Snapshot
 	plain [types.UnknownType]map[string]types.Resource
+	// patched names the resources patched since the delta cache last looked, by type
+	// URL, so it compares those alone.
+	patched map[string][]string
 }
 
 func newLiveSnapshot(s *cachev3.Snapshot) *liveSnapshot {
@@ -65,31 +68,42 @@ func (l *liveSnapshot) setEndpoints(r types.Resource, resourceVersion, version s
 	l.Resources[t].Version = version
 	l.plain[t][name] = r
 	l.VersionMap[resourcev3.EndpointType][name] = resourceVersion
+	if l.patched == nil {
+		l.patched = map[string][]string{}
+	}
+	l.patched[resourcev3.EndpointType] = append(l.patched[resourcev3.EndpointType], name)
 }
 
-// lockedCache is one of the server's caches with its reads of the served snapshots
-// (a new watch, a fetch) under the read side of lock, whose write side a patch of
-// those snapshots holds. The cache's own updates (SetSnapshot) read them under its
-// own lock, and are made by the one goroutine that patches.
-type lockedCache struct {
+// takePatched returns the names patched since it was last called, by type URL.
+func (l *liveSnapshot) takePatched() map[string][]string {
+	p := l.patched
+	l.patched = nil
+	return p
+}
+
+// servedCache is what the server asks for one client kind: state-of-the-world
+// watches and fetches from a go-control-plane snapshot cache, under the read side of
+// lock (patches of the served snapshots hold its write side; the cache's own updates,
+// SetSnapshot, read them under its own lock and are made by the one goroutine that
+// patches), and delta watches from the delta cache.
+type servedCache struct {
 	lock  *sync.RWMutex
-	inner cachev3.Cache
+	sotw  cachev3.Cache
+	delta *deltaCache
 }
 
-func (c lockedCache) CreateWatch(r *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
+func (c servedCache) CreateWatch(r *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
 	c.lock.RLock()
 	defer c.lock.RUnlock()
-	return c.inner.CreateWatch(r, sub, out)
+	return c.sotw.CreateWatch(r, sub, out)
 }
 
-func (c lockedCache) CreateDeltaWatch(r *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
-	c.lock.RLock()
-	defer c.lock.RUnlock()
-	return c.inner.CreateDeltaWatch(r, sub, out)
+func (c servedCache) CreateDeltaWatch(r *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
+	return c.delta.CreateDeltaWatch(r, sub, out)
 }
 
-func (c lockedCache) Fetch(ctx context.Context, r *cachev3.Request) (cachev3.Response, error) {
+func (c servedCache) Fetch(ctx context.Context, r *cachev3.Request) (cachev3.Response, error) {
 	c.lock.RLock()
 	defer c.lock.RUnlock()
-	return c.inner.Fetch(ctx, r)
+	return c.sotw.Fetch(ctx, r)
 }

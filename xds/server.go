@@ -54,8 +54,14 @@ type Server struct {
 	// client asks for just the listener and cluster it dials, so its cache is not in
 	// ADS mode, or it would never be answered once there are two services.
 	envoyCache, proxylessCache cachev3.SnapshotCache
+	// Delta streams are answered by caches of our own, in O(change) (delta.go).
+	envoyDelta, proxylessDelta *deltaCache
+	// deltaStreamOf carries each delta request's stream id from the request callback
+	// to the delta caches.
+	deltaStreamOf sync.Map
 	// servedLock lets the builder patch the snapshots the caches hold in place: the
-	// caches' reads of them take its read side (lockedCache), a patch its write side.
+	// caches' reads of them take its read side (servedCache, deltaCache), a patch its
+	// write side.
 	servedLock sync.RWMutex
 	grpc       *grpc.Server
 	mu         sync.Mutex
@@ -73,21 +79,26 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy, limits Limits) *Serv
 	s := &Server{log: log, grpc: grpc.NewServer(grpc.StreamInterceptor(guard.intercept)),
 		envoyCache:     cachev3.NewSnapshotCache(true, clientKind{}, nil),
 		proxylessCache: cachev3.NewSnapshotCache(false, clientKind{}, nil)}
+	s.envoyDelta = newDeltaCache(&s.servedLock, &s.deltaStreamOf)
+	s.proxylessDelta = newDeltaCache(&s.servedLock, &s.deltaStreamOf)
 	mux := &cachev3.MuxCache{
 		Classify:      func(r *cachev3.Request) string { return clientKind{}.ID(r.GetNode()) },
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return clientKind{}.ID(r.GetNode()) },
 		Caches: map[string]cachev3.Cache{
-			envoyClients:     lockedCache{&s.servedLock, s.envoyCache},
-			proxylessClients: lockedCache{&s.servedLock, s.proxylessCache},
+			envoyClients:     servedCache{&s.servedLock, s.envoyCache, s.envoyDelta},
+			proxylessClients: servedCache{&s.servedLock, s.proxylessCache, s.proxylessDelta},
 		},
 	}
 	s.builder.proxy = proxy
 	s.builder.patching = &s.servedLock
 	cb := serverv3.CallbackFuncs{
-		StreamOpenFunc:        func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
-		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.sent.forget(id); call(stats.Streams, -1) },
-		DeltaStreamOpenFunc:   func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
-		DeltaStreamClosedFunc: func(int64, *corev3.Node) { call(stats.Streams, -1) },
+		StreamOpenFunc:      func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
+		StreamClosedFunc:    func(id int64, _ *corev3.Node) { s.sent.forget(id); call(stats.Streams, -1) },
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error { call(stats.Streams, 1); return nil },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
+			s.forgetDeltaStream(id)
+			call(stats.Streams, -1)
+		},
 		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
 			if r.ErrorDetail != nil {
 				s.log.Error("xDS client rejected a config; it keeps its last good version", "stream", id,
@@ -106,6 +117,7 @@ func NewServer(log *slog.Logger, stats Stats, proxy *Proxy, limits Limits) *Serv
 			return nil
 		},
 		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+			s.deltaStreamOf.Store(r, id) // the delta cache's watch for r takes it
 			// A delta client that rejects a response keeps its resources; the cache
 			// sends only later changes, so there is no resend to prevent here.
 			if r.ErrorDetail != nil {
@@ -168,6 +180,19 @@ func (v *sentVersions) forget(stream int64) {
 	}
 }
 
+// forgetDeltaStream drops what the delta caches keep for a closed stream, and the id
+// of a request of it that never got to a cache.
+func (s *Server) forgetDeltaStream(id int64) {
+	s.envoyDelta.forget(id)
+	s.proxylessDelta.forget(id)
+	s.deltaStreamOf.Range(func(r, stream any) bool {
+		if stream == id {
+			s.deltaStreamOf.Delete(r)
+		}
+		return true
+	})
+}
+
 func call(f func(int), n int) {
 	if f != nil {
 		f(n)
@@ -193,6 +218,8 @@ func (s *Server) Update(ctx context.Context, m *model.Snapshot) ([]model.ObjectE
 	// The snapshots may be patched already, so a failed push must not look served:
 	// the next Update pushes them even if the model then changes nothing.
 	s.served = snapshotPair{}
+	s.envoyDelta.update(envoy)
+	s.proxylessDelta.update(proxyless)
 	if err := s.envoyCache.SetSnapshot(ctx, envoyClients, envoy); err != nil {
 		return rejected, err
 	}

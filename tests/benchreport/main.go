@@ -110,6 +110,10 @@ var xdsGoals = []goal{
 	{"Snapshot10kServices", "ms/snapshot", 500, "xDS: full snapshot, 10k services × 10 endpoints (ms)", false},
 	{"EndpointChangeDeltaVsSotW", "delta-bytes", 2048, "xDS: one endpoint change to a delta client, 10k services (bytes)", false},
 	{"EndpointChangeDeltaVsSotW", "update-to-client-p50-ms", 10, "xDS: one endpoint change reaches a delta client, median of 50 (ms)", false},
+	{"DeltaOneChangeScale/1000", "ours-p99-ms", 50, "xDS: one scoped endpoint change → delta client (CDS+EDS), p99 of 200, 1k services (ms)", false},
+	{"DeltaOneChangeScale/10000", "ours-p99-ms", 50, "the same at 10k services (ms)", false},
+	{"DeltaOneChangeScale/30000", "ours-p99-ms", 50, "the same at 30k services (ms)", false},
+	{"DeltaOneChangeScale/30000", "p99-speedup-x", 1, "the same at 30k: p99 of go-control-plane's snapshot cache ÷ ours, same run (×)", true},
 }
 
 var benchLine = regexp.MustCompile(`^Benchmark([\w/]+?)(-\d+)?\s+\d+\s+\d+ ns/op\s+(.*)$`)
