@@ -28,7 +28,7 @@ func buildCluster(name string, app model.AppProtocol, mark uint32) *clusterv3.Cl
 		EdsClusterConfig:     sharedEDSConfig,
 		ConnectTimeout:       sharedConnectTimeout,
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
-		UpstreamBindConfig:   sharedMarkedBind(mark),
+		UpstreamBindConfig:   markedBind(mark),
 	}
 	var opts *httpv3.HttpProtocolOptions
 	switch app {
@@ -57,15 +57,23 @@ var (
 	markedBinds          sync.Map // mark → *corev3.BindConfig
 )
 
-// sharedMarkedBind is markedBind(mark), one per mark.
-func sharedMarkedBind(mark uint32) *corev3.BindConfig {
+// markedBind sets SO_MARK on upstream sockets before they connect; one shared
+// config per mark (a node agent has one).
+func markedBind(mark uint32) *corev3.BindConfig {
 	if mark == 0 {
 		return nil
 	}
 	if bc, ok := markedBinds.Load(mark); ok {
 		return bc.(*corev3.BindConfig)
 	}
-	bc, _ := markedBinds.LoadOrStore(mark, markedBind(mark))
+	const solSocket, soMark = 1, 36
+	bc, _ := markedBinds.LoadOrStore(mark, &corev3.BindConfig{
+		SourceAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}},
+		SocketOptions: []*corev3.SocketOption{{
+			Level: solSocket, Name: soMark, Value: &corev3.SocketOption_IntValue{IntValue: int64(mark)},
+			State: corev3.SocketOption_STATE_PREBIND,
+		}},
+	})
 	return bc.(*corev3.BindConfig)
 }
 

@@ -14,7 +14,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -167,23 +166,8 @@ func buildPassthroughCluster(px Proxy) *clusterv3.Cluster {
 		Name:                 PassthroughCluster,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
-		ConnectTimeout:       durationpb.New(connectTimeout),
+		ConnectTimeout:       sharedConnectTimeout,
 		UpstreamBindConfig:   markedBind(px.Mark),
-	}
-}
-
-// markedBind sets SO_MARK on upstream sockets before they connect.
-func markedBind(mark uint32) *corev3.BindConfig {
-	if mark == 0 {
-		return nil
-	}
-	const solSocket, soMark = 1, 36
-	return &corev3.BindConfig{
-		SourceAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}},
-		SocketOptions: []*corev3.SocketOption{{
-			Level: solSocket, Name: soMark, Value: &corev3.SocketOption_IntValue{IntValue: int64(mark)},
-			State: corev3.SocketOption_STATE_PREBIND,
-		}},
 	}
 }
 
