@@ -3,6 +3,8 @@ package xds
 import (
 	"cmp"
 	"context"
+	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -30,20 +32,19 @@ type deltaCache struct {
 	// served is the server's servedLock: the snapshot is read under its read side,
 	// as patches of it hold the write side.
 	served *sync.RWMutex
-	// streamOf gets each delta request's stream id from the server's request callback,
-	// so a stream's state can be forgotten when the stream closes.
+	// streamOf gets each delta request's stream id from the server's request callback:
+	// stream state is kept by id, and forgotten when the stream closes.
 	streamOf *sync.Map
 
 	mu      sync.Mutex
 	snap    *liveSnapshot
-	streams map[chan cachev3.DeltaResponse]*deltaStream
-	chanOf  map[int64]chan cachev3.DeltaResponse
+	streams map[int64]deltaStream
 	// compared counts resources compared with what a client holds, for tests that
 	// check a change costs its own resources.
 	compared int
 }
 
-// deltaStream is what one stream's client holds, per type URL.
+// deltaStream is one stream's state, per type URL.
 type deltaStream map[string]*deltaType
 
 // deltaType is one stream's state for one type.
@@ -61,8 +62,7 @@ type deltaWatch struct {
 }
 
 func newDeltaCache(served *sync.RWMutex, streamOf *sync.Map) *deltaCache {
-	return &deltaCache{served: served, streamOf: streamOf,
-		streams: map[chan cachev3.DeltaResponse]*deltaStream{}, chanOf: map[int64]chan cachev3.DeltaResponse{}}
+	return &deltaCache{served: served, streamOf: streamOf, streams: map[int64]deltaStream{}}
 }
 
 // CreateDeltaWatch answers the request at once if the client lacks something of its
@@ -70,23 +70,28 @@ func newDeltaCache(served *sync.RWMutex, streamOf *sync.Map) *deltaCache {
 func (c *deltaCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
 	c.served.RLock()
 	defer c.served.RUnlock()
+	id, ok := c.streamOf.LoadAndDelete(req)
+	if !ok {
+		return nil, fmt.Errorf("xds: a delta request for %s came without its stream's id", req.GetTypeUrl())
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.streams[out]
+	st := c.streams[id.(int64)]
 	if st == nil {
-		st = &deltaStream{}
-		c.streams[out] = st
+		st = deltaStream{}
+		c.streams[id.(int64)] = st
 	}
-	if id, ok := c.streamOf.LoadAndDelete(req); ok {
-		c.chanOf[id.(int64)] = out
-	}
-	t := (*st)[req.GetTypeUrl()]
+	t := st[req.GetTypeUrl()]
 	if t == nil || !sameMap(t.returned, sub.ReturnedResources()) {
 		// A new type, or the server holds another map than the one last handed back
 		// (a stream's first request, with its initial resource versions): start over
 		// from what the server says the client holds.
-		t = &deltaType{returned: cloneVersions(sub.ReturnedResources()), dirty: map[string]struct{}{}, full: true}
-		(*st)[req.GetTypeUrl()] = t
+		returned := maps.Clone(sub.ReturnedResources())
+		if returned == nil {
+			returned = map[string]string{}
+		}
+		t = &deltaType{returned: returned, dirty: map[string]struct{}{}, full: true}
+		st[req.GetTypeUrl()] = t
 	}
 	// Names the request subscribes or unsubscribes may now need a response.
 	for _, names := range [][]string{req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()} {
@@ -120,8 +125,8 @@ func (c *deltaCache) update(snap *liveSnapshot) {
 	c.snap = snap
 	patched := snap.takePatched()
 	for _, st := range c.streams {
-		for _, typeURL := range orderedTypes(*st) {
-			t := (*st)[typeURL]
+		for _, typeURL := range orderedTypes(st) {
+			t := st[typeURL]
 			if replaced {
 				t.full = true
 			}
@@ -139,10 +144,7 @@ func (c *deltaCache) update(snap *liveSnapshot) {
 func (c *deltaCache) forget(stream int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if out, ok := c.chanOf[stream]; ok {
-		delete(c.streams, out)
-		delete(c.chanOf, stream)
-	}
+	delete(c.streams, stream)
 }
 
 // respond brings t's client up to the snapshot and sends what it lacked on its open
@@ -174,6 +176,13 @@ func (c *deltaCache) respond(typeURL string, t *deltaType) bool {
 	}
 	if t.full {
 		for name := range t.returned {
+			// Names the loop below visits are checked there, once.
+			if _, current := resources[name]; wildcard && current {
+				continue
+			}
+			if _, named := subscribed[name]; !wildcard && named {
+				continue
+			}
 			check(name)
 		}
 		if wildcard {
@@ -232,14 +241,6 @@ func orderedTypes(st deltaStream) []string {
 
 func sameMap(a, b map[string]string) bool {
 	return a != nil && reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
-}
-
-func cloneVersions(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 type deltaResource struct {
