@@ -58,7 +58,8 @@ func Load(dir string, lim Limits) (*Datapath, error) {
 	}
 	spec.Maps[socklbMapSmServices].MaxEntries = uint32(lim.MaxServices)
 	spec.Maps[socklbMapSmSvcNames].MaxEntries = uint32(lim.MaxServices)
-	spec.Maps[socklbMapSmBackends].MaxEntries = uint32(lim.MaxBackends)
+	// Backend ids are array indexes from 1: index 0 stays empty.
+	spec.Maps[socklbMapSmBackends].MaxEntries = uint32(lim.MaxBackends) + 1
 	spec.Maps[socklbMapSmSlots].MaxEntries = uint32(lim.MaxBackends)
 
 	d := &Datapath{dir: dir}
@@ -68,6 +69,9 @@ func Load(dir string, lim Limits) (*Datapath, error) {
 		}
 	} else {
 		d.Degraded = append(d.Degraded, "bpf_set_retval unavailable (kernel < 5.18): connects to a service without backends fail with EPERM instead of ECONNREFUSED")
+	}
+	if err := migrateBackends(dir, spec.Maps[socklbMapSmBackends]); err != nil {
+		return nil, err
 	}
 	if err := LoadPinned(spec, &d.objs, dir, "socket-LB"); err != nil {
 		return nil, err

@@ -153,7 +153,8 @@ type MapFill struct {
 }
 
 // Fill counts the entries of the maps that hold programmed state. Counting walks keys
-// only, which is cheap next to a scrape interval even at 100k entries.
+// only (the backend array, its memory), which is cheap next to a scrape interval even at
+// 100k entries.
 func (m *Maps) Fill() ([]MapFill, error) {
 	var out []MapFill
 	for _, mp := range []*ebpf.Map{m.SmServices, m.SmSlots, m.SmBackends, m.SmSvcNames, m.SmAffinity, m.SmRevnat} {
@@ -161,11 +162,17 @@ func (m *Maps) Fill() ([]MapFill, error) {
 		if err != nil {
 			return out, err
 		}
-		n, err := countKeys(mp)
+		n, max := 0, int(mp.MaxEntries())
+		if mp == m.SmBackends {
+			max = NewArrayTable[BackendValue](mp).MaxEntries()
+			err = ReadArray(mp, func(uint32, *BackendValue) { n++ })
+		} else {
+			n, err = countKeys(mp)
+		}
 		if err != nil {
 			return out, fmt.Errorf("count %s: %w", info.Name, err)
 		}
-		out = append(out, MapFill{Name: info.Name, Entries: n, MaxEntries: int(mp.MaxEntries())})
+		out = append(out, MapFill{Name: info.Name, Entries: n, MaxEntries: max})
 	}
 	return out, nil
 }

@@ -24,11 +24,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_slots SEC(".maps");
 
+/* An array by backend id, mmapable so a reader (`sockmesh lb list`) sees every backend
+ * without a syscall per entry; the agent hands out ids below max_entries. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct backend_value);
 	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_backends SEC(".maps");
 
@@ -100,7 +103,7 @@ static __always_inline struct backend_value *pick_backend(struct bpf_sock_addr *
 		prev = bpf_map_lookup_elem(&sm_affinity, &akey);
 		if (prev && now - prev->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
 			be = bpf_map_lookup_elem(&sm_backends, &prev->backend_id);
-			if (be && be->svc_id == svc->id) {
+			if (be && be->family && be->svc_id == svc->id) {
 				prev->last_used_ns = now;
 				count(CNT_AFFINITY_HIT);
 				return be;
@@ -119,7 +122,8 @@ static __always_inline struct backend_value *pick_backend(struct bpf_sock_addr *
 		return NULL;
 	}
 	be = bpf_map_lookup_elem(&sm_backends, id);
-	if (!be) {
+	/* Empty, or a slot read just before its service went whose id passed to another. */
+	if (!be || !be->family || be->svc_id != svc->id) {
 		count(CNT_BACKEND_MISS);
 		return NULL;
 	}

@@ -47,14 +47,16 @@ struct slot_key {
 	__u32 slot;
 };
 
-/* Backend ids are unique per (service, address), so an entry exists exactly while the
- * backend is selected for its service: a stale affinity entry cannot resurrect it. */
+/* A backend entry is per (service, address) and names its service, so a stale affinity
+ * entry or slot never reaches another service's backend: its id may have passed to one.
+ * sm_backends is an array by id; an entry of family 0 holds no backend. */
 struct backend_value {
 	struct lb_addr addr;
 	__u16 port;
 	__u8 proto;
 	__u8 family;
 	__u32 svc_id;
+	__u32 slots; /* how many of the service's slots pick it, for readers (lb list) */
 };
 
 /* ClientIP affinity: in socket-LB the client is a network namespace (a pod), named by

@@ -34,6 +34,7 @@ type socklbBackendValue struct {
 	Proto  uint8
 	Family uint8
 	SvcId  uint32
+	Slots  uint32
 }
 
 type socklbConfig struct {

@@ -96,7 +96,7 @@ func BenchmarkProgram10kServicesColdStart(b *testing.B) {
 			t = lbmap.Tables{
 				Services: bpf.NewTable[bpf.SvcKey, bpf.SvcValue](m.SmServices).WithoutBatch(),
 				Slots:    bpf.NewTable[bpf.SlotKey, uint32](m.SmSlots).WithoutBatch(),
-				Backends: bpf.NewTable[uint32, bpf.BackendValue](m.SmBackends).WithoutBatch(),
+				Backends: bpf.NewArrayTable[bpf.BackendValue](m.SmBackends).WithoutBatch(),
 				Names:    bpf.NewTable[uint32, bpf.SvcName](m.SmSvcNames).WithoutBatch(),
 				Local:    bpf.NewTable[bpf.LbAddr, uint8](m.SmLocal).WithoutBatch(),
 			}

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/internal/netlab"
@@ -114,5 +118,77 @@ func TestCleanupRemovesEverythingAndRefusesWhileAnAgentRuns(t *testing.T) {
 	res := env.Run(t, env.Host("client"), "tcp", tcpTo(vip4), 1)
 	if len(res.Errors) != 1 || !strings.Contains(res.Errors[0], "network is unreachable") {
 		t.Fatalf("after cleanup the ClusterIP is still translated: %+v", res)
+	}
+}
+
+// legacyBackendValue is a backend value as agents before the array layout stored it.
+type legacyBackendValue [unsafe.Offsetof(bpf.BackendValue{}.Slots)]byte
+
+// The upgrade from agents that kept backends in a hash map: the stopped agent's
+// sm_backends pin is swapped for a hash of the old layout holding the same entries (the
+// programs still attached keep the array; an old agent's would read the hash). The new
+// agent moves them into the array: lb list shows the same, the first pass writes
+// nothing, and connections work throughout.
+func TestUpgradeFromTheHashBackendMapKeepsEverything(t *testing.T) {
+	env := harness.NewEnv(t, "backend-1", "backend-2")
+	env.StartBackends(t, "backend-1", "backend-2")
+	path := env.WriteFile(t, "svc.yaml", netlab.ServiceYAML("demo", "web", env.Hosts("backend-1", "backend-2")))
+	client := env.Host("client")
+	env.StartAgent(t, path).Stop(t)
+	before := pinnedJSON(t, env)
+
+	pin := filepath.Join(env.BPFFS, "sm_backends")
+	array, err := ebpf.LoadPinnedMap(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sm_backends", Type: ebpf.Hash, KeySize: 4,
+		ValueSize: uint32(len(legacyBackendValue{})), MaxEntries: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer legacy.Close()
+	n := 0
+	err = bpf.ReadArray(array, func(id uint32, v *bpf.BackendValue) {
+		if err := legacy.Put(id, *(*legacyBackendValue)(unsafe.Pointer(v))); err != nil {
+			t.Error(err)
+		}
+		n++
+	})
+	array.Close()
+	if err != nil || n == 0 {
+		t.Fatalf("read %d backends from the array: %v", n, err)
+	}
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	if err := legacy.Pin(pin); err != nil {
+		t.Fatal(err)
+	}
+
+	load := make(chan harness.ClientResult, 1)
+	loadErr := make(chan error, 1)
+	go func() {
+		r, err := env.RunE(t, client, "tcp", tcpTo(vip4), 200)
+		load <- r
+		loadErr <- err
+	}()
+	upgraded := env.StartAgent(t, path)
+	if u, d := mapOps(t, upgraded, "update"), mapOps(t, upgraded, "delete"); u != 0 || d != 0 {
+		t.Fatalf("first pass after the migration: %v entries updated, %v deleted; want 0 and 0", u, d)
+	}
+	if after := pinnedJSON(t, env); after != before {
+		t.Fatalf("the migration changed what the maps hold:\nbefore %s\nafter  %s", before, after)
+	}
+	if lr, err := <-load, <-loadErr; err != nil || len(lr.Errors) > 0 || len(lr.TCP) != 200 {
+		t.Fatalf("connections across the upgrade: %d ok, %v, errors %v", len(lr.TCP), err, lr.Errors)
+	}
+	migrated, err := ebpf.LoadPinnedMap(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer migrated.Close()
+	if migrated.Type() != ebpf.Array {
+		t.Fatalf("sm_backends is pinned as a %s after the upgrade, want the array", migrated.Type())
 	}
 }

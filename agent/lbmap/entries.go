@@ -105,8 +105,9 @@ func (w *Writer) index() heldIndex {
 // still selected keeps the id it holds; a new one takes, in place, the id of a backend
 // the service drops (the value is overwritten whole, so a racing connect sees the old
 // or the new backend, and the slots pointing at that id stay valid); only the rest get
-// fresh ids, counted up from nextID. It returns how many fresh ids it used.
-func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, nextID uint32) (*change, uint32) {
+// fresh ids, asked of fresh. It returns the fresh ids it used: fewer than it asked for
+// when the pool ran out, and then the change needs more room than there is.
+func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n int) []uint32) (*change, []uint32) {
 	e := &serviceEntries{id: id, hasKey: true, key: svcKeyOf(svc.Frontend), hasName: true,
 		name: bpf.NameFrom(svc.Name.String() + portSuffix(svc.PortName))}
 	c := &change{id: id, want: e}
@@ -149,27 +150,46 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, nextID uint32
 		}
 		slices.Sort(reusable)
 	}
-	fresh := uint32(0)
+	var missing []backendRef
 	for _, ref := range refs {
 		if _, ok := byRef[ref]; ok {
 			continue
 		}
-		a := assignment{id: nextID + fresh, selected: true}
+		a := assignment{selected: true}
 		if len(reusable) > 0 {
 			a.id, reusable = reusable[0], reusable[1:]
 		} else {
-			fresh++
+			missing = append(missing, ref)
 		}
 		byRef[ref] = a
 	}
 	c.staleBackends = reusable
+	freshIDs := fresh(len(missing))
+	for i, ref := range missing {
+		a := byRef[ref]
+		if i < len(freshIDs) {
+			a.id = freshIDs[i]
+		} // else id 0, which no entry may hold: price counts the change as needing more room than there is
+		byRef[ref] = a
+	}
 
 	ids := make([]uint32, len(selected))
 	weights := make([]int, len(selected))
+	for i, b := range selected {
+		ids[i], weights[i] = byRef[refs[i]].id, int(max(b.Weight, 1))
+	}
+	slotsOf := make(map[uint32]uint32, len(ids))
+	slot := uint32(1)
+	for i, n := range slotCounts(weights, maxSlotsPerService) {
+		for j := 0; j < n; j++ {
+			e.slots = append(e.slots, slotEntry{bpf.SlotKey{SvcId: id, Slot: slot}, ids[i]})
+			slot++
+		}
+		slotsOf[ids[i]] += uint32(n)
+	}
 	e.backends = make([]backendEntry, 0, len(selected))
 	for i, b := range selected {
 		a := byRef[refs[i]]
-		ids[i], weights[i] = a.id, int(max(b.Weight, 1))
 		if a.emitted {
 			continue // the same backend listed twice: one entry, and slots for each listing
 		}
@@ -177,14 +197,7 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, nextID uint32
 		byRef[refs[i]] = a
 		addr, fam := bpf.AddrFrom(b.Addr)
 		e.backends = append(e.backends, backendEntry{a.id, bpf.BackendValue{Addr: addr, Port: bpf.PortToNet(b.Port),
-			Proto: uint8(svc.Frontend.Protocol), Family: fam, SvcId: id}})
-	}
-	slot := uint32(1)
-	for i, n := range slotCounts(weights, maxSlotsPerService) {
-		for j := 0; j < n; j++ {
-			e.slots = append(e.slots, slotEntry{bpf.SlotKey{SvcId: id, Slot: slot}, ids[i]})
-			slot++
-		}
+			Proto: uint8(svc.Frontend.Protocol), Family: fam, SvcId: id, Slots: slotsOf[a.id]}})
 	}
 	e.value = bpf.SvcValue{Id: id, Count: slot - 1, AffinityTimeout: uint32(svc.AffinityTimeout.Seconds())}
 	if svc.L7 {
@@ -195,7 +208,7 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, nextID uint32
 			c.staleSlots = append(c.staleSlots, k)
 		}
 	}
-	return c, fresh
+	return c, freshIDs
 }
 
 // slotCounts gives each backend a number of slots proportional to its weight, reduced by

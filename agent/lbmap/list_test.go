@@ -14,15 +14,12 @@ import (
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
-// listReference is List as it was first written: maps, then sorts. List must give the
+// listReference is List as it was first written: maps, then sorts (slot counts as the
+// backend values hold them, since they do). List must give the
 // same, for maps whose frontends and per-service addresses have no ties (where the
 // order of the two sorts was unspecified).
 func listReference(t lbmap.Tables) ([]lbmap.ListedService, error) {
 	svcs, err := t.Services.Dump()
-	if err != nil {
-		return nil, err
-	}
-	slots, err := t.Slots.Dump()
 	if err != nil {
 		return nil, err
 	}
@@ -34,14 +31,10 @@ func listReference(t lbmap.Tables) ([]lbmap.ListedService, error) {
 	if err != nil {
 		return nil, err
 	}
-	slotsPerBackend := map[uint32]int{}
-	for _, bid := range slots {
-		slotsPerBackend[bid]++
-	}
 	bySvc := map[uint32][]lbmap.ListedBackend{}
 	for id, b := range backends {
 		addr := netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port))
-		bySvc[b.SvcId] = append(bySvc[b.SvcId], lbmap.ListedBackend{ID: id, Address: addr, Slots: slotsPerBackend[id]})
+		bySvc[b.SvcId] = append(bySvc[b.SvcId], lbmap.ListedBackend{ID: id, Address: addr, Slots: int(b.Slots)})
 	}
 	type row struct {
 		fe  model.Frontend
@@ -105,8 +98,9 @@ func randomListContent(r *rand.Rand, f *lbmaptest.Fakes, s listShape) {
 				addr = netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), byte(j)})
 			}
 			a, af := bpf.AddrFrom(addr)
-			f.Backends.Entries[bid] = bpf.BackendValue{Addr: a, Port: bpf.PortToNet(uint16(8000 + r.IntN(2))), Proto: proto, Family: af, SvcId: svcID}
-			for w := 1 + r.IntN(3); w > 0; w-- {
+			weight := 1 + r.IntN(3)
+			f.Backends.Entries[bid] = bpf.BackendValue{Addr: a, Port: bpf.PortToNet(uint16(8000 + r.IntN(2))), Proto: proto, Family: af, SvcId: svcID, Slots: uint32(weight)}
+			for w := weight; w > 0; w-- {
 				f.Slots.Entries[bpf.SlotKey{SvcId: svcID, Slot: uint32(slots)}] = bid
 				slots++
 			}

@@ -11,29 +11,25 @@ import (
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
-// ListMaps is List over the kernel maps (loaded, or opened from pins). It reads each map
-// with batch lookups, a few syscalls per map instead of two per entry, and falls back to
-// iterating where the kernel lacks batch operations. Copying the entries out is most of
-// the work and it is the kernel's, so the maps are read side by side.
+// ListMaps is List over the kernel maps (loaded, or opened from pins). It reads the
+// backend array in place, through its memory, and the services and names with batch
+// lookups, a few syscalls per map instead of two per entry (iterating where the kernel
+// lacks batch operations), side by side: copying hash entries out is the kernel's work,
+// most of the time here.
 func ListMaps(m *bpf.Maps) ([]ListedService, error) {
-	c := listContent{slots: newSlotCounter(int(m.SmBackends.MaxEntries()))}
-	var errs [4]error
+	backends, err := bpf.ViewArray[bpf.BackendValue](m.SmBackends)
+	if err != nil {
+		return nil, fmt.Errorf("read map %s: %w", mapName(m.SmBackends), err)
+	}
+	defer backends.Close()
+	c := listContent{eachBackend: backends.Each}
+	var errs [2]error
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		errs[0] = readMap(m.SmSlots, func(_ []bpf.SlotKey, ids []uint32) {
-			for _, id := range ids {
-				c.slots.add(id)
-			}
-		})
+		c.svcKeys, c.svcVals, errs[0] = readAll[bpf.SvcKey, bpf.SvcValue](m.SmServices)
 	})
 	wg.Go(func() {
-		c.backendIDs, c.backendVals, errs[1] = readAll[uint32, bpf.BackendValue](m.SmBackends)
-	})
-	wg.Go(func() {
-		c.svcKeys, c.svcVals, errs[2] = readAll[bpf.SvcKey, bpf.SvcValue](m.SmServices)
-	})
-	wg.Go(func() {
-		errs[3] = readMap(m.SmSvcNames, func(ids []uint32, names []bpf.SvcName) {
+		errs[1] = readMap(m.SmSvcNames, func(ids []uint32, names []bpf.SvcName) {
 			c.nameIDs = append(c.nameIDs, ids...)
 			for _, n := range names {
 				c.names = append(c.names, n.String())

@@ -33,9 +33,10 @@ func (n need) minus(m need) need {
 	return need{n.services - m.services, n.names - m.names, n.slots - m.slots, n.backends - m.backends}
 }
 
-// room is what the maps can take now.
+// room is what the maps can take now. A backend also needs a free id: the pool has
+// fewer than the table has room only after a pass failed with ids taken.
 func (w *Writer) room() need {
-	return need{w.services.room(), w.names.room(), w.slots.room(), w.backends.room()}
+	return need{w.services.room(), w.names.room(), w.slots.room(), min(w.backends.room(), w.backendIDs.left())}
 }
 
 // full says which map lacks the room n needs, for the error a refused service gets.
@@ -223,9 +224,9 @@ type candidate struct {
 	id    uint32
 	newID bool // takes a fresh service id when admitted
 	held  *held
-	// layout returns the change to id's entries, with fresh backend ids counted from
-	// nextID, and how many of those it used.
-	layout func(id, nextID uint32) (*change, uint32)
+	// layout returns the change to id's entries, with fresh backend ids asked of
+	// fresh, and the fresh ids it used.
+	layout func(id uint32, fresh func(n int) []uint32) (*change, []uint32)
 	// admitted learns the id a candidate was admitted under.
 	admitted func(id uint32)
 }
@@ -249,7 +250,7 @@ func (w *Writer) admitWhileRoom(cands []*candidate) ([]refusal, error) {
 			if c.newID {
 				id = w.nextSvcID
 			}
-			ch, freshIDs := c.layout(id, w.nextBackendID)
+			ch, freshIDs := c.layout(id, w.backendIDs.peek)
 			n := w.price(ch)
 			if !n.fits(room) {
 				refused = append(refused, refusal{c, w.full(n, room)})
@@ -260,7 +261,7 @@ func (w *Writer) admitWhileRoom(cands []*candidate) ([]refusal, error) {
 				c.id, c.newID = id, false
 				w.nextSvcID++
 			}
-			w.nextBackendID += freshIDs
+			w.backendIDs.take(freshIDs)
 			if c.admitted != nil {
 				c.admitted(id)
 			}

@@ -128,7 +128,7 @@ func (w *Writer) restore(want *state) (complete bool, err error) {
 			continue
 		}
 		cands = append(cands, &candidate{id: e.id, held: idx[e.id],
-			layout: func(uint32, uint32) (*change, uint32) { return c, 0 }})
+			layout: func(uint32, func(int) []uint32) (*change, []uint32) { return c, nil }})
 	}
 	if _, err := w.execute(inPlace); err != nil {
 		return false, err

@@ -28,6 +28,9 @@ type synced[K comparable, V comparable] struct {
 	// pass over a few services finds their entries without reading every entry.
 	idOf func(K, V) uint32
 	byID map[uint32]map[K]struct{}
+	// added and removed, when set, learn each key a write adds or a removal takes away
+	// (the backend id pool follows its table this way).
+	added, removed func(K)
 }
 
 func newSynced[K comparable, V comparable](t Table[K, V], obs Observer, idOf func(K, V) uint32) (*synced[K, V], error) {
@@ -92,6 +95,9 @@ func (s *synced[K, V]) write(keys []K, vals []V) error {
 	}
 	n, err := s.t.Update(keys, vals)
 	for i := 0; i < n; i++ {
+		if _, had := s.cur[keys[i]]; !had && s.added != nil {
+			s.added(keys[i])
+		}
 		s.set(keys[i], vals[i])
 	}
 	s.changed += n
@@ -109,6 +115,9 @@ func (s *synced[K, V]) remove(keys []K) error {
 	}
 	n, err := s.t.Delete(keys)
 	for i := 0; i < n; i++ {
+		if _, had := s.cur[keys[i]]; had && s.removed != nil {
+			s.removed(keys[i])
+		}
 		s.unset(keys[i])
 	}
 	s.changed += n

@@ -37,7 +37,7 @@ func BPFTables(m *bpf.Maps) Tables {
 	return Tables{
 		Services: bpf.NewTable[bpf.SvcKey, bpf.SvcValue](m.SmServices),
 		Slots:    bpf.NewTable[bpf.SlotKey, uint32](m.SmSlots),
-		Backends: bpf.NewTable[uint32, bpf.BackendValue](m.SmBackends),
+		Backends: bpf.NewArrayTable[bpf.BackendValue](m.SmBackends),
 		Names:    bpf.NewTable[uint32, bpf.SvcName](m.SmSvcNames),
 		Local:    bpf.NewTable[bpf.LbAddr, uint8](m.SmLocal),
 	}

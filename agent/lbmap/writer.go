@@ -28,9 +28,9 @@ type Writer struct {
 
 	// pendingIDs are the ids of new services admitted by a pass that failed before it
 	// published them: a retry finds the entries already written under that id.
-	pendingIDs    map[model.Frontend]uint32
-	nextSvcID     uint32
-	nextBackendID uint32
+	pendingIDs map[model.Frontend]uint32
+	nextSvcID  uint32
+	backendIDs *backendIDPool
 
 	// applied says Apply ran, so the shadow holds an intended state Repair can put back.
 	applied bool
@@ -48,7 +48,7 @@ type Writer struct {
 // NewWriter reads the maps' current contents (left by an earlier agent, or empty) and
 // adopts their ids, so the first Apply rewrites nothing that did not change.
 func NewWriter(t Tables, obs Observer) (*Writer, error) {
-	w := &Writer{obs: obs, pendingIDs: map[model.Frontend]uint32{}, nextSvcID: 1, nextBackendID: 1}
+	w := &Writer{obs: obs, pendingIDs: map[model.Frontend]uint32{}, nextSvcID: 1}
 	var err error
 	if w.services, err = newSynced(t.Services, obs, func(_ bpf.SvcKey, v bpf.SvcValue) uint32 { return v.Id }); err != nil {
 		return nil, err
@@ -59,6 +59,8 @@ func NewWriter(t Tables, obs Observer) (*Writer, error) {
 	if w.backends, err = newSynced(t.Backends, obs, func(_ uint32, v bpf.BackendValue) uint32 { return v.SvcId }); err != nil {
 		return nil, err
 	}
+	w.backends.added = func(id uint32) { w.backendIDs.used(id) }
+	w.backends.removed = func(id uint32) { w.backendIDs.release(id) }
 	if w.names, err = newSynced(t.Names, obs, func(id uint32, _ bpf.SvcName) uint32 { return id }); err != nil {
 		return nil, err
 	}
@@ -71,6 +73,7 @@ func NewWriter(t Tables, obs Observer) (*Writer, error) {
 
 // adoptIDs makes sure fresh ids never collide with an id anything in the maps uses.
 func (w *Writer) adoptIDs() {
+	w.backendIDs = newBackendIDPool(w.backends.max, w.backends.cur)
 	for _, v := range w.services.cur {
 		w.nextSvcID = max(w.nextSvcID, v.Id+1)
 	}
@@ -80,9 +83,8 @@ func (w *Writer) adoptIDs() {
 	for k := range w.slots.cur {
 		w.nextSvcID = max(w.nextSvcID, k.SvcId+1)
 	}
-	for id, b := range w.backends.cur {
+	for _, b := range w.backends.cur {
 		w.nextSvcID = max(w.nextSvcID, b.SvcId+1)
-		w.nextBackendID = max(w.nextBackendID, id+1)
 	}
 }
 
@@ -120,6 +122,10 @@ func (w *Writer) Apply(snap *model.Snapshot) (Result, error) {
 	scoped := snap.Changed != nil && w.exact
 	w.exact = false // until this pass completes with nothing refused
 	err := w.apply(snap, scoped, &res)
+	if err != nil {
+		// Ids taken for entries the pass did not write are free again.
+		w.backendIDs = newBackendIDPool(w.backends.max, w.backends.cur)
+	}
 	w.exact = err == nil && len(w.pendingIDs) == 0 && !hasMapFull(res.Errors)
 	res.Services, res.Backends = len(w.services.cur), len(w.backends.cur)
 	return res, err
@@ -183,7 +189,7 @@ func (w *Writer) apply(snap *model.Snapshot, scoped bool, res *Result) error {
 	var cands []*candidate
 	for _, c := range programmed {
 		if !c.newID {
-			if ch, _ := c.layout(c.id, w.nextBackendID); w.price(ch).none() {
+			if ch, _ := c.layout(c.id, w.backendIDs.peek); w.price(ch).none() {
 				if ch.changes() {
 					inPlace = append(inPlace, ch)
 				}
@@ -239,7 +245,9 @@ func (w *Writer) claimIDs(snap *model.Snapshot, svcs []*model.Service, idx heldI
 			ids[c.id] = true
 			c.held = idx[c.id]
 		}
-		c.layout = func(id, nextID uint32) (*change, uint32) { return w.changeFor(c.svc, id, c.held, nextID) }
+		c.layout = func(id uint32, fresh func(int) []uint32) (*change, []uint32) {
+			return w.changeFor(c.svc, id, c.held, fresh)
+		}
 	}
 	return programmed, fresh, ids
 }

@@ -34,11 +34,21 @@ type Table[K comparable, V comparable] struct {
 	Writes, Deletes, Refused int
 
 	failUpdate, failDelete int // the next call fails after this many entries; -1: never
+	// inRange, when set, refuses keys outside an array's ids, as the kernel does.
+	inRange func(K) bool
 }
 
 // NewTable returns an empty table named name that holds at most max keys.
 func NewTable[K comparable, V comparable](name string, max int) *Table[K, V] {
 	return &Table[K, V]{name: name, Max: max, Entries: map[K]V{}, failUpdate: -1, failDelete: -1}
+}
+
+// NewArray returns an empty table by id, as bpf.ArrayTable: ids 1..max, an update of
+// any other id is refused as one beyond a full map.
+func NewArray[V comparable](name string, max int) *Table[uint32, V] {
+	t := NewTable[uint32, V](name, max)
+	t.inRange = func(id uint32) bool { return id >= 1 && int(id) <= max }
+	return t
 }
 
 // Name implements lbmap.Table.
@@ -66,7 +76,7 @@ func (t *Table[K, V]) Update(keys []K, vals []V) (int, error) {
 		if t.failUpdate > 0 {
 			t.failUpdate--
 		}
-		if _, ok := t.Entries[keys[i]]; !ok && len(t.Entries) >= t.Max {
+		if _, ok := t.Entries[keys[i]]; !ok && len(t.Entries) >= t.Max || t.inRange != nil && !t.inRange(keys[i]) {
 			t.Refused++
 			return i, fmt.Errorf("%s: %w", t.name, ErrFull)
 		}
@@ -122,7 +132,7 @@ func NewTables(maxServices, maxBackends int) *Fakes {
 	return &Fakes{
 		Services: NewTable[bpf.SvcKey, bpf.SvcValue]("sm_services", maxServices),
 		Slots:    NewTable[bpf.SlotKey, uint32]("sm_slots", maxBackends),
-		Backends: NewTable[uint32, bpf.BackendValue]("sm_backends", maxBackends),
+		Backends: NewArray[bpf.BackendValue]("sm_backends", maxBackends),
 		Names:    NewTable[uint32, bpf.SvcName]("sm_svc_names", maxServices),
 		Local:    NewTable[bpf.LbAddr, uint8]("sm_local", LocalMax),
 	}
