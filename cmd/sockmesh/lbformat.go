@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"unicode/utf8"
 
@@ -18,8 +20,8 @@ import (
 // text/tabwriter table or an indented encoding/json document costs more than reading the
 // maps. The bytes are the same as theirs (lbformat_test.go holds both side by side).
 
-// bufferSize is how much output is gathered before each write; each row is appended
-// straight into the writer's free space (bufio.Writer.AvailableBuffer).
+// bufferSize is how much output the tabwriter path gathers before each write (the
+// others write a chunk of rows at a time).
 const bufferSize = 256 << 10
 
 // tablePadding is the padding the table's columns had under tabwriter.NewWriter(out, 0,
@@ -55,26 +57,53 @@ func writeTable(out io.Writer, svcs []lbmap.ListedService) error {
 		return append(buf, pad[:width[col]+tablePadding-utf8.RuneCountInString(text)]...)
 	}
 
-	w := bufio.NewWriterSize(out, bufferSize)
-	head := w.AvailableBuffer()
+	var head []byte
 	for i, h := range tableHeader[:3] {
 		head = cell(head, h, i)
 	}
 	head = append(head, tableHeader[3]...)
-	if _, err := w.Write(append(head, '\n')); err != nil {
+	if _, err := out.Write(append(head, '\n')); err != nil {
 		return err
 	}
-	for i := range svcs {
+	return writeRows(out, len(svcs), func(row []byte, i int) []byte {
 		s := &svcs[i]
-		row := cell(w.AvailableBuffer(), s.Name, 0)
+		row = cell(row, s.Name, 0)
 		row = cell(row, s.Frontend, 1)
 		row = cell(row, affs[i], 2)
 		row = appendBackendsCell(row, s)
-		if _, err := w.Write(append(row, '\n')); err != nil {
-			return err
+		return append(row, '\n')
+	})
+}
+
+// rowsPerChunk is how many rows one goroutine formats at a time: some 256 KB of table.
+const rowsPerChunk = 1024
+
+// writeRows writes rows 0..n-1, each appended by appendRow. Formatting is most of what
+// is left once the maps are read, so a wave of chunks, one per CPU, is formatted side
+// by side and then written in order; the next wave reuses the buffers.
+func writeRows(out io.Writer, n int, appendRow func(buf []byte, i int) []byte) error {
+	bufs := make([][]byte, runtime.GOMAXPROCS(0))
+	for first := 0; first < n; first += len(bufs) * rowsPerChunk {
+		var wg sync.WaitGroup
+		for b := range bufs {
+			from := first + b*rowsPerChunk
+			to := min(n, from+rowsPerChunk)
+			wg.Go(func() {
+				buf := bufs[b][:0]
+				for i := from; i < to; i++ {
+					buf = appendRow(buf, i)
+				}
+				bufs[b] = buf
+			})
+		}
+		wg.Wait()
+		for _, buf := range bufs {
+			if _, err := out.Write(buf); err != nil {
+				return err
+			}
 		}
 	}
-	return w.Flush()
+	return nil
 }
 
 // plainCell says whether tabwriter takes s as text alone: no cell or line break, no
@@ -149,18 +178,16 @@ func writeTabwriter(out io.Writer, svcs []lbmap.ListedService) error {
 
 // writeJSON writes the services as json.Encoder with SetIndent("", "  ") encodes them.
 func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
-	w := bufio.NewWriterSize(out, bufferSize)
 	if svcs == nil {
-		w.WriteString("null\n")
-		return w.Flush()
+		_, err := io.WriteString(out, "null\n")
+		return err
 	}
 	if len(svcs) == 0 {
-		w.WriteString("[]\n")
-		return w.Flush()
+		_, err := io.WriteString(out, "[]\n")
+		return err
 	}
-	for i := range svcs {
+	err := writeRows(out, len(svcs), func(buf []byte, i int) []byte {
 		s := &svcs[i]
-		buf := w.AvailableBuffer()
 		if i == 0 {
 			buf = append(buf, '[')
 		} else {
@@ -199,12 +226,13 @@ func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
 			}
 			buf = append(buf, "\n    ]\n  }"...)
 		}
-		if _, err := w.Write(buf); err != nil {
-			return err
-		}
+		return buf
+	})
+	if err != nil {
+		return err
 	}
-	w.WriteString("\n]\n")
-	return w.Flush()
+	_, err = io.WriteString(out, "\n]\n")
+	return err
 }
 
 // appendJSONString appends s as a JSON string; what needs escaping (quotes, control
