@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"unsafe"
@@ -91,10 +92,29 @@ func ViewArray[V comparable](m *ebpf.Map) (*ArrayView[V], error) {
 }
 
 // Each calls each for every element that is not V's zero value, in id order; each must
-// not keep v.
+// not keep v. A block of empty elements is skipped by one memory compare: an array
+// sized for the largest cluster is mostly empty in any other.
 func (a *ArrayView[V]) Each(each func(id uint32, v *V)) {
+	const perBlock = 64
 	var zero V
-	for i := range a.n {
+	zeros := make([]byte, perBlock*a.stride)
+	for first := 0; first < a.n; first += perBlock {
+		end := min(a.n, first+perBlock)
+		if block := a.mem[first*a.stride : end*a.stride]; bytes.Equal(block, zeros[:len(block)]) {
+			continue
+		}
+		for i := first; i < end; i++ {
+			if v := (*V)(unsafe.Pointer(&a.mem[i*a.stride])); *v != zero {
+				each(uint32(i), v)
+			}
+		}
+	}
+}
+
+// EachEvery is Each for the elements at ids 0, step, 2·step, ... alone.
+func (a *ArrayView[V]) EachEvery(step int, each func(id uint32, v *V)) {
+	var zero V
+	for i := 0; i < a.n; i += step {
 		if v := (*V)(unsafe.Pointer(&a.mem[i*a.stride])); *v != zero {
 			each(uint32(i), v)
 		}

@@ -22,11 +22,20 @@ func ListMaps(m *bpf.Maps) ([]ListedService, error) {
 		return nil, fmt.Errorf("read map %s: %w", mapName(m.SmBackends), err)
 	}
 	defer backends.Close()
-	c := listContent{eachBackend: backends.Each}
+	c := listContent{eachBackend: backends.Each, sampleBackends: backends.EachEvery}
+	// Side by side: the backends are counted while the services are read, then the
+	// services sorted and the backends laid out while the names are read.
+	counted := make(chan serviceCounts, 1)
+	go func() { counted <- countByService(backends.Each) }()
+	var a *arranged
 	var errs [2]error
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		c.svcKeys, c.svcVals, errs[0] = readAll[bpf.SvcKey, bpf.SvcValue](m.SmServices)
+		counts := <-counted
+		if errs[0] == nil {
+			a = c.arrange(counts)
+		}
 	})
 	wg.Go(func() {
 		errs[1] = readMap(m.SmSvcNames, func(ids []uint32, names []bpf.SvcName) {
@@ -40,7 +49,7 @@ func ListMaps(m *bpf.Maps) ([]ListedService, error) {
 	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err
 	}
-	return c.services(), nil
+	return c.build(a), nil
 }
 
 // readAll reads every entry of a hash map into two slices.
