@@ -137,7 +137,7 @@ func (c *listContent) build(a *arranged) []ListedService {
 			v := c.svcVals[p]
 			var bs []ListedBackend
 			if first, _ := rankOf.get(v.Id); first == i {
-				bs = g.all[g.start[i]:g.start[i+1]:g.start[i+1]]
+				bs = g.all[g.start[i]:g.end[i]:g.end[i]]
 				slices.SortFunc(bs, func(a, b ListedBackend) int {
 					return cmp.Or(a.Address.Compare(b.Address), cmp.Compare(a.ID, b.ID))
 				})

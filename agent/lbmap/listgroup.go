@@ -40,15 +40,19 @@ func (n serviceCounts) of(id uint32) int32 {
 const runShift = 7
 
 // grouped is the backends laid out by service: those of the service ranked r are
-// all[start[r]:start[r+1]], in no particular order, once place has put them there
-// (at once, when stage is nil).
+// all[start[r]:end[r]], in no particular order, once place has put them there (at
+// once, when stage is nil). The backends are read more than once from memory a writer
+// may change meanwhile, so a pass may find more or fewer than were counted: room is
+// start[r+1]-start[r], what does not fit is left out, and end[r] says how far it was
+// filled. Each backend shown is an entry as it was at some moment of the reading.
 type grouped struct {
 	c          *listContent
 	all        []ListedBackend
-	start      []int32
+	start, end []int32
 	runs       int
 	stage      []staged
-	stageStart []int32 // run q's backends are stage[stageStart[q]:stageStart[q+1]]
+	stageStart []int32 // run q's backends are stage[stageStart[q]:stageEnd[q]]
+	stageEnd   []int32
 }
 
 type staged struct {
@@ -88,11 +92,11 @@ func (c *listContent) groupBackends(rankOf idIndex, ids []uint32, counts service
 	})
 	if descents <= samples/16 {
 		// In order but for a few: straight into place, the writes mostly sequential.
-		next := slices.Clone(g.start[:n])
+		g.end = slices.Clone(g.start[:n])
 		c.eachBackend(func(id uint32, b *bpf.BackendValue) {
-			if r, ok := rankOf.get(b.SvcId); ok {
-				g.all[next[r]] = listedBackend(id, b)
-				next[r]++
+			if r, ok := rankOf.get(b.SvcId); ok && g.end[r] < g.start[r+1] {
+				g.all[g.end[r]] = listedBackend(id, b)
+				g.end[r]++
 			}
 		})
 		return g
@@ -103,14 +107,16 @@ func (c *listContent) groupBackends(rankOf idIndex, ids []uint32, counts service
 		g.stageStart[q] = g.start[q<<runShift]
 	}
 	g.stageStart[g.runs] = g.start[n]
-	next := slices.Clone(g.stageStart[:g.runs])
+	g.stageEnd = slices.Clone(g.stageStart[:g.runs])
 	c.eachBackend(func(id uint32, b *bpf.BackendValue) {
 		if r, ok := rankOf.get(b.SvcId); ok {
-			q := r >> runShift
-			g.stage[next[q]] = staged{int32(r), id, *b}
-			next[q]++
+			if q := r >> runShift; g.stageEnd[q] < g.stageStart[q+1] {
+				g.stage[g.stageEnd[q]] = staged{int32(r), id, *b}
+				g.stageEnd[q]++
+			}
 		}
 	})
+	g.end = make([]int32, n)
 	return g
 }
 
@@ -125,11 +131,13 @@ func (g *grouped) place(q int) {
 	}
 	from := q << runShift
 	to := min(from+1<<runShift, len(g.start)-1)
-	next := slices.Clone(g.start[from:to])
-	for _, st := range g.stage[g.stageStart[q]:g.stageStart[q+1]] {
-		r := int(st.rank) - from
-		g.all[next[r]] = listedBackend(st.id, &st.val)
-		next[r]++
+	end := g.end[from:to] // this run's ranks alone: runs are placed side by side
+	copy(end, g.start[from:to])
+	for _, st := range g.stage[g.stageStart[q]:g.stageEnd[q]] {
+		if r := int(st.rank); end[r-from] < g.start[r+1] {
+			g.all[end[r-from]] = listedBackend(st.id, &st.val)
+			end[r-from]++
+		}
 	}
 }
 

@@ -77,3 +77,89 @@ func TestListMapsMatchesList(t *testing.T) {
 		t.Fatalf("List of the kernel maps differs from List of the same entries: %v", err)
 	}
 }
+
+// ListMaps reads the backend array more than once while an agent may write it, so a
+// pass finds more or fewer backends than were counted: it must never fail for that,
+// and every backend it shows is one that was programmed. A writer moves backends
+// between services and empties and refills elements while the maps are listed.
+func TestListMapsWhileTheBackendsChange(t *testing.T) {
+	// In id order the backends go straight into place; IPv6 frontends among them put
+	// the ranks out of order, and they are staged.
+	t.Run("in-order", func(t *testing.T) {
+		listWhileChanging(t, listShape{services: 800, maxBackends: 8, idBase: 1, idStride: 1, v4: true})
+	})
+	t.Run("staged", func(t *testing.T) {
+		listWhileChanging(t, listShape{services: 800, maxBackends: 8, idBase: 1, idStride: 1})
+	})
+}
+
+func listWhileChanging(t *testing.T, shape listShape) {
+	harness.RequirePrivileged(t)
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("smtlbchurn%d%v", os.Getpid(), shape.v4))
+	t.Cleanup(func() {
+		if err := bpf.Cleanup(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	dp, err := bpf.Load(dir, bpf.Limits{MaxServices: 4096, MaxBackends: 16384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	m := dp.Maps()
+	f := lbmaptest.NewTables(4096, 16384)
+	randomListContent(rand.New(rand.NewPCG(4, 2)), f, shape)
+	kt := lbmap.BPFTables(m)
+	copyInto(t, kt.Services, f.Services)
+	copyInto(t, kt.Backends, f.Backends)
+	copyInto(t, kt.Names, f.Names)
+	programmed := map[uint32]bool{}
+	var ids []uint32
+	for id := range f.Backends.Entries {
+		programmed[id] = true
+		ids = append(ids, id)
+	}
+
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		r := rand.New(rand.NewPCG(8, 8))
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			id := ids[r.IntN(len(ids))]
+			v := f.Backends.Entries[id]
+			switch r.IntN(3) {
+			case 0: // to another service
+				v.SvcId = 1 + uint32(r.IntN(800))
+			case 1: // emptied
+				v = bpf.BackendValue{}
+			}
+			if _, err := kt.Backends.Update([]uint32{id}, []bpf.BackendValue{v}); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for range 200 {
+		svcs, err := lbmap.ListMaps(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range svcs {
+			for _, b := range s.Backends {
+				if !programmed[b.ID] || !b.Address.IsValid() {
+					t.Fatalf("listed backend %+v of %s, never programmed", b, s.Frontend)
+				}
+			}
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
