@@ -30,6 +30,21 @@ func pinnedJSON(t *testing.T, env *harness.Env) string {
 	return string(b)
 }
 
+// tcpLoad starts n TCP connects to the ClusterIP from client in the background; the
+// function it returns waits for their result.
+func tcpLoad(t *testing.T, env *harness.Env, client *netlab.Host, n int) func() (harness.ClientResult, error) {
+	type result struct {
+		res harness.ClientResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := env.RunE(t, client, "tcp", tcpTo(vip4), n)
+		done <- result{r, err}
+	}()
+	return func() (harness.ClientResult, error) { r := <-done; return r.res, r.err }
+}
+
 func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	env := harness.NewEnv(t, "backend-1", "backend-2", "backend-3")
 	env.StartBackends(t, "backend-1", "backend-2", "backend-3")
@@ -57,13 +72,7 @@ func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	before := pinnedJSON(t, env)
 
 	// Restart with nothing changed, under load: no entry rewritten, no connect fails.
-	load := make(chan harness.ClientResult, 1)
-	loadErr := make(chan error, 1)
-	go func() {
-		r, err := env.RunE(t, client, "tcp", tcpTo(vip4), 300)
-		load <- r
-		loadErr <- err
-	}()
+	load := tcpLoad(t, env, client, 300)
 	second := env.StartAgent(t, path)
 	if u, d := mapOps(t, second, "update"), mapOps(t, second, "delete"); u != 0 || d != 0 {
 		t.Fatalf("restart with an unchanged file: %v entries updated, %v deleted; want 0 and 0", u, d)
@@ -71,7 +80,7 @@ func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	if after := pinnedJSON(t, env); after != before {
 		t.Fatalf("maps changed across a no-op restart:\nbefore %s\nafter  %s", before, after)
 	}
-	lr, err := <-load, <-loadErr
+	lr, err := load()
 	if err != nil || len(lr.Errors) > 0 {
 		t.Fatalf("connections during the restart: %v, errors %v", err, lr.Errors)
 	}
@@ -166,13 +175,7 @@ func TestUpgradeFromTheHashBackendMapKeepsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	load := make(chan harness.ClientResult, 1)
-	loadErr := make(chan error, 1)
-	go func() {
-		r, err := env.RunE(t, client, "tcp", tcpTo(vip4), 200)
-		load <- r
-		loadErr <- err
-	}()
+	load := tcpLoad(t, env, client, 200)
 	upgraded := env.StartAgent(t, path)
 	if u, d := mapOps(t, upgraded, "update"), mapOps(t, upgraded, "delete"); u != 0 || d != 0 {
 		t.Fatalf("first pass after the migration: %v entries updated, %v deleted; want 0 and 0", u, d)
@@ -180,7 +183,7 @@ func TestUpgradeFromTheHashBackendMapKeepsEverything(t *testing.T) {
 	if after := pinnedJSON(t, env); after != before {
 		t.Fatalf("the migration changed what the maps hold:\nbefore %s\nafter  %s", before, after)
 	}
-	if lr, err := <-load, <-loadErr; err != nil || len(lr.Errors) > 0 || len(lr.TCP) != 200 {
+	if lr, err := load(); err != nil || len(lr.Errors) > 0 || len(lr.TCP) != 200 {
 		t.Fatalf("connections across the upgrade: %d ok, %v, errors %v", len(lr.TCP), err, lr.Errors)
 	}
 	migrated, err := ebpf.LoadPinnedMap(pin, nil)

@@ -28,12 +28,12 @@ func copyInto[K comparable, V comparable](t *testing.T, to lbmap.Table[K, V], fr
 	}
 }
 
-// ListMaps on kernel maps (loaded and pinned in a private dir, attached nowhere) lists
-// what List lists, in batches of any size: batches smaller than a hash bucket make the
-// kernel refuse them, and ListMaps asks again with bigger ones.
-func TestListMapsMatchesList(t *testing.T) {
+// loadListMaps loads the socket-LB maps for 4096 services and 16384 backends into a
+// pin dir of their own (attached nowhere), removed when the test ends.
+func loadListMaps(t *testing.T, name string) *bpf.Maps {
+	t.Helper()
 	harness.RequirePrivileged(t)
-	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("smtlblist%d", os.Getpid()))
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("%s%d", name, os.Getpid()))
 	t.Cleanup(func() {
 		if err := bpf.Cleanup(dir); err != nil {
 			t.Error(err)
@@ -43,8 +43,15 @@ func TestListMapsMatchesList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp.Close()
-	m := dp.Maps()
+	t.Cleanup(func() { dp.Close() })
+	return dp.Maps()
+}
+
+// ListMaps on kernel maps (loaded and pinned in a private dir, attached nowhere) lists
+// what List lists, in batches of any size: batches smaller than a hash bucket make the
+// kernel refuse them, and ListMaps asks again with bigger ones.
+func TestListMapsMatchesList(t *testing.T) {
+	m := loadListMaps(t, "smtlblist")
 
 	got, err := lbmap.ListMaps(m)
 	if err != nil || got == nil || len(got) != 0 {
@@ -94,19 +101,7 @@ func TestListMapsWhileTheBackendsChange(t *testing.T) {
 }
 
 func listWhileChanging(t *testing.T, shape listShape) {
-	harness.RequirePrivileged(t)
-	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("smtlbchurn%d%v", os.Getpid(), shape.v4))
-	t.Cleanup(func() {
-		if err := bpf.Cleanup(dir); err != nil {
-			t.Error(err)
-		}
-	})
-	dp, err := bpf.Load(dir, bpf.Limits{MaxServices: 4096, MaxBackends: 16384})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	m := dp.Maps()
+	m := loadListMaps(t, fmt.Sprintf("smtlbchurn%v", shape.v4))
 	f := lbmaptest.NewTables(4096, 16384)
 	randomListContent(rand.New(rand.NewPCG(4, 2)), f, shape)
 	kt := lbmap.BPFTables(m)
