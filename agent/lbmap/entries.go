@@ -125,6 +125,7 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 	type assignment struct {
 		id                uint32
 		selected, emitted bool
+		slots             uint32 // how many slots pick it, over every listing
 	}
 	byRef := make(map[backendRef]assignment, max(len(h.backends), len(refs)))
 	var reusable []uint32
@@ -178,14 +179,15 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 	for i, b := range selected {
 		ids[i], weights[i] = byRef[refs[i]].id, int(max(b.Weight, 1))
 	}
-	slotsOf := make(map[uint32]uint32, len(ids))
 	slot := uint32(1)
 	for i, n := range slotCounts(weights, maxSlotsPerService) {
 		for j := 0; j < n; j++ {
 			e.slots = append(e.slots, slotEntry{bpf.SlotKey{SvcId: id, Slot: slot}, ids[i]})
 			slot++
 		}
-		slotsOf[ids[i]] += uint32(n)
+		a := byRef[refs[i]]
+		a.slots += uint32(n)
+		byRef[refs[i]] = a
 	}
 	e.backends = make([]backendEntry, 0, len(selected))
 	for i, b := range selected {
@@ -197,7 +199,7 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 		byRef[refs[i]] = a
 		addr, fam := bpf.AddrFrom(b.Addr)
 		e.backends = append(e.backends, backendEntry{a.id, bpf.BackendValue{Addr: addr, Port: bpf.PortToNet(b.Port),
-			Proto: uint8(svc.Frontend.Protocol), Family: fam, SvcId: id, Slots: slotsOf[a.id]}})
+			Proto: uint8(svc.Frontend.Protocol), Family: fam, SvcId: id, Slots: a.slots}})
 	}
 	e.value = bpf.SvcValue{Id: id, Count: slot - 1, AffinityTimeout: uint32(svc.AffinityTimeout.Seconds())}
 	if svc.L7 {
