@@ -8,42 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/sockmesh/sockmesh/bpf"
+	"github.com/sockmesh/sockmesh/tests/harness"
 )
-
-// legacyValue is a backend value as agents before the array layout stored it.
-type legacyValue [unsafe.Offsetof(bpf.BackendValue{}.Slots)]byte
-
-func legacyOf(v bpf.BackendValue) legacyValue { return *(*legacyValue)(unsafe.Pointer(&v)) }
-
-// pinLegacyBackends replaces dir's sm_backends pin with a hash map of the old layout
-// holding entries, as an agent of the old version leaves it, and returns it (as the
-// old programs hold it).
-func pinLegacyBackends(t *testing.T, dir string, entries map[uint32]bpf.BackendValue) *ebpf.Map {
-	t.Helper()
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sm_backends", Type: ebpf.Hash, KeySize: 4,
-		ValueSize: uint32(len(legacyValue{})), MaxEntries: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	for id, v := range entries {
-		if err := m.Put(id, legacyOf(v)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Remove(filepath.Join(dir, "sm_backends")); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Pin(filepath.Join(dir, "sm_backends")); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
 
 // An agent of this version started on pins of the old hash layout moves every backend
 // into the array, with each one's slot count, and the array takes the pin's place.
@@ -74,7 +44,7 @@ func TestLoadMigratesTheHashBackendPin(t *testing.T) {
 	}
 	legacy := maps.Clone(want)
 	maps.Copy(legacy, beyond)
-	oldHash := pinLegacyBackends(t, dir, legacy)
+	oldHash := harness.PinLegacyBackends(t, dir, legacy)
 	// 70 and 700 take ids 1 and 2, in that order, their slot counts from the slots.
 	beyond[70], beyond[700] = withSlots(beyond[70], 1), withSlots(beyond[700], 2)
 	want[1], want[2] = beyond[70], beyond[700]
@@ -97,7 +67,7 @@ func TestLoadMigratesTheHashBackendPin(t *testing.T) {
 		}
 	}
 	for from, to := range map[uint32]uint32{70: 1, 700: 2} {
-		var a, b legacyValue
+		var a, b harness.LegacyBackendValue
 		if oldHash.Lookup(from, &a) != nil || oldHash.Lookup(to, &b) != nil || a != b {
 			t.Errorf("the old programs' hash does not resolve backend %d under both %d and %d", from, from, to)
 		}
@@ -143,7 +113,7 @@ func TestLoadRefusesAMigrationThatDoesNotFit(t *testing.T) {
 	for id := uint32(1); id <= 65; id++ {
 		tooMany[id*3] = bpf.BackendValue{Addr: addr, Port: uint16(id), Proto: 6, Family: fam, SvcId: 1}
 	}
-	pinLegacyBackends(t, dir, tooMany)
+	harness.PinLegacyBackends(t, dir, tooMany)
 	_, err = bpf.Load(dir, lim)
 	if err == nil || !strings.Contains(err.Error(), "65 backends do not fit in --max-backends 64") || !strings.Contains(err.Error(), "sockmesh cleanup") {
 		t.Fatalf("start over a hash pin of 65 backends with --max-backends 64: %v", err)
@@ -153,7 +123,7 @@ func TestLoadRefusesAMigrationThatDoesNotFit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pinned.Close()
-	var v legacyValue
+	var v harness.LegacyBackendValue
 	if pinned.Type() != ebpf.Hash || pinned.Lookup(uint32(65*3), &v) != nil {
 		t.Fatalf("the refused migration changed the pin: a %s", pinned.Type())
 	}

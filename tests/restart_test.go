@@ -3,12 +3,12 @@ package tests
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -19,6 +19,19 @@ import (
 
 func mapOps(t *testing.T, a *harness.Agent, op string) float64 {
 	return a.Metric(t, "sockmesh_map_ops_total", map[string]string{"op": op, "result": "ok"})
+}
+
+// rewrites says what an agent's passes wrote or deleted, or how the maps differ from
+// before (the pinnedJSON taken earlier): "" when nothing at all was rewritten.
+func rewrites(t *testing.T, a *harness.Agent, env *harness.Env, before string) string {
+	t.Helper()
+	if u, d := mapOps(t, a, "update"), mapOps(t, a, "delete"); u != 0 || d != 0 {
+		return fmt.Sprintf("%v entries updated, %v deleted; want 0 and 0", u, d)
+	}
+	if after := pinnedJSON(t, env); after != before {
+		return fmt.Sprintf("the maps changed:\nbefore %s\nafter  %s", before, after)
+	}
+	return ""
 }
 
 func pinnedJSON(t *testing.T, env *harness.Env) string {
@@ -74,11 +87,8 @@ func TestAgentStopAndRestartKeepTrafficAndRewriteOnlyChanges(t *testing.T) {
 	// Restart with nothing changed, under load: no entry rewritten, no connect fails.
 	load := tcpLoad(t, env, client, 300)
 	second := env.StartAgent(t, path)
-	if u, d := mapOps(t, second, "update"), mapOps(t, second, "delete"); u != 0 || d != 0 {
-		t.Fatalf("restart with an unchanged file: %v entries updated, %v deleted; want 0 and 0", u, d)
-	}
-	if after := pinnedJSON(t, env); after != before {
-		t.Fatalf("maps changed across a no-op restart:\nbefore %s\nafter  %s", before, after)
+	if r := rewrites(t, second, env, before); r != "" {
+		t.Fatalf("restart with an unchanged file: %s", r)
 	}
 	lr, err := load()
 	if err != nil || len(lr.Errors) > 0 {
@@ -130,9 +140,6 @@ func TestCleanupRemovesEverythingAndRefusesWhileAnAgentRuns(t *testing.T) {
 	}
 }
 
-// legacyBackendValue is a backend value as agents before the array layout stored it.
-type legacyBackendValue [unsafe.Offsetof(bpf.BackendValue{}.Slots)]byte
-
 // The upgrade from agents that kept backends in a hash map: the stopped agent's
 // sm_backends pin is swapped for a hash of the old layout holding the same entries (the
 // programs still attached keep the array; an old agent's would read the hash). The new
@@ -151,37 +158,17 @@ func TestUpgradeFromTheHashBackendMapKeepsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	legacy, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sm_backends", Type: ebpf.Hash, KeySize: 4,
-		ValueSize: uint32(len(legacyBackendValue{})), MaxEntries: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer legacy.Close()
-	n := 0
-	err = bpf.ReadArray(array, func(id uint32, v *bpf.BackendValue) {
-		if err := legacy.Put(id, *(*legacyBackendValue)(unsafe.Pointer(v))); err != nil {
-			t.Error(err)
-		}
-		n++
-	})
+	programmed, err := bpf.NewArrayTable[bpf.BackendValue](array).Dump()
 	array.Close()
-	if err != nil || n == 0 {
-		t.Fatalf("read %d backends from the array: %v", n, err)
+	if err != nil || len(programmed) == 0 {
+		t.Fatalf("read %d backends from the array: %v", len(programmed), err)
 	}
-	if err := os.Remove(pin); err != nil {
-		t.Fatal(err)
-	}
-	if err := legacy.Pin(pin); err != nil {
-		t.Fatal(err)
-	}
+	harness.PinLegacyBackends(t, env.BPFFS, programmed)
 
 	load := tcpLoad(t, env, client, 200)
 	upgraded := env.StartAgent(t, path)
-	if u, d := mapOps(t, upgraded, "update"), mapOps(t, upgraded, "delete"); u != 0 || d != 0 {
-		t.Fatalf("first pass after the migration: %v entries updated, %v deleted; want 0 and 0", u, d)
-	}
-	if after := pinnedJSON(t, env); after != before {
-		t.Fatalf("the migration changed what the maps hold:\nbefore %s\nafter  %s", before, after)
+	if r := rewrites(t, upgraded, env, before); r != "" {
+		t.Fatalf("first pass after the migration: %s", r)
 	}
 	if lr, err := load(); err != nil || len(lr.Errors) > 0 || len(lr.TCP) != 200 {
 		t.Fatalf("connections across the upgrade: %d ok, %v, errors %v", len(lr.TCP), err, lr.Errors)
