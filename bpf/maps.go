@@ -163,7 +163,7 @@ func (m *Maps) Fill() ([]MapFill, error) {
 			return out, err
 		}
 		n, max := 0, int(mp.MaxEntries())
-		if mp == m.SmBackends {
+		if mp == m.SmBackends && mp.Type() == ebpf.Array { // a hash of an older agent is counted by keys
 			max = NewArrayTable[BackendValue](mp).MaxEntries()
 			err = ReadArray(mp, func(uint32, *BackendValue) { n++ })
 		} else {

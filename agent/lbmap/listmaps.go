@@ -17,6 +17,9 @@ import (
 // lacks batch operations), side by side: copying hash entries out is the kernel's work,
 // most of the time here.
 func ListMaps(m *bpf.Maps) ([]ListedService, error) {
+	if m.SmBackends.Type() == ebpf.Hash {
+		return nil, fmt.Errorf("map %s has the layout of an older agent (a hash map): start this version's agent once, which moves it into the array, or use that agent's own lb list", mapName(m.SmBackends))
+	}
 	backends, err := bpf.ViewArray[bpf.BackendValue](m.SmBackends)
 	if err != nil {
 		return nil, fmt.Errorf("read map %s: %w", mapName(m.SmBackends), err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/sockmesh/sockmesh/agent/lbmap"
@@ -156,5 +157,30 @@ func listWhileChanging(t *testing.T, shape listShape) {
 	close(stop)
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Over pins an older agent left (backends in a hash map), lb list says what to do.
+func TestListMapsOverAnOlderAgentsPins(t *testing.T) {
+	harness.RequirePrivileged(t)
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("smtlbold%d", os.Getpid()))
+	t.Cleanup(func() {
+		if err := bpf.Cleanup(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	dp, err := bpf.Load(dir, bpf.Limits{MaxServices: 64, MaxBackends: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	harness.PinLegacyBackends(t, dir, map[uint32]bpf.BackendValue{1: {Family: bpf.FamilyIPv4, SvcId: 1}})
+	m, err := bpf.OpenPinned(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := lbmap.ListMaps(m); err == nil || !strings.Contains(err.Error(), "older agent") || !strings.Contains(err.Error(), "sm_backends") {
+		t.Fatalf("lb list over a hash sm_backends: %v", err)
 	}
 }
