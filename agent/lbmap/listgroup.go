@@ -46,7 +46,6 @@ const runShift = 7
 // start[r+1]-start[r], what does not fit is left out, and end[r] says how far it was
 // filled. Each backend shown is an entry as it was at some moment of the reading.
 type grouped struct {
-	c          *listContent
 	all        []ListedBackend
 	start, end []int32
 	runs       int
@@ -71,7 +70,7 @@ type staged struct {
 // in place.
 func (c *listContent) groupBackends(rankOf idIndex, ids []uint32, counts serviceCounts) *grouped {
 	n := len(ids)
-	g := &grouped{c: c, start: make([]int32, n+1), runs: n>>runShift + 1}
+	g := &grouped{start: make([]int32, n+1), runs: n>>runShift + 1}
 	for r, id := range ids {
 		g.start[r+1] = g.start[r]
 		if first, _ := rankOf.get(id); first == r {
