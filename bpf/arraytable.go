@@ -91,12 +91,11 @@ func ViewArray[V comparable](m *ebpf.Map) (*ArrayView[V], error) {
 	return v, nil
 }
 
-// Each calls each for every element that is not V's zero value, in id order; each must
+// Each calls each for every element that is not all zeros, in id order; each must
 // not keep v. A block of empty elements is skipped by one memory compare: an array
 // sized for the largest cluster is mostly empty in any other.
 func (a *ArrayView[V]) Each(each func(id uint32, v *V)) {
 	const perBlock = 64
-	var zero V
 	zeros := make([]byte, perBlock*a.stride)
 	for first := 0; first < a.n; first += perBlock {
 		end := min(a.n, first+perBlock)
@@ -104,28 +103,36 @@ func (a *ArrayView[V]) Each(each func(id uint32, v *V)) {
 			continue
 		}
 		for i := first; i < end; i++ {
-			if v := (*V)(unsafe.Pointer(&a.mem[i*a.stride])); *v != zero {
-				each(uint32(i), v)
+			if !a.empty(i) {
+				each(uint32(i), (*V)(unsafe.Pointer(&a.mem[i*a.stride])))
 			}
 		}
 	}
 }
 
-// EachEvery is Each for the elements at ids 0, step, 2·step, ... alone.
-func (a *ArrayView[V]) EachEvery(step int, each func(id uint32, v *V)) {
-	var zero V
-	for i := 0; i < a.n; i += step {
-		if v := (*V)(unsafe.Pointer(&a.mem[i*a.stride])); *v != zero {
-			each(uint32(i), v)
-		}
+// At is the element at id, in the map's memory (see ArrayView); nil past the array.
+func (a *ArrayView[V]) At(id uint32) *V {
+	if int64(id) >= int64(a.n) {
+		return nil
 	}
+	return (*V)(unsafe.Pointer(&a.mem[int(id)*a.stride]))
+}
+
+// empty says whether element i is all zeros, its padding too (the kernel keeps that
+// zero): a word at a time, where comparing to V's zero value is a call per element.
+func (a *ArrayView[V]) empty(i int) bool {
+	var or uint64
+	for w := i * a.stride; w < (i+1)*a.stride; w += 8 {
+		or |= *(*uint64)(unsafe.Pointer(&a.mem[w]))
+	}
+	return or == 0
 }
 
 // Close unmaps the memory.
 func (a *ArrayView[V]) Close() error { return unix.Munmap(a.mem) }
 
-// ReadArray calls each for every element of an mmapable array map that is not V's zero
-// value, in id order (see ArrayView); each must not keep v.
+// ReadArray calls each for every element of an mmapable array map that is not all
+// zeros, in id order (see ArrayView); each must not keep v.
 func ReadArray[V comparable](m *ebpf.Map, each func(id uint32, v *V)) error {
 	view, err := ViewArray[V](m)
 	if err != nil {

@@ -90,12 +90,14 @@ func AddrFrom(a netip.Addr) (LbAddr, uint8) {
 
 // Addr turns a datapath address of the given family back into a netip.Addr.
 func (a LbAddr) ToAddr(family uint8) netip.Addr {
+	if family == FamilyIPv4 {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], a.Addr[0])
+		return netip.AddrFrom4(b)
+	}
 	var b [16]byte
 	for i := range a.Addr {
 		binary.NativeEndian.PutUint32(b[4*i:], a.Addr[i])
-	}
-	if family == FamilyIPv4 {
-		return netip.AddrFrom4([4]byte(b[:4]))
 	}
 	return netip.AddrFrom16(b)
 }
@@ -120,13 +122,15 @@ func NameFrom(s string) SvcName {
 }
 
 // String returns the name up to its NUL.
-func (n SvcName) String() string {
-	b := make([]byte, 0, len(n.Name))
+func (n SvcName) String() string { return string(n.AppendTo(make([]byte, 0, len(n.Name)))) }
+
+// AppendTo appends the name up to its NUL.
+func (n SvcName) AppendTo(b []byte) []byte {
 	for _, c := range n.Name {
 		if c == 0 {
 			break
 		}
 		b = append(b, byte(c))
 	}
-	return string(b)
+	return b
 }

@@ -1,10 +1,24 @@
 package lbmap
 
 import (
+	"net/netip"
 	"slices"
 
 	"github.com/sockmesh/sockmesh/bpf"
 )
+
+// backendScan is one pass over the backend entries: each one's id and service, in the
+// order read, and how many name each service. The grouping works on this copy, 8 bytes
+// an entry, never on the array again: a pass over the array's memory (32 bytes an
+// entry, and mostly empty elements where it is sized for a larger cluster) costs
+// several times more, and each pass could see other contents.
+type backendScan struct {
+	owned  []owned
+	counts serviceCounts
+}
+
+// owned is a backend entry's id and the service its value names.
+type owned struct{ id, svc uint32 }
 
 // serviceCounts is how many backend entries name each service id: in a slice indexed
 // by id for the ids a writer hands out, in a map beyond.
@@ -16,16 +30,18 @@ type serviceCounts struct {
 // denseServiceIDs bounds the slice: 4 MB, touched only as far as the ids reach.
 const denseServiceIDs = 1 << 20
 
-func countByService(eachBackend func(func(uint32, *bpf.BackendValue))) serviceCounts {
-	n := serviceCounts{dense: make([]int32, denseServiceIDs), sparse: map[uint32]int32{}}
-	eachBackend(func(_ uint32, b *bpf.BackendValue) {
+// scanBackends reads the entries eachBackend gives, room being how many there can be.
+func scanBackends(eachBackend func(func(uint32, *bpf.BackendValue)), room int) backendScan {
+	s := backendScan{owned: make([]owned, 0, room), counts: serviceCounts{dense: make([]int32, denseServiceIDs), sparse: map[uint32]int32{}}}
+	eachBackend(func(id uint32, b *bpf.BackendValue) {
+		s.owned = append(s.owned, owned{id, b.SvcId})
 		if b.SvcId < denseServiceIDs {
-			n.dense[b.SvcId]++
+			s.counts.dense[b.SvcId]++
 		} else {
-			n.sparse[b.SvcId]++
+			s.counts.sparse[b.SvcId]++
 		}
 	})
-	return n
+	return s
 }
 
 func (n serviceCounts) of(id uint32) int32 {
@@ -35,109 +51,90 @@ func (n serviceCounts) of(id uint32) int32 {
 	return n.sparse[id]
 }
 
-// runShift sets the runs groupBackends works in: 128 services a run, some 60 KB of
+// runShift sets the runs the listing works in: 128 services a run, some 60 KB of
 // backends at 10 a service, which fits in a CPU's cache.
 const runShift = 7
 
-// grouped is the backends laid out by service: those of the service ranked r are
-// all[start[r]:end[r]], in no particular order, once place has put them there (at
-// once, when stage is nil). The backends are read more than once from memory a writer
-// may change meanwhile, so a pass may find more or fewer than were counted: room is
-// start[r+1]-start[r], what does not fit is left out, and end[r] says how far it was
-// filled. Each backend shown is an entry as it was at some moment of the reading.
+// grouped is the backends' ids laid out by service: those of the service ranked r are
+// ids[start[r]:end[r]], in no particular order.
 type grouped struct {
-	all        []ListedBackend
+	ids        []uint32
 	start, end []int32
-	runs       int
-	stage      []staged
-	stageStart []int32 // run q's backends are stage[stageStart[q]:stageEnd[q]]
-	stageEnd   []int32
 }
 
+// staged is a backend id on its way to its service's place.
 type staged struct {
 	rank int32
 	id   uint32
-	val  bpf.BackendValue
 }
 
-// groupBackends lays out the backends by service (ranked by rankOf, among n services);
-// backends of no service are left out. It is a counting sort by rank. The backends
-// come in id order: as the writer hands out ids, in rank order after a cold start,
-// but churn makes it any order, and then putting each one straight in its place would
-// be a write to anywhere in all, a cache miss nearly every time. So unless the ranks
-// mostly come in order, one pass stages them by runs of ranks (each run's part of stage
-// filled in order), and place then puts each run, whose part of all fits in a cache,
-// in place.
-func (c *listContent) groupBackends(rankOf idIndex, ids []uint32, counts serviceCounts) *grouped {
+// groupBackends lays out the scanned backends' ids by service (ranked by rankOf, among
+// n services); backends of no service are left out. It is a counting sort by rank.
+// The backends come in id order: as the writer hands out ids, in rank order after a
+// cold start, but churn makes it any order, and then putting each one straight in its
+// place would be a write to anywhere in ids, a cache miss nearly every time. So unless
+// the ranks mostly come in order, one pass stages them by runs of ranks (each run's
+// part of stage filled in order), and then each run, whose part of ids fits in a
+// cache, is put in place, the runs side by side.
+func groupBackends(scan backendScan, rankOf idIndex, ids []uint32) *grouped {
 	n := len(ids)
-	g := &grouped{start: make([]int32, n+1), runs: n>>runShift + 1}
+	g := &grouped{start: make([]int32, n+1)}
 	for r, id := range ids {
 		g.start[r+1] = g.start[r]
 		if first, _ := rankOf.get(id); first == r {
-			g.start[r+1] += counts.of(id)
+			g.start[r+1] += scan.counts.of(id)
 		}
 	}
-	g.all = make([]ListedBackend, g.start[n])
+	g.ids = make([]uint32, g.start[n])
+	g.end = slices.Clone(g.start[:n])
 	// How ordered the ranks come, from a sample.
 	prev, samples, descents := 0, 0, 0
-	c.sampleBackends(16, func(_ uint32, b *bpf.BackendValue) {
-		if r, ok := rankOf.get(b.SvcId); ok {
+	for i := 0; i < len(scan.owned); i += 16 {
+		if r, ok := rankOf.get(scan.owned[i].svc); ok {
 			samples++
 			if r < prev {
 				descents++
 			}
 			prev = r
 		}
-	})
+	}
 	if descents <= samples/16 {
 		// In order but for a few: straight into place, the writes mostly sequential.
-		g.end = slices.Clone(g.start[:n])
-		c.eachBackend(func(id uint32, b *bpf.BackendValue) {
-			if r, ok := rankOf.get(b.SvcId); ok && g.end[r] < g.start[r+1] {
-				g.all[g.end[r]] = listedBackend(id, b)
+		for _, o := range scan.owned {
+			if r, ok := rankOf.get(o.svc); ok {
+				g.ids[g.end[r]] = o.id
 				g.end[r]++
 			}
-		})
+		}
 		return g
 	}
-	g.stage = make([]staged, g.start[n])
-	g.stageStart = make([]int32, g.runs+1)
-	for q := range g.runs {
-		g.stageStart[q] = g.start[q<<runShift]
+	runs := (n + 1<<runShift - 1) >> runShift
+	stage := make([]staged, g.start[n])
+	stageStart := make([]int32, runs+1) // run q's backends are stage[stageStart[q]:stageEnd[q]]
+	for q := range runs {
+		stageStart[q] = g.start[q<<runShift]
 	}
-	g.stageStart[g.runs] = g.start[n]
-	g.stageEnd = slices.Clone(g.stageStart[:g.runs])
-	c.eachBackend(func(id uint32, b *bpf.BackendValue) {
-		if r, ok := rankOf.get(b.SvcId); ok {
-			if q := r >> runShift; g.stageEnd[q] < g.stageStart[q+1] {
-				g.stage[g.stageEnd[q]] = staged{int32(r), id, *b}
-				g.stageEnd[q]++
-			}
+	stageStart[runs] = g.start[n]
+	stageEnd := slices.Clone(stageStart[:runs])
+	for _, o := range scan.owned {
+		if r, ok := rankOf.get(o.svc); ok {
+			q := r >> runShift
+			stage[stageEnd[q]] = staged{int32(r), o.id}
+			stageEnd[q]++
+		}
+	}
+	eachRun(n, func(from, _ int) {
+		q := from >> runShift
+		for _, st := range stage[stageStart[q]:stageEnd[q]] {
+			g.ids[g.end[st.rank]] = st.id
+			g.end[st.rank]++
 		}
 	})
-	g.end = make([]int32, n)
 	return g
 }
 
 func listedBackend(id uint32, b *bpf.BackendValue) ListedBackend {
-	return ListedBackend{ID: id, Address: refOf(*b).addr, Slots: int(b.Slots)}
-}
-
-// place puts the backends of run q in place, if they were staged.
-func (g *grouped) place(q int) {
-	if g.stage == nil {
-		return
-	}
-	from := q << runShift
-	to := min(from+1<<runShift, len(g.start)-1)
-	end := g.end[from:to] // this run's ranks alone: runs are placed side by side
-	copy(end, g.start[from:to])
-	for _, st := range g.stage[g.stageStart[q]:g.stageEnd[q]] {
-		if r := int(st.rank); end[r-from] < g.start[r+1] {
-			g.all[end[r-from]] = listedBackend(st.id, &st.val)
-			end[r-from]++
-		}
-	}
+	return ListedBackend{ID: id, Address: netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port)), Slots: int(b.Slots)}
 }
 
 // idIndex finds the position of an id in a list of ids (the first, if it repeats): a

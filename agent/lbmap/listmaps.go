@@ -11,12 +11,23 @@ import (
 	"github.com/sockmesh/sockmesh/bpf"
 )
 
-// ListMaps is List over the kernel maps (loaded, or opened from pins). It reads the
-// backend array in place, through its memory, and the services and names with batch
+// ListMaps is List over the kernel maps (loaded, or opened from pins): OpenListing's
+// services, all built.
+func ListMaps(m *bpf.Maps) ([]ListedService, error) {
+	l, err := OpenListing(m)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	return l.Services(), nil
+}
+
+// OpenListing reads the kernel maps for a listing. It reads the backend array in place,
+// through its memory (held until Close), and the services and names with batch
 // lookups, a few syscalls per map instead of two per entry (iterating where the kernel
 // lacks batch operations), side by side: copying hash entries out is the kernel's work,
 // most of the time here.
-func ListMaps(m *bpf.Maps) ([]ListedService, error) {
+func OpenListing(m *bpf.Maps) (*Listing, error) {
 	if m.SmBackends.Type() == ebpf.Hash {
 		return nil, fmt.Errorf("map %s has the layout of an older agent (a hash map): start this version's agent once, which moves it into the array, or use that agent's own lb list", mapName(m.SmBackends))
 	}
@@ -24,41 +35,68 @@ func ListMaps(m *bpf.Maps) ([]ListedService, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read map %s: %w", mapName(m.SmBackends), err)
 	}
-	defer backends.Close()
-	c := listContent{eachBackend: backends.Each, sampleBackends: backends.EachEvery}
-	// Side by side: the backends are counted while the services are read, then the
-	// services sorted and the backends laid out while the names are read.
-	counted := make(chan serviceCounts, 1)
-	go func() { counted <- countByService(backends.Each) }()
+	c := &listContent{backendAt: backends.At}
+	// Side by side: the backends are scanned while the services are read, then the
+	// services sorted and the backends grouped while the names are read.
+	scanned := make(chan backendScan, 1)
+	go func() { scanned <- scanBackends(backends.Each, roomFor(m.SmBackends)) }()
 	var a *arranged
 	var errs [2]error
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		c.svcKeys, c.svcVals, errs[0] = readAll[bpf.SvcKey, bpf.SvcValue](m.SmServices)
-		counts := <-counted
+		scan := <-scanned
 		if errs[0] == nil {
-			a = c.arrange(counts)
+			a = c.arrange(scan)
 		}
 	})
 	wg.Go(func() {
+		n := roomFor(m.SmSvcNames)
+		c.nameIDs, c.names = make([]uint32, 0, n), make([]string, 0, n)
+		var r nameReader
 		errs[1] = readMap(m.SmSvcNames, func(ids []uint32, names []bpf.SvcName) {
 			c.nameIDs = append(c.nameIDs, ids...)
-			for _, n := range names {
-				c.names = append(c.names, n.String())
-			}
+			c.names = r.appendNames(c.names, names)
 		})
 	})
 	wg.Wait()
 	if err := errors.Join(errs[:]...); err != nil {
+		backends.Close()
 		return nil, err
 	}
-	return c.build(a), nil
+	l := c.listing(a)
+	l.close = backends.Close
+	return l, nil
 }
+
+// nameReader turns batches of names into strings that share one allocation a batch,
+// each name its part; its scratch is reused from batch to batch.
+type nameReader struct {
+	text []byte
+	ends []int
+}
+
+func (r *nameReader) appendNames(to []string, names []bpf.SvcName) []string {
+	r.text, r.ends = r.text[:0], r.ends[:0]
+	for i := range names {
+		r.text = names[i].AppendTo(r.text)
+		r.ends = append(r.ends, len(r.text))
+	}
+	all, at := string(r.text), 0
+	for _, end := range r.ends {
+		to = append(to, all[at:end])
+		at = end
+	}
+	return to
+}
+
+// roomFor is the capacity for every entry a map can hold: memory the kernel never
+// fills is never touched, and slices that never grow are never copied.
+func roomFor(m *ebpf.Map) int { return min(int(m.MaxEntries()), 1<<20) }
 
 // readAll reads every entry of a hash map into two slices.
 func readAll[K comparable, V comparable](m *ebpf.Map) ([]K, []V, error) {
-	// Room for a full map: memory the kernel never fills is never touched.
-	n := min(int(m.MaxEntries()), 1<<20)
+	n := roomFor(m)
 	keys, vals := make([]K, 0, n), make([]V, 0, n)
 	err := readMap(m, func(k []K, v []V) {
 		keys = append(keys, k...)

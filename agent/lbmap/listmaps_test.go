@@ -86,9 +86,10 @@ func TestListMapsMatchesList(t *testing.T) {
 	}
 }
 
-// ListMaps reads the backend array more than once while an agent may write it, so a
-// pass finds more or fewer backends than were counted: it must never fail for that,
-// and every backend it shows is one that was programmed. A writer moves backends
+// ListMaps reads the backend array twice (the scan that groups the backends, then
+// each backend's value as it is built) while an agent may write it: a backend may
+// have moved or gone by then. It must never fail for that, and every backend it
+// shows is one that was programmed. A writer moves backends
 // between services and empties and refills elements while the maps are listed.
 func TestListMapsWhileTheBackendsChange(t *testing.T) {
 	// In id order the backends go straight into place; IPv6 frontends among them put

@@ -53,8 +53,23 @@ type Frontend struct {
 	Protocol Protocol
 }
 
-func (f Frontend) String() string {
-	return netip.AddrPortFrom(f.Addr, f.Port).String() + "/" + f.Protocol.String()
+func (f Frontend) String() string { return string(f.AppendTo(make([]byte, 0, 64))) }
+
+// AppendTo appends what String returns: address:port/protocol.
+func (f Frontend) AppendTo(b []byte) []byte {
+	if ap := netip.AddrPortFrom(f.Addr, f.Port); f.Addr.IsValid() {
+		b = ap.AppendTo(b)
+	} else {
+		b = append(b, ap.String()...)
+	}
+	b = append(b, '/')
+	switch f.Protocol {
+	case TCP:
+		return append(b, "TCP"...)
+	case UDP:
+		return append(b, "UDP"...)
+	}
+	return append(b, f.Protocol.String()...)
 }
 
 // Backend is one endpoint address and port behind a frontend, with its EndpointSlice

@@ -36,14 +36,18 @@ func newLBCmd() *cobra.Command {
 				return err
 			}
 			defer maps.Close()
-			svcs, err := lbmap.ListMaps(maps)
+			listing, err := lbmap.OpenListing(maps)
 			if err != nil {
 				return err
 			}
+			defer listing.Close()
+			// The backends are filled a chunk of rows at a time as the rows are
+			// written, never all at once.
+			svcs := listing.Headers()
 			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), svcs)
+				return writeJSON(cmd.OutOrStdout(), svcs, fillFrom(listing, svcs))
 			}
-			return writeTable(cmd.OutOrStdout(), svcs)
+			return writeTable(cmd.OutOrStdout(), svcs, fillFrom(listing, svcs))
 		},
 	}
 	pins.register(list.Flags())

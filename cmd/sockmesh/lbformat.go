@@ -30,13 +30,29 @@ const tablePadding = 2
 
 var tableHeader = [...]string{"SERVICE", "FRONTEND", "AFFINITY", "BACKENDS"}
 
-// writeTable writes the services as the aligned table.
-func writeTable(out io.Writer, svcs []lbmap.ListedService) error {
+// fillFunc fills the Backends of the services [from, to), valid until its next call.
+type fillFunc func(from, to int)
+
+// backendsFiller makes one fillFunc for each goroutine that formats rows; nil when the
+// services' Backends are set already.
+type backendsFiller func() fillFunc
+
+// fillFrom is the backendsFiller of a listing whose Headers are svcs.
+func fillFrom(l *lbmap.Listing, svcs []lbmap.ListedService) backendsFiller {
+	return func() fillFunc {
+		b := l.NewBuilder()
+		return func(from, to int) { b.Fill(svcs, from, to) }
+	}
+}
+
+// writeTable writes the services as the aligned table; the widths come from the
+// headers alone, so the backends are filled a chunk of rows at a time.
+func writeTable(out io.Writer, svcs []lbmap.ListedService, fill backendsFiller) error {
 	// A cell that tabwriter would read as more than text (a cell or line break, its
 	// escape byte: a name can hold anything) goes through tabwriter itself.
 	for i := range svcs {
 		if !plainCell(svcs[i].Name) || !plainCell(svcs[i].Frontend) {
-			return writeTabwriter(out, svcs)
+			return writeTabwriter(out, svcs, fill)
 		}
 	}
 	affs := make([]string, len(svcs))
@@ -65,7 +81,10 @@ func writeTable(out io.Writer, svcs []lbmap.ListedService) error {
 	if _, err := out.Write(append(head, '\n')); err != nil {
 		return err
 	}
-	return writeRows(out, len(svcs), func(row []byte, i int) []byte {
+	fixed := width[0] + width[1] + width[2] + 3*tablePadding + 1
+	return writeRows(out, svcs, fill, func(s *lbmap.ListedService) int {
+		return fixed + len("(none: connects refused)") + len(s.Backends)*len("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535, ")
+	}, func(row []byte, i int) []byte {
 		s := &svcs[i]
 		row = cell(row, s.Name, 0)
 		row = cell(row, s.Frontend, 1)
@@ -75,33 +94,73 @@ func writeTable(out io.Writer, svcs []lbmap.ListedService) error {
 	})
 }
 
-// rowsPerChunk is how many rows one goroutine formats at a time: some 256 KB of table.
-const rowsPerChunk = 1024
+// rowsPerChunk is how many rows one goroutine fills and formats at a time: some 256 KB
+// of table, 1 MB of JSON.
+const rowsPerChunk = 256
 
-// writeRows writes rows 0..n-1, each appended by appendRow. Formatting is most of what
-// is left once the maps are read, so a wave of chunks, one per CPU, is formatted side
-// by side and then written in order; the next wave reuses the buffers.
-func writeRows(out io.Writer, n int, appendRow func(buf []byte, i int) []byte) error {
-	bufs := make([][]byte, runtime.GOMAXPROCS(0))
-	for first := 0; first < n; first += len(bufs) * rowsPerChunk {
-		var wg sync.WaitGroup
-		for b := range bufs {
-			from := first + b*rowsPerChunk
-			to := min(n, from+rowsPerChunk)
-			wg.Go(func() {
-				buf := bufs[b][:0]
+// writeRows writes the rows of svcs, each appended by appendRow. Filling the backends
+// and formatting are most of the work once the maps are read, so one goroutine per CPU
+// fills and formats every so many chunk (worker w the chunks w, w+workers, ...), while
+// this one writes the chunks in order as they come: the writing, some 30 MB of JSON at
+// 30k services, overlaps the formatting. Each worker formats into two buffers in
+// turn, one being written while it fills the other. A buffer is sized from rowSize,
+// an upper bound of a row's bytes, so it never grows by copying into fresh memory.
+func writeRows(out io.Writer, svcs []lbmap.ListedService, fill backendsFiller, rowSize func(*lbmap.ListedService) int, appendRow func(buf []byte, i int) []byte) error {
+	n := len(svcs)
+	chunks := (n + rowsPerChunk - 1) / rowsPerChunk
+	workers := min(runtime.GOMAXPROCS(0), chunks)
+	type worker struct {
+		formatted chan []byte // its chunks, in order
+		free      chan []byte // its buffers, back from the writer
+	}
+	ws := make([]worker, workers)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(stop)
+	for w := range ws {
+		ws[w] = worker{formatted: make(chan []byte, 1), free: make(chan []byte, 2)}
+		ws[w].free <- nil
+		ws[w].free <- nil
+		fillChunk := func(int, int) {}
+		if fill != nil {
+			fillChunk = fill()
+		}
+		wg.Go(func() {
+			for c := w; c < chunks; c += workers {
+				var buf []byte
+				select {
+				case buf = <-ws[w].free:
+				case <-stop:
+					return
+				}
+				from, to := c*rowsPerChunk, min(n, (c+1)*rowsPerChunk)
+				fillChunk(from, to)
+				size := 0
+				for i := from; i < to; i++ {
+					size += rowSize(&svcs[i])
+				}
+				if buf = buf[:0]; cap(buf) < size {
+					buf = make([]byte, 0, size+size/4) // room for the chunks after
+				}
 				for i := from; i < to; i++ {
 					buf = appendRow(buf, i)
 				}
-				bufs[b] = buf
-			})
-		}
-		wg.Wait()
-		for _, buf := range bufs {
-			if _, err := out.Write(buf); err != nil {
-				return err
+				select {
+				case ws[w].formatted <- buf:
+				case <-stop: // the writer failed
+					return
+				}
 			}
+		})
+	}
+	for c := range chunks {
+		w := &ws[c%workers]
+		buf := <-w.formatted
+		if _, err := out.Write(buf); err != nil {
+			return err
 		}
+		w.free <- buf
 	}
 	return nil
 }
@@ -153,12 +212,19 @@ func appendBackendsCell(buf []byte, s *lbmap.ListedService) []byte {
 }
 
 // writeTabwriter is the table as text/tabwriter aligns it.
-func writeTabwriter(out io.Writer, svcs []lbmap.ListedService) error {
+func writeTabwriter(out io.Writer, svcs []lbmap.ListedService, fill backendsFiller) error {
 	w := bufio.NewWriterSize(out, bufferSize)
 	tw := tabwriter.NewWriter(w, 0, 4, tablePadding, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(tableHeader[:], "\t"))
+	fillChunk := func(int, int) {}
+	if fill != nil {
+		fillChunk = fill()
+	}
 	var line []byte
 	for i := range svcs {
+		if i%rowsPerChunk == 0 {
+			fillChunk(i, min(len(svcs), i+rowsPerChunk))
+		}
 		s := &svcs[i]
 		line = append(line[:0], s.Name...)
 		line = append(line, '\t')
@@ -177,7 +243,7 @@ func writeTabwriter(out io.Writer, svcs []lbmap.ListedService) error {
 }
 
 // writeJSON writes the services as json.Encoder with SetIndent("", "  ") encodes them.
-func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
+func writeJSON(out io.Writer, svcs []lbmap.ListedService, fill backendsFiller) error {
 	if svcs == nil {
 		_, err := io.WriteString(out, "null\n")
 		return err
@@ -186,7 +252,7 @@ func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
 		_, err := io.WriteString(out, "[]\n")
 		return err
 	}
-	err := writeRows(out, len(svcs), func(buf []byte, i int) []byte {
+	err := writeRows(out, svcs, fill, jsonRowSize, func(buf []byte, i int) []byte {
 		s := &svcs[i]
 		if i == 0 {
 			buf = append(buf, '[')
@@ -233,6 +299,14 @@ func writeJSON(out io.Writer, svcs []lbmap.ListedService) error {
 	}
 	_, err = io.WriteString(out, "\n]\n")
 	return err
+}
+
+// jsonRowSize bounds a service's bytes in writeJSON: its names escaped at worst as
+// \u00XX, six bytes a byte.
+func jsonRowSize(s *lbmap.ListedService) int {
+	const service = len(",\n  {\n    \"id\": 4294967295,\n    \"name\": \"\",\n    \"frontend\": \"\",\n    \"affinitySeconds\": 4294967295,\n    \"slots\": 4294967295,\n    \"backends\": [\n    ]\n  }")
+	const backend = len(",\n      {\n        \"id\": 4294967295,\n        \"address\": \"[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535\",\n        \"slots\": -9223372036854775808\n      }")
+	return service + 6*(len(s.Name)+len(s.Frontend)) + backend*len(s.Backends)
 }
 
 // appendJSONString appends s as a JSON string; what needs escaping (quotes, control

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"text/tabwriter"
 
 	"github.com/sockmesh/sockmesh/agent/lbmap"
+	"github.com/sockmesh/sockmesh/agent/lbmap/lbmaptest"
+	"github.com/sockmesh/sockmesh/bpf"
 )
 
 // tableReference is the table as `lb list` first printed it, through tabwriter.
@@ -86,7 +90,7 @@ func TestWriteTableMatchesTabwriter(t *testing.T) {
 	for name, svcs := range listedCases() {
 		t.Run(name, func(t *testing.T) {
 			var got bytes.Buffer
-			if err := writeTable(&got, svcs); err != nil {
+			if err := writeTable(&got, svcs, nil); err != nil {
 				t.Fatal(err)
 			}
 			if want := tableReference(svcs); got.String() != want {
@@ -100,7 +104,7 @@ func TestWriteJSONMatchesEncoder(t *testing.T) {
 	for name, svcs := range listedCases() {
 		t.Run(name, func(t *testing.T) {
 			var got bytes.Buffer
-			if err := writeJSON(&got, svcs); err != nil {
+			if err := writeJSON(&got, svcs, nil); err != nil {
 				t.Fatal(err)
 			}
 			if want := jsonReference(svcs); got.String() != want {
@@ -122,10 +126,64 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 
 func TestWriteListReportsWriteErrors(t *testing.T) {
 	svcs := listedCases()["many"]
-	if err := writeTable(&failingWriter{after: 1}, svcs); err == nil || !strings.Contains(err.Error(), "disk full") {
+	if err := writeTable(&failingWriter{after: 1}, svcs, nil); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Errorf("table: %v", err)
 	}
-	if err := writeJSON(&failingWriter{after: 1}, svcs); err == nil || !strings.Contains(err.Error(), "disk full") {
+	if err := writeJSON(&failingWriter{after: 1}, svcs, nil); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Errorf("json: %v", err)
+	}
+}
+
+// listingFakes holds n services of up to 12 backends each (some without any, one
+// listed under two frontends), with ids out of the services' order, as churn leaves
+// them: more rows than one wave of chunks holds.
+func listingFakes(n int) *lbmaptest.Fakes {
+	f := lbmaptest.NewTables(n+1, 16*n)
+	next := uint32(16 * n)
+	for i := range n {
+		svc := uint32(i + 1)
+		fe, fam := bpf.AddrFrom(netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}))
+		count := uint32(0)
+		for j := range i % 13 {
+			a, af := bpf.AddrFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), byte(200 - j)}))
+			f.Backends.Entries[next] = bpf.BackendValue{Addr: a, Port: bpf.PortToNet(8080), Proto: 6, Family: af, SvcId: svc, Slots: uint32(1 + j%2)}
+			next -= 7 // ids run down, and skip
+			count += uint32(1 + j%2)
+		}
+		f.Services.Entries[bpf.SvcKey{Vip: fe, Port: bpf.PortToNet(80), Proto: 6, Family: fam}] = bpf.SvcValue{Id: svc, Count: count, AffinityTimeout: uint32(i % 3)}
+		f.Names.Entries[svc] = bpf.NameFrom(fmt.Sprintf("ns/svc-%d:http", i))
+	}
+	fe, fam := bpf.AddrFrom(netip.MustParseAddr("fd00::1"))
+	f.Services.Entries[bpf.SvcKey{Vip: fe, Port: bpf.PortToNet(80), Proto: 17, Family: fam}] = bpf.SvcValue{Id: 5, Count: 4}
+	return f
+}
+
+// Filled a chunk at a time from a listing, the outputs are those of every service
+// built first.
+func TestWriteListFilledByChunks(t *testing.T) {
+	f := listingFakes(3*rowsPerChunk*runtime.GOMAXPROCS(0) + 17)
+	all, err := lbmap.List(f.Tables())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []struct {
+		name  string
+		write func(io.Writer, []lbmap.ListedService, backendsFiller) error
+		want  string
+	}{
+		{"table", writeTable, tableReference(all)},
+		{"json", writeJSON, jsonReference(all)},
+	} {
+		l, err := lbmap.NewListing(f.Tables())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := format.write(&got, l.Headers(), fillFrom(l, l.Headers())); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != format.want {
+			t.Errorf("%s filled by chunks differs from the whole listing (%d bytes, want %d)", format.name, got.Len(), len(format.want))
+		}
 	}
 }
