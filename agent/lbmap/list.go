@@ -198,20 +198,23 @@ func compareListedBackends(a, b ListedBackend) int {
 // listing needs but the names.
 type arranged struct {
 	fes    []model.Frontend
-	order  []int32 // the position in the content of the service ranked r
+	order  []int32  // the position in the content of the service ranked r
+	ids    []uint32 // the id of the service ranked r
 	rankOf idIndex
-	g      *grouped
+	scan   backendScan
 }
 
 // arrange sorts the services by frontend (by id for two keys of one frontend, which
-// only another writer can make) and groups the scanned backends by service.
+// only another writer can make).
 func (c *listContent) arrange(scan backendScan) *arranged {
 	fes := make([]model.Frontend, len(c.svcKeys))
 	keys := make([]frontendOrder, len(c.svcKeys))
-	for i, k := range c.svcKeys {
-		fes[i] = frontendOf(k)
-		keys[i] = frontendOrderOf(fes[i], c.svcVals[i].Id, i)
-	}
+	eachRun(len(keys), func(from, to int) {
+		for i := from; i < to; i++ {
+			fes[i] = frontendOf(c.svcKeys[i])
+			keys[i] = frontendOrderOf(fes[i], c.svcVals[i].Id, i)
+		}
+	})
 	sortFrontends(keys)
 	order := make([]int32, len(keys))
 	ids := make([]uint32, len(order))
@@ -221,16 +224,18 @@ func (c *listContent) arrange(scan backendScan) *arranged {
 	}
 	// A service's backends are those whose value names its id. Services that share an
 	// id (only another writer can make them) share the backends.
-	rankOf := newIDIndex(ids)
-	return &arranged{fes: fes, order: order, rankOf: rankOf, g: groupBackends(scan, rankOf, ids)}
+	return &arranged{fes: fes, order: order, ids: ids, rankOf: newIDIndex(ids), scan: scan}
 }
 
-// listing joins the arranged services with their names into the headers. It goes
+// listing groups the backends by service while it joins the arranged services with
+// their names into the headers. It goes
 // through the services in the order read, each header written to its rank: reads
 // in rank order would be a cache miss a service in each of three arrays. The
 // frontends of a run are one string, each header holding its part: one allocation a
 // run instead of two a service.
 func (c *listContent) listing(a *arranged) *Listing {
+	grouped := make(chan *grouped, 1)
+	go func() { grouped <- groupBackends(a.scan, a.rankOf, a.ids) }()
 	nameAt := newIDIndex(c.nameIDs)
 	rankAt := make([]int32, len(a.order))
 	for r, p := range a.order {
@@ -257,7 +262,7 @@ func (c *listContent) listing(a *arranged) *Listing {
 			at = end
 		}
 	})
-	return &Listing{c: c, rankOf: a.rankOf, g: a.g, headers: headers}
+	return &Listing{c: c, rankOf: a.rankOf, g: <-grouped, headers: headers}
 }
 
 // eachRun calls do for the runs of 1<<runShift ranks among n, side by side on every
