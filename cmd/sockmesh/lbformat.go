@@ -94,8 +94,9 @@ func writeTable(out io.Writer, svcs []lbmap.ListedService, fill backendsFiller) 
 	})
 }
 
-// rowsPerChunk is how many rows one goroutine fills and formats at a time: some 256 KB
-// of table, 1 MB of JSON.
+// rowsPerChunk is how many rows one goroutine fills and formats at a time: at 10
+// backends a service, some 64 KB of table or 300 KB of JSON, and 120 KB of backends,
+// which stay in a CPU's cache (1024 rows faulted in 1,000 pages more and ran no faster).
 const rowsPerChunk = 256
 
 // writeRows writes the rows of svcs, each appended by appendRow. Filling the backends
