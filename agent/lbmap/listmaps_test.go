@@ -3,6 +3,7 @@ package lbmap_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -158,6 +159,49 @@ func listWhileChanging(t *testing.T, shape listShape) {
 	close(stop)
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A listing re-reads each backend as it fills a service: one moved to another service
+// or emptied since the listing was opened is left out, and one changed in place shows
+// as it is now.
+func TestListingFillsTheBackendsAsTheyAreNow(t *testing.T) {
+	m := loadListMaps(t, "smtlbfill")
+	kt := lbmap.BPFTables(m)
+	backend := func(last byte, svc uint32) bpf.BackendValue {
+		a, fam := bpf.AddrFrom(netip.AddrFrom4([4]byte{10, 0, 0, last}))
+		return bpf.BackendValue{Addr: a, Port: bpf.PortToNet(80), Proto: 6, Family: fam, SvcId: svc, Slots: 1}
+	}
+	for svc := uint32(1); svc <= 2; svc++ {
+		vip, fam := bpf.AddrFrom(netip.AddrFrom4([4]byte{10, 96, 0, byte(svc)}))
+		if _, err := kt.Services.Update([]bpf.SvcKey{{Vip: vip, Port: bpf.PortToNet(80), Proto: 6, Family: fam}}, []bpf.SvcValue{{Id: svc, Count: 3}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := kt.Backends.Update([]uint32{1, 2, 3, 4}, []bpf.BackendValue{backend(1, 1), backend(2, 1), backend(3, 1), backend(4, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := lbmap.OpenListing(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// After the listing is opened: 1 moves to service 2, 2 is emptied, 3 changes port.
+	changed := backend(3, 1)
+	changed.Port = bpf.PortToNet(81)
+	if _, err := kt.Backends.Update([]uint32{1, 2, 3}, []bpf.BackendValue{backend(1, 2), {}, changed}); err != nil {
+		t.Fatal(err)
+	}
+	svcs := l.Services()
+	var got []string
+	for _, s := range svcs {
+		for _, b := range s.Backends {
+			got = append(got, fmt.Sprintf("%s %d %s", s.Frontend, b.ID, b.Address))
+		}
+	}
+	want := []string{"10.96.0.1:80/TCP 3 10.0.0.3:81", "10.96.0.2:80/TCP 4 10.0.0.4:80"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("listed %q, want %q", got, want)
 	}
 }
 
