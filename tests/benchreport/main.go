@@ -139,6 +139,7 @@ func run(outDir string, requests int, filter string) error {
 		{"./tests/", "-args", "-sockmesh.requests=" + strconv.Itoa(requests)},
 		{"./xds/"},
 		{"./agent/"},
+		{"./agent/maglev/"},
 	} {
 		cmd := exec.Command("go", append([]string{"test", "-run", "^$", "-bench", filter, "-benchtime", "1x", "-count", "1", "-timeout", "30m"}, args...)...)
 		cmd.Stdout = ioTee(&raw)
