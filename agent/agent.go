@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sockmesh/sockmesh/agent/healthcheck"
 	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/agent/source"
@@ -35,7 +36,8 @@ type Agent struct {
 	metrics *Metrics
 	state   state
 
-	xds *xds.Server // nil with --xds-listen ""
+	xds    *xds.Server // nil with --xds-listen ""
+	health *healthcheck.Servers
 
 	pendingMu sync.Mutex
 	pending   *source.Update
@@ -206,6 +208,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("serving xDS", "addr", cfg.XDSListen)
 	}
 	lns.http, lns.debug, lns.xds = nil, nil, nil // the servers own them now
+
+	hcAddr, _ := cfg.HealthCheckAddr() // checked with the other flags
+	a.health = healthcheck.New(hcAddr, a.state.proxyHealthy)
+	defer a.health.Close()
 
 	// A newcomer must not take a frontend the previous run programmed for another Service.
 	src.Store().SeedHolders(a.writer.Programmed())
@@ -395,7 +401,7 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 	}
 
 	a.metrics.observePolicies(snap)
-	errs := slices.Concat(snap.Errors, res.Errors, xdsErrs)
+	errs := slices.Concat(snap.Errors, res.Errors, xdsErrs, a.health.Sync(snap))
 	a.logNewErrors(errs)
 	if a.events != nil {
 		a.events.Report(errs)

@@ -49,6 +49,9 @@ type Config struct {
 	EnvoyRedirect string
 	EnvoyMark     uint32 // SO_MARK on Envoy's own sockets: never redirected
 	Splice        string // auto | on | off
+	// HealthCheckBind is the address the healthCheckNodePort servers listen on; empty:
+	// every address, as kube-proxy's default.
+	HealthCheckBind string
 }
 
 // DefaultEnvoyPort is Envoy's redirect listener port when --envoy-redirect names none.
@@ -172,6 +175,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if _, err := c.HealthCheckAddr(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.BPFFS == "" {
 		errs = append(errs, errors.New("--bpffs must not be empty"))
 	}
@@ -186,6 +192,18 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--cgroup %s: %v", c.CgroupPath, err))
 	}
 	return errors.Join(errs...)
+}
+
+// HealthCheckAddr is HealthCheckBind parsed: the zero Addr for every address.
+func (c *Config) HealthCheckAddr() (netip.Addr, error) {
+	if c.HealthCheckBind == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(c.HealthCheckBind)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("--health-check-bind-address %q: want an IP address, or empty for every address", c.HealthCheckBind)
+	}
+	return a, nil
 }
 
 // checkCgroup2 says whether path is a cgroup v2 directory the hooks can attach to.

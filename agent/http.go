@@ -27,6 +27,15 @@ type state struct {
 	fileErrors []model.ObjectError // the input's own problems while there is no snapshot
 }
 
+// proxyHealthy is the health the healthCheckNodePort servers report: the datapath is
+// programmed and the last pass programmed it all (a failing map write makes load
+// balancers send new flows elsewhere, as kube-proxy's failing syncs do).
+func (s *state) proxyHealthy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready && s.lastError == ""
+}
+
 // readiness is /readyz's answer: ready once a snapshot was programmed.
 func (s *state) readiness() (bool, string) {
 	s.mu.Lock()

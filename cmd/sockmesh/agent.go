@@ -48,6 +48,7 @@ func newAgentCmd() *cobra.Command {
 	fs.IntVar(&cfg.MaxBackends, "max-backends", cfg.MaxBackends, "capacity of the backend and slot maps")
 	fs.StringVar(&cfg.EnvoyRedirect, "envoy-redirect", "", "where L7-policy connections go: IP:PORT[,IP:PORT] (default <node IPv4>:15001)")
 	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
+	fs.StringVar(&cfg.HealthCheckBind, "health-check-bind-address", cfg.HealthCheckBind, "address the healthCheckNodePort servers (LoadBalancer Services with externalTrafficPolicy Local) listen on; empty: every address")
 	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off (both only where the kernel's spliced sockets behave like TCP; see README)")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
 	return cmd
