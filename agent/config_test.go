@@ -14,11 +14,12 @@ func TestValidateNamesEveryBadFlag(t *testing.T) {
 	cfg.HTTPListen = "localhost"
 	cfg.BPFFS = ""
 	cfg.CgroupPath = "/sys/fs/cgroup/x"
+	cfg.HealthCheckBind = "10.0.0.300"
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{`--source "etcd:foo"`, "--max-services 0", "--max-backends", "--http-listen", "--bpffs"} {
+	for _, want := range []string{`--source "etcd:foo"`, "--max-services 0", "--max-backends", "--http-listen", "--bpffs", `--health-check-bind-address "10.0.0.300"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
