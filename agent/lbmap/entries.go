@@ -259,5 +259,10 @@ func frontendOf(k bpf.SvcKey) model.Frontend {
 }
 
 func refOf(b bpf.BackendValue) backendRef {
-	return backendRef{svcID: b.SvcId, addr: netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port)), proto: model.Protocol(b.Proto)}
+	return backendRef{svcID: b.SvcId, addr: addrPortOf(&b), proto: model.Protocol(b.Proto)}
+}
+
+// addrPortOf is the backend's socket address.
+func addrPortOf(b *bpf.BackendValue) netip.AddrPort {
+	return netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port))
 }

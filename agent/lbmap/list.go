@@ -108,9 +108,6 @@ type Listing struct {
 	close   func() error
 }
 
-// Len is how many services the listing holds.
-func (l *Listing) Len() int { return len(l.headers) }
-
 // Close releases what the listing reads the backends from.
 func (l *Listing) Close() error {
 	if l.close == nil {
@@ -126,10 +123,7 @@ func (l *Listing) Headers() []ListedService { return l.headers }
 // Services is every service, its backends filled: a copy of Headers, filled side by
 // side.
 func (l *Listing) Services() []ListedService {
-	out := slices.Clone(l.headers)
-	if out == nil {
-		out = []ListedService{}
-	}
+	out := slices.Clone(l.headers) // never nil: listing makes headers
 	// A builder per run: each keeps the backends of the one range it fills.
 	eachRun(len(out), func(from, to int) { l.NewBuilder().Fill(out, from, to) })
 	return out

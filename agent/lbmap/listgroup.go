@@ -1,7 +1,6 @@
 package lbmap
 
 import (
-	"net/netip"
 	"slices"
 
 	"github.com/sockmesh/sockmesh/bpf"
@@ -134,7 +133,7 @@ func groupBackends(scan backendScan, rankOf idIndex, ids []uint32) *grouped {
 }
 
 func listedBackend(id uint32, b *bpf.BackendValue) ListedBackend {
-	return ListedBackend{ID: id, Address: netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port)), Slots: int(b.Slots)}
+	return ListedBackend{ID: id, Address: addrPortOf(b), Slots: int(b.Slots)}
 }
 
 // idIndex finds the position of an id in a list of ids (the first, if it repeats): a

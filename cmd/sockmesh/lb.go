@@ -45,9 +45,9 @@ func newLBCmd() *cobra.Command {
 			// written, never all at once.
 			svcs := listing.Headers()
 			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), svcs, fillFrom(listing, svcs))
+				return writeJSON(cmd.OutOrStdout(), svcs, fillFrom(listing))
 			}
-			return writeTable(cmd.OutOrStdout(), svcs, fillFrom(listing, svcs))
+			return writeTable(cmd.OutOrStdout(), svcs, fillFrom(listing))
 		},
 	}
 	pins.register(list.Flags())

@@ -37,12 +37,20 @@ type fillFunc func(from, to int)
 // services' Backends are set already.
 type backendsFiller func() fillFunc
 
-// fillFrom is the backendsFiller of a listing whose Headers are svcs.
-func fillFrom(l *lbmap.Listing, svcs []lbmap.ListedService) backendsFiller {
+// fillFrom is the backendsFiller of a listing, for rows of its Headers.
+func fillFrom(l *lbmap.Listing) backendsFiller {
 	return func() fillFunc {
 		b := l.NewBuilder()
-		return func(from, to int) { b.Fill(svcs, from, to) }
+		return func(from, to int) { b.Fill(l.Headers(), from, to) }
 	}
+}
+
+// newFill is one goroutine's fillFunc: a no-op where the Backends are set already.
+func (f backendsFiller) newFill() fillFunc {
+	if f == nil {
+		return func(int, int) {}
+	}
+	return f()
 }
 
 // writeTable writes the services as the aligned table; the widths come from the
@@ -123,10 +131,7 @@ func writeRows(out io.Writer, svcs []lbmap.ListedService, fill backendsFiller, r
 		ws[w] = worker{formatted: make(chan []byte, 1), free: make(chan []byte, 2)}
 		ws[w].free <- nil
 		ws[w].free <- nil
-		fillChunk := func(int, int) {}
-		if fill != nil {
-			fillChunk = fill()
-		}
+		fillChunk := fill.newFill()
 		wg.Go(func() {
 			for c := w; c < chunks; c += workers {
 				var buf []byte
@@ -217,10 +222,7 @@ func writeTabwriter(out io.Writer, svcs []lbmap.ListedService, fill backendsFill
 	w := bufio.NewWriterSize(out, bufferSize)
 	tw := tabwriter.NewWriter(w, 0, 4, tablePadding, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(tableHeader[:], "\t"))
-	fillChunk := func(int, int) {}
-	if fill != nil {
-		fillChunk = fill()
-	}
+	fillChunk := fill.newFill()
 	var line []byte
 	for i := range svcs {
 		if i%rowsPerChunk == 0 {

@@ -179,7 +179,7 @@ func TestWriteListFilledByChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got bytes.Buffer
-		if err := format.write(&got, l.Headers(), fillFrom(l, l.Headers())); err != nil {
+		if err := format.write(&got, l.Headers(), fillFrom(l)); err != nil {
 			t.Fatal(err)
 		}
 		if got.String() != format.want {
