@@ -10,6 +10,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -56,12 +57,6 @@ func New(bind netip.Addr, healthy func() bool) *Servers {
 	return &Servers{bind: bind, healthy: healthy, claims: map[model.Frontend]claim{}, ports: map[uint16]*port{}}
 }
 
-// wanted is a health check port as a snapshot asks for it.
-type wanted struct {
-	svc   model.ServiceName
-	local int
-}
-
 // Sync makes the listeners match snap: a listener for each health check port, answering
 // for its Service with the count of its ready local endpoints; the ports no longer
 // asked for are closed. A port two Services ask for, or one that cannot be bound, is an
@@ -82,11 +77,11 @@ func (s *Servers) Sync(snap *model.Snapshot) []model.ObjectError {
 	}
 	// Which of two Services claiming one port gets it does not depend on the order
 	// they came in: the first by name.
-	fes := slices.SortedFunc(mapsKeys(s.claims), func(a, b model.Frontend) int {
+	fes := slices.SortedFunc(maps.Keys(s.claims), func(a, b model.Frontend) int {
 		ca, cb := s.claims[a], s.claims[b]
 		return cmp.Or(cmp.Compare(ca.svc.Namespace, cb.svc.Namespace), cmp.Compare(ca.svc.Name, cb.svc.Name), model.CompareFrontends(a, b))
 	})
-	want := map[uint16]wanted{}
+	want := map[uint16]claim{} // by port
 	var errs []model.ObjectError
 	for _, fe := range fes {
 		c := s.claims[fe]
@@ -97,7 +92,7 @@ func (s *Servers) Sync(snap *model.Snapshot) []model.ObjectError {
 		}
 		// Each frontend (port, IP family) counts the Service's endpoints for itself;
 		// kube-proxy reports one such count, so the largest stands for the Service.
-		want[c.port] = wanted{svc: c.svc, local: max(want[c.port].local, c.local)}
+		want[c.port] = claim{svc: c.svc, port: c.port, local: max(want[c.port].local, c.local)}
 	}
 	errs = slices.CompactFunc(errs, func(a, b model.ObjectError) bool { return a == b })
 
@@ -109,7 +104,7 @@ func (s *Servers) Sync(snap *model.Snapshot) []model.ObjectError {
 			delete(s.ports, p)
 		}
 	}
-	for _, p := range slices.Sorted(mapsKeys(want)) {
+	for _, p := range slices.Sorted(maps.Keys(want)) {
 		w := want[p]
 		pt, ok := s.ports[p]
 		if !ok {
@@ -132,7 +127,7 @@ func (s *Servers) Sync(snap *model.Snapshot) []model.ObjectError {
 func (s *Servers) Ports() []uint16 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Sorted(mapsKeys(s.ports))
+	return slices.Sorted(maps.Keys(s.ports))
 }
 
 // Close closes every listener.
@@ -212,14 +207,4 @@ func (s *Servers) claim(fe model.Frontend, svc *model.Service) {
 
 func serviceError(n model.ServiceName, reason, msg string) model.ObjectError {
 	return model.ObjectError{Kind: "Service", Namespace: n.Namespace, Name: n.Name, Reason: reason, Message: msg}
-}
-
-func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
