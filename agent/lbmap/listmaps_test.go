@@ -33,6 +33,12 @@ func copyInto[K comparable, V comparable](t *testing.T, to lbmap.Table[K, V], fr
 // loadListMaps loads the socket-LB maps for 4096 services and 16384 backends into a
 // pin dir of their own (attached nowhere), removed when the test ends.
 func loadListMaps(t *testing.T, name string) *bpf.Maps {
+	m, _ := loadListPins(t, name)
+	return m
+}
+
+// loadListPins is loadListMaps, and the pin dir.
+func loadListPins(t *testing.T, name string) (*bpf.Maps, string) {
 	t.Helper()
 	harness.RequirePrivileged(t)
 	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("%s%d", name, os.Getpid()))
@@ -46,7 +52,7 @@ func loadListMaps(t *testing.T, name string) *bpf.Maps {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	return dp.Maps()
+	return dp.Maps(), dir
 }
 
 // ListMaps on kernel maps (loaded and pinned in a private dir, attached nowhere) lists
@@ -207,18 +213,7 @@ func TestListingFillsTheBackendsAsTheyAreNow(t *testing.T) {
 
 // Over pins an older agent left (backends in a hash map), lb list says what to do.
 func TestListMapsOverAnOlderAgentsPins(t *testing.T) {
-	harness.RequirePrivileged(t)
-	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("smtlbold%d", os.Getpid()))
-	t.Cleanup(func() {
-		if err := bpf.Cleanup(dir); err != nil {
-			t.Error(err)
-		}
-	})
-	dp, err := bpf.Load(dir, bpf.Limits{MaxServices: 64, MaxBackends: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dp.Close()
+	_, dir := loadListPins(t, "smtlbold")
 	harness.PinLegacyBackends(t, dir, map[uint32]bpf.BackendValue{1: {Family: bpf.FamilyIPv4, SvcId: 1}})
 	m, err := bpf.OpenPinned(dir)
 	if err != nil {
