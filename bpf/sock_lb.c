@@ -6,6 +6,7 @@
  * per-packet NAT and no conntrack; getpeername() and recvmsg() translate back so the
  * application only ever sees the virtual address. */
 #include "shared_maps.h"
+#include "lb_maps.h"
 
 /* Map sizes are defaults; the agent sets them from its flags before loading. */
 struct {
@@ -15,25 +16,6 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct slot_key);
-	__type(value, __u32);
-	__uint(max_entries, 262144);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_slots SEC(".maps");
-
-/* An array by backend id, mmapable so a reader (`sockmesh lb list`) sees every backend
- * without a syscall per entry; the agent hands out ids below max_entries. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct backend_value);
-	__uint(max_entries, 262144);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_backends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

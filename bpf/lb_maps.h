@@ -1,0 +1,25 @@
+/* The backend tables every load-balancing object reads: socket-LB at connect() and the
+ * NodePort programs per packet pick from the same slots and backends. Each object
+ * declares them identically (the agent sizes them alike) and they are pinned by name. */
+#pragma once
+
+#include "sock_lb.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct slot_key);
+	__type(value, __u32);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_slots SEC(".maps");
+
+/* An array by backend id, mmapable so a reader (`sockmesh lb list`) sees every backend
+ * without a syscall per entry; the agent hands out ids below max_entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct backend_value);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_backends SEC(".maps");

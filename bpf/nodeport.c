@@ -1,0 +1,672 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* North-south load balancing on NodePort devices: a packet from outside to a NodePort,
+ * externalIP or LoadBalancer IP is translated to a backend and routed on from XDP or tc,
+ * before the stack sees it; the reply is translated back. A remote backend gets the
+ * node's address as source (SNAT, with a source port handed out here), so its reply
+ * returns through this node; a backend on this node sees the client's address and its
+ * reply is translated back on the device's egress. Both directions are tracked in LRU
+ * maps that outlive the agent (they are pinned), so a restart keeps every flow. */
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include "shared_maps.h"
+#include "lb_maps.h"
+#include "nodeport.h"
+
+/* Frontends reached from outside: an externalIP or LoadBalancer IP by its address, a
+ * NodePort by the zero address of its family (any node address of a NodePort device). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_services SEC(".maps");
+
+/* Every address of every NodePort device: where NodePorts answer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_addr);
+	__type(value, __u32);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_addrs SEC(".maps");
+
+/* The address SNAT uses when a flow leaves through a device, by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct np_device);
+	__uint(max_entries, 256);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_devices SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct np_range_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_ranges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_forward);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_ct_forward SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_reply);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_ct_reply SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct np_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, NP_PROG_MAX * NP_COUNTER_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_counters SEC(".maps");
+
+/* Keep these in BTF so bpf2go exports their values to Go. */
+const enum np_counter *unused_np_counter __attribute__((unused));
+const enum np_prog *unused_np_prog __attribute__((unused));
+const enum np_svc_flags *unused_np_svc_flags __attribute__((unused));
+const enum ct_flags *unused_ct_flags __attribute__((unused));
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
+
+/* Defaults while the agent has not written sm_np_config: Cilium's and the kernel's. */
+#define DEFAULT_PORT_MIN 32768
+#define DEFAULT_PORT_MAX 60999
+#define DEFAULT_TCP_TIMEOUT 21600
+#define DEFAULT_CLOSING_TIMEOUT 10
+#define DEFAULT_UDP_TIMEOUT 60
+#define SNAT_PORT_TRIES 32
+
+static __always_inline void np_count(__u32 prog, __u32 what)
+{
+	__u32 id = prog * NP_COUNTER_SLOTS + what;
+	__u64 *v = bpf_map_lookup_elem(&sm_np_counters, &id);
+	if (v)
+		*v += 1;
+}
+
+/* A parsed packet: its tuple as a conntrack key and where its L4 checksum lives. */
+struct pkt {
+	struct ct_key key;
+	__u32 l4off;    /* from the start of the frame */
+	__u32 csum_off; /* of the L4 checksum, from the start of the frame; 0 = none */
+	__u8 tcp_flags;
+};
+
+enum parse_result {
+	PARSE_OK,
+	PARSE_OTHER,    /* not TCP or UDP over IP: not ours */
+	PARSE_FRAGMENT, /* an IPv4 fragment or an IPv6 fragment header */
+	PARSE_SHORT,
+};
+
+static __always_inline int parse(void *data, void *data_end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	__u8 proto;
+	__u32 off = sizeof(*eth);
+
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_SHORT;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+
+		if ((void *)(ip + 1) > data_end)
+			return PARSE_SHORT;
+		if (ip->ihl < 5)
+			return PARSE_SHORT;
+		proto = ip->protocol;
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return PARSE_OTHER;
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			return PARSE_FRAGMENT;
+		p->key.family = AF_INET;
+		p->key.saddr.addr[0] = ip->saddr;
+		p->key.daddr.addr[0] = ip->daddr;
+		off += ip->ihl * 4; /* IP options come before the ports */
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return PARSE_SHORT;
+		proto = ip6->nexthdr;
+		if (proto == 44 /* NEXTHDR_FRAGMENT */)
+			return PARSE_FRAGMENT;
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return PARSE_OTHER;
+		p->key.family = AF_INET6;
+		__builtin_memcpy(p->key.saddr.addr, &ip6->saddr, 16);
+		__builtin_memcpy(p->key.daddr.addr, &ip6->daddr, 16);
+		off += sizeof(*ip6);
+	} else {
+		return PARSE_OTHER;
+	}
+	p->key.proto = proto;
+	p->l4off = off;
+	if (proto == IPPROTO_TCP) {
+		__u8 *tcp = data + off;
+
+		if ((void *)(tcp + 20) > data_end)
+			return PARSE_SHORT;
+		p->key.sport = *(__u16 *)tcp;
+		p->key.dport = *(__u16 *)(tcp + 2);
+		p->tcp_flags = tcp[13];
+		p->csum_off = off + 16;
+	} else {
+		__u8 *udp = data + off;
+
+		if ((void *)(udp + 8) > data_end)
+			return PARSE_SHORT;
+		p->key.sport = *(__u16 *)udp;
+		p->key.dport = *(__u16 *)(udp + 2);
+		p->csum_off = off + 6;
+	}
+	return PARSE_OK;
+}
+
+/* One's-complement arithmetic (RFC 1624): sums of ~old + new fold into a checksum. The
+ * sum does not care about byte order as long as old, new and the checksum share it. */
+static __always_inline __u32 csum_diff32(__u32 sum, __u32 old, __u32 new)
+{
+	return sum + (~old & 0xffff) + (~old >> 16) + (new & 0xffff) + (new >> 16);
+}
+
+static __always_inline __u32 csum_diff16(__u32 sum, __u16 old, __u16 new)
+{
+	return sum + (__u16)~old + new;
+}
+
+static __always_inline __u16 csum_apply(__u16 csum, __u32 diff)
+{
+	__u32 s = (__u16)~csum + diff;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline __u32 addr_diff(__u32 sum, const struct lb_addr *old,
+				       const struct lb_addr *new, __u8 family)
+{
+	sum = csum_diff32(sum, old->addr[0], new->addr[0]);
+	if (family == AF_INET6) {
+		sum = csum_diff32(sum, old->addr[1], new->addr[1]);
+		sum = csum_diff32(sum, old->addr[2], new->addr[2]);
+		sum = csum_diff32(sum, old->addr[3], new->addr[3]);
+	}
+	return sum;
+}
+
+/* rewrite gives the packet a new source and destination, fixing the L4 checksum (its
+ * pseudo-header covers both) and, when it is routed on, the TTL or hop limit. */
+static __always_inline int rewrite(void *data, void *data_end, const struct pkt *p,
+				   const struct lb_addr *saddr, __u16 sport,
+				   const struct lb_addr *daddr, __u16 dport, int routed)
+{
+	__u32 l4 = addr_diff(0, &p->key.saddr, saddr, p->key.family);
+	__u8 *port, *csum;
+
+	l4 = addr_diff(l4, &p->key.daddr, daddr, p->key.family);
+	if (p->key.family == AF_INET) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		__u32 l3 = 0;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		if (routed) {
+			__u16 old = *(__u16 *)&ip->ttl;
+
+			if (ip->ttl <= 1)
+				return NP_DROP_TTL;
+			ip->ttl--;
+			l3 = csum_diff16(l3, old, *(__u16 *)&ip->ttl);
+		}
+		l3 = csum_diff32(l3, ip->saddr, saddr->addr[0]);
+		l3 = csum_diff32(l3, ip->daddr, daddr->addr[0]);
+		ip->saddr = saddr->addr[0];
+		ip->daddr = daddr->addr[0];
+		ip->check = csum_apply(ip->check, l3);
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		if (routed) {
+			if (ip6->hop_limit <= 1)
+				return NP_DROP_TTL;
+			ip6->hop_limit--;
+		}
+		__builtin_memcpy(&ip6->saddr, saddr->addr, 16);
+		__builtin_memcpy(&ip6->daddr, daddr->addr, 16);
+	}
+	l4 = csum_diff16(l4, p->key.sport, sport);
+	l4 = csum_diff16(l4, p->key.dport, dport);
+	port = data + (p->l4off & 0xff);
+	if ((void *)(port + 4) > data_end)
+		return -1;
+	*(__u16 *)port = sport;
+	*(__u16 *)(port + 2) = dport;
+	csum = data + (p->csum_off & 0xff);
+	if ((void *)(csum + 2) > data_end)
+		return -1;
+	if (p->key.proto == IPPROTO_UDP && p->key.family == AF_INET && *(__u16 *)csum == 0)
+		return 0; /* IPv4 UDP without a checksum stays without */
+	*(__u16 *)csum = csum_apply(*(__u16 *)csum, l4);
+	if (p->key.proto == IPPROTO_UDP && *(__u16 *)csum == 0)
+		*(__u16 *)csum = 0xffff;
+	return 0;
+}
+
+static __always_inline __u64 timeout_ns(const struct np_config *cfg, __u8 proto, __u32 flags)
+{
+	__u32 s;
+
+	if (proto == IPPROTO_TCP && (flags & CT_F_CLOSING))
+		s = cfg && cfg->tcp_closing_timeout ? cfg->tcp_closing_timeout : DEFAULT_CLOSING_TIMEOUT;
+	else if (proto == IPPROTO_TCP)
+		s = cfg && cfg->tcp_timeout ? cfg->tcp_timeout : DEFAULT_TCP_TIMEOUT;
+	else
+		s = cfg && cfg->udp_timeout ? cfg->udp_timeout : DEFAULT_UDP_TIMEOUT;
+	return (__u64)s * 1000000000ULL;
+}
+
+static __always_inline int addr_zero(const struct lb_addr *a)
+{
+	return !(a->addr[0] | a->addr[1] | a->addr[2] | a->addr[3]);
+}
+
+/* frontend finds the service a packet is for: an externalIP or LB IP by address, else a
+ * NodePort when the destination is one of the node's NodePort addresses. */
+static __always_inline struct svc_value *frontend(const struct pkt *p)
+{
+	struct svc_key k = {};
+	struct svc_value *svc;
+
+	k.vip = p->key.daddr;
+	k.port = p->key.dport;
+	k.proto = p->key.proto;
+	k.family = p->key.family;
+	svc = bpf_map_lookup_elem(&sm_np_services, &k);
+	if (svc)
+		return svc;
+	if (!bpf_map_lookup_elem(&sm_np_addrs, &p->key.daddr))
+		return NULL;
+	__builtin_memset(&k.vip, 0, sizeof(k.vip));
+	return bpf_map_lookup_elem(&sm_np_services, &k);
+}
+
+static __always_inline int source_allowed(const struct pkt *p, const struct svc_value *svc)
+{
+	struct np_range_key k = {};
+
+	if (!(svc->flags & NP_F_SOURCE_RANGES))
+		return 1;
+	k.prefixlen = 32 + (p->key.family == AF_INET ? 32 : 128);
+	k.svc_id = svc->id;
+	k.addr = p->key.saddr;
+	return bpf_map_lookup_elem(&sm_np_ranges, &k) != NULL;
+}
+
+static __always_inline struct backend_value *pick(const struct svc_value *svc, __u32 *id_out)
+{
+	struct slot_key skey = {};
+	struct backend_value *be;
+	__u32 *id;
+
+	if (svc->count == 0)
+		return NULL;
+	skey.svc_id = svc->id;
+	skey.slot = bpf_get_prandom_u32() % svc->count + 1;
+	id = bpf_map_lookup_elem(&sm_slots, &skey);
+	if (!id)
+		return NULL;
+	be = bpf_map_lookup_elem(&sm_backends, id);
+	if (!be || !be->family || be->svc_id != svc->id)
+		return NULL;
+	*id_out = *id;
+	return be;
+}
+
+/* claim_port makes the reply entry for a SNATed flow under a free source port of
+ * nat_addr, and returns that port (network order), or 0 when none was free. A port
+ * whose flow has expired is free; the LRU map forgets such entries only when full. */
+static __always_inline __u16 claim_port(struct ct_key *rkey, struct ct_reply *rval,
+					 const struct np_config *cfg, __u64 now)
+{
+	__u32 lo = cfg && cfg->snat_port_min ? cfg->snat_port_min : DEFAULT_PORT_MIN;
+	__u32 hi = cfg && cfg->snat_port_max ? cfg->snat_port_max : DEFAULT_PORT_MAX;
+	__u32 start = bpf_get_prandom_u32();
+	__u32 range;
+
+	if (hi < lo)
+		return 0;
+	range = hi - lo + 1;
+	for (int i = 0; i < SNAT_PORT_TRIES; i++) {
+		struct ct_reply *cur;
+		__u16 port = bpf_htons((__u16)(lo + (start + i) % range));
+
+		rkey->dport = port;
+		if (!bpf_map_update_elem(&sm_ct_reply, rkey, rval, BPF_NOEXIST))
+			return port;
+		cur = bpf_map_lookup_elem(&sm_ct_reply, rkey);
+		if (cur && now - cur->last_seen_ns > timeout_ns(cfg, rkey->proto, cur->flags) &&
+		    !bpf_map_update_elem(&sm_ct_reply, rkey, rval, BPF_EXIST))
+			return port;
+	}
+	return 0;
+}
+
+/* A translation decided for a packet: its new source and destination. */
+struct xlate {
+	struct lb_addr saddr, daddr;
+	__u16 sport, dport;
+};
+
+/* track_new picks a backend for a flow's first packet and records both directions. */
+static __always_inline int track_new(const struct pkt *p, __u32 ifindex, struct xlate *x,
+				     const struct np_config *cfg, __u64 now)
+{
+	struct ct_forward fwd = {};
+	struct ct_reply rval = {};
+	struct ct_key rkey = {};
+	struct backend_value *be;
+	struct svc_value *svc;
+	__u32 backend_id = 0;
+
+	svc = frontend(p);
+	if (!svc)
+		return NP_PASS;
+	if (!source_allowed(p, svc))
+		return NP_DROP_SOURCE_RANGE;
+	be = pick(svc, &backend_id);
+	if (!be)
+		return NP_DROP_NO_BACKEND;
+
+	fwd.backend = be->addr;
+	fwd.backend_port = be->port;
+	fwd.svc_id = svc->id;
+	fwd.last_seen_ns = now;
+	rval.client = p->key.saddr;
+	rval.client_port = p->key.sport;
+	rval.frontend = p->key.daddr;
+	rval.frontend_port = p->key.dport;
+	rval.svc_id = svc->id;
+	rval.last_seen_ns = now;
+	rkey.saddr = be->addr;
+	rkey.sport = be->port;
+	rkey.proto = p->key.proto;
+	rkey.family = p->key.family;
+
+	if (bpf_map_lookup_elem(&sm_local, &be->addr)) {
+		/* A backend on this node: it sees the client, its reply leaves through a
+		 * NodePort device and is translated back on egress. */
+		rkey.daddr = p->key.saddr;
+		rkey.dport = p->key.sport;
+		if (bpf_map_update_elem(&sm_ct_reply, &rkey, &rval, BPF_ANY))
+			return NP_DROP_CT_FULL;
+		x->saddr = p->key.saddr;
+		x->sport = p->key.sport;
+	} else {
+		struct np_device *dev = bpf_map_lookup_elem(&sm_np_devices, &ifindex);
+		__u16 port;
+
+		if (!dev)
+			return NP_DROP_NO_ROUTE;
+		fwd.nat_addr = p->key.family == AF_INET ? dev->addr4 : dev->addr6;
+		if (addr_zero(&fwd.nat_addr))
+			return NP_DROP_NO_ROUTE;
+		rval.flags = CT_F_SNAT;
+		rkey.daddr = fwd.nat_addr;
+		port = claim_port(&rkey, &rval, cfg, now);
+		if (!port)
+			return NP_DROP_NO_PORT;
+		fwd.nat_port = port;
+		fwd.flags = CT_F_SNAT;
+		x->saddr = fwd.nat_addr;
+		x->sport = port;
+	}
+	if (bpf_map_update_elem(&sm_ct_forward, &p->key, &fwd, BPF_ANY))
+		return NP_DROP_CT_FULL;
+	x->daddr = be->addr;
+	x->dport = be->port;
+	return NP_NEW_FLOW;
+}
+
+static __always_inline void touch(__u64 *last_seen, __u32 *flags, const struct pkt *p, __u64 now)
+{
+	/* Writing per packet would bounce the cache line between CPUs: once a second is
+	 * enough for timeouts counted in seconds. */
+	if (now - *last_seen > 1000000000ULL)
+		*last_seen = now;
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) {
+		*flags |= CT_F_CLOSING;
+		*last_seen = now;
+	}
+}
+
+/* classify decides what becomes of an ingress packet: a reply of a tracked flow, a
+ * packet of a tracked flow, the first of a new one, or not ours (NP_PASS). */
+static __always_inline int classify(const struct pkt *p, __u32 ifindex, struct xlate *x)
+{
+	__u32 zero = 0;
+	struct np_config *cfg = bpf_map_lookup_elem(&sm_np_config, &zero);
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_forward *fwd;
+	struct ct_reply *rep;
+
+	rep = bpf_map_lookup_elem(&sm_ct_reply, &p->key);
+	if (rep && (rep->flags & CT_F_SNAT) &&
+	    now - rep->last_seen_ns <= timeout_ns(cfg, p->key.proto, rep->flags)) {
+		touch(&rep->last_seen_ns, &rep->flags, p, now);
+		x->saddr = rep->frontend;
+		x->sport = rep->frontend_port;
+		x->daddr = rep->client;
+		x->dport = rep->client_port;
+		return NP_REPLY;
+	}
+	fwd = bpf_map_lookup_elem(&sm_ct_forward, &p->key);
+	if (fwd && now - fwd->last_seen_ns <= timeout_ns(cfg, p->key.proto, fwd->flags)) {
+		touch(&fwd->last_seen_ns, &fwd->flags, p, now);
+		x->daddr = fwd->backend;
+		x->dport = fwd->backend_port;
+		if (fwd->flags & CT_F_SNAT) {
+			x->saddr = fwd->nat_addr;
+			x->sport = fwd->nat_port;
+		} else {
+			x->saddr = p->key.saddr;
+			x->sport = p->key.sport;
+		}
+		return NP_FORWARD;
+	}
+	return track_new(p, ifindex, x, cfg, now);
+}
+
+static __always_inline int fib(void *ctx, const struct pkt *p, const struct xlate *x,
+			       __u32 ifindex, struct bpf_fib_lookup *f)
+{
+	__builtin_memset(f, 0, sizeof(*f));
+	f->family = p->key.family;
+	f->l4_protocol = p->key.proto;
+	f->sport = x->sport;
+	f->dport = x->dport;
+	f->ifindex = ifindex;
+	if (p->key.family == AF_INET) {
+		f->ipv4_src = x->saddr.addr[0];
+		f->ipv4_dst = x->daddr.addr[0];
+	} else {
+		__builtin_memcpy(f->ipv6_src, x->saddr.addr, 16);
+		__builtin_memcpy(f->ipv6_dst, x->daddr.addr, 16);
+	}
+	return bpf_fib_lookup(ctx, f, sizeof(*f), 0);
+}
+
+static __always_inline int is_drop(int what)
+{
+	return what >= NP_DROP_NO_BACKEND;
+}
+
+SEC("xdp")
+int nodeport_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup f;
+	struct pkt p = {};
+	struct xlate x = {};
+	int what, rc;
+
+	what = parse(data, data_end, &p);
+	if (what != PARSE_OK) {
+		/* Fragments and odd headers go to tc, which sees the same packet next. */
+		np_count(NP_PROG_XDP, NP_PASS);
+		return XDP_PASS;
+	}
+	what = classify(&p, ctx->ingress_ifindex, &x);
+	if (what == NP_PASS || is_drop(what)) {
+		np_count(NP_PROG_XDP, what);
+		return what == NP_PASS ? XDP_PASS : XDP_DROP;
+	}
+	/* XDP has no neighbour resolution: without a resolved next hop the packet goes on
+	 * untranslated, and tc finds the flow just recorded. */
+	rc = fib(ctx, &p, &x, ctx->ingress_ifindex, &f);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		np_count(NP_PROG_XDP, NP_TO_STACK);
+		return XDP_PASS;
+	}
+	rc = rewrite(data, data_end, &p, &x.saddr, x.sport, &x.daddr, x.dport, 1);
+	if (rc) {
+		np_count(NP_PROG_XDP, rc > 0 ? rc : NP_DROP_MALFORMED);
+		return XDP_DROP;
+	}
+	if (data + sizeof(struct ethhdr) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(((struct ethhdr *)data)->h_dest, f.dmac, ETH_ALEN);
+	__builtin_memcpy(((struct ethhdr *)data)->h_source, f.smac, ETH_ALEN);
+	np_count(NP_PROG_XDP, what);
+	if (f.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(f.ifindex, 0);
+}
+
+SEC("tc")
+int nodeport_tc_ingress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct bpf_redir_neigh nh = {};
+	struct bpf_fib_lookup f;
+	struct pkt p = {};
+	struct xlate x = {};
+	int what, rc;
+
+	what = parse(data, data_end, &p);
+	if (what == PARSE_FRAGMENT || what == PARSE_OTHER) {
+		np_count(NP_PROG_TC_INGRESS, NP_PASS);
+		return TC_ACT_OK;
+	}
+	if (what == PARSE_SHORT) {
+		/* Headers may sit beyond the linear part: pull them in and look again. */
+		if (bpf_skb_pull_data(skb, 128) < 0 && bpf_skb_pull_data(skb, skb->len) < 0)
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (parse(data, data_end, &p) != PARSE_OK) {
+			np_count(NP_PROG_TC_INGRESS, NP_PASS);
+			return TC_ACT_OK;
+		}
+	}
+	what = classify(&p, skb->ifindex, &x);
+	if (what == NP_PASS || is_drop(what)) {
+		np_count(NP_PROG_TC_INGRESS, what);
+		return what == NP_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+	}
+	rc = fib(skb, &p, &x, skb->ifindex, &f);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		np_count(NP_PROG_TC_INGRESS, rc == BPF_FIB_LKUP_RET_FWD_DISABLED ?
+				NP_DROP_FORWARDING_OFF : NP_DROP_NO_ROUTE);
+		return TC_ACT_SHOT;
+	}
+	rc = rewrite(data, data_end, &p, &x.saddr, x.sport, &x.daddr, x.dport, 1);
+	if (rc) {
+		np_count(NP_PROG_TC_INGRESS, rc > 0 ? rc : NP_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	np_count(NP_PROG_TC_INGRESS, what);
+	nh.nh_family = f.family;
+	if (f.family == AF_INET)
+		nh.ipv4_nh = f.ipv4_dst;
+	else
+		__builtin_memcpy(nh.ipv6_nh, f.ipv6_dst, 16);
+	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
+}
+
+/* The egress half: a reply from a backend on this node, leaving for the client, gets the
+ * frontend back as its source. The stack has routed it already. */
+SEC("tc")
+int nodeport_tc_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 zero = 0;
+	struct np_config *cfg;
+	struct ct_reply *rep;
+	struct pkt p = {};
+	__u64 now;
+
+	if (parse(data, data_end, &p) != PARSE_OK) {
+		if (bpf_skb_pull_data(skb, 128) < 0)
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (parse(data, data_end, &p) != PARSE_OK)
+			return TC_ACT_OK;
+	}
+	rep = bpf_map_lookup_elem(&sm_ct_reply, &p.key);
+	if (!rep || (rep->flags & CT_F_SNAT)) {
+		np_count(NP_PROG_TC_EGRESS, NP_PASS);
+		return TC_ACT_OK;
+	}
+	cfg = bpf_map_lookup_elem(&sm_np_config, &zero);
+	now = bpf_ktime_get_ns();
+	if (now - rep->last_seen_ns > timeout_ns(cfg, p.key.proto, rep->flags)) {
+		np_count(NP_PROG_TC_EGRESS, NP_PASS);
+		return TC_ACT_OK;
+	}
+	touch(&rep->last_seen_ns, &rep->flags, &p, now);
+	if (rewrite(data, data_end, &p, &rep->frontend, rep->frontend_port, &p.key.daddr,
+		    p.key.dport, 0)) {
+		np_count(NP_PROG_TC_EGRESS, NP_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	np_count(NP_PROG_TC_EGRESS, NP_REPLY);
+	return TC_ACT_OK;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,105 @@
+/* Structs shared by the NodePort programs (nodeport.c) and Go. Every struct here reaches
+ * Go through `bpf2go -type`; never mirror them by hand. */
+#pragma once
+
+#include "sock_lb.h"
+
+/* One flow as the packet names it: addresses and ports in network order. A forward
+ * entry is keyed by the client's packet to the frontend, a reply entry by the packet
+ * the backend sends back, so each direction is found with one lookup. */
+struct ct_key {
+	struct lb_addr saddr;
+	struct lb_addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+/* A flow from a client to a frontend: where it went and how its source was rewritten.
+ * nat_port is 0 when the source was kept (the backend is on this node). */
+struct ct_forward {
+	struct lb_addr backend;
+	struct lb_addr nat_addr;
+	__u16 backend_port;
+	__u16 nat_port;
+	__u32 svc_id;
+	__u64 last_seen_ns;
+	__u32 flags; /* CT_F_* */
+	__u32 pad;
+};
+
+/* The way back: the backend's reply becomes the frontend's reply to the client. */
+struct ct_reply {
+	struct lb_addr client;
+	struct lb_addr frontend;
+	__u16 client_port;
+	__u16 frontend_port;
+	__u32 svc_id;
+	__u64 last_seen_ns;
+	__u32 flags;
+	__u32 pad;
+};
+
+enum ct_flags {
+	CT_F_CLOSING = 1 << 0, /* a FIN or RST passed: the short timeout applies */
+	CT_F_SNAT = 1 << 1,    /* the source was rewritten to nat_addr:nat_port */
+};
+
+/* The agent's NodePort settings, one entry in sm_np_config. Timeouts in seconds. */
+struct np_config {
+	__u16 snat_port_min; /* host order; source ports SNAT hands out */
+	__u16 snat_port_max;
+	__u32 tcp_timeout;
+	__u32 tcp_closing_timeout;
+	__u32 udp_timeout;
+	__u32 reserved[8];
+};
+
+/* Addresses a NodePort device answers on and rewrites sources to (SNAT), by ifindex. */
+struct np_device {
+	struct lb_addr addr4; /* zero: no IPv4 address */
+	struct lb_addr addr6;
+};
+
+/* loadBalancerSourceRanges: key of the LPM trie, by frontend id then source prefix. */
+struct np_range_key {
+	__u32 prefixlen; /* 32 (svc_id) + the prefix length */
+	__u32 svc_id;
+	struct lb_addr addr;
+};
+
+/* Frontend flags beyond socket-LB's, in svc_value.flags of sm_np_services. */
+enum np_svc_flags {
+	NP_F_SOURCE_RANGES = 1 << 8, /* only sources in sm_np_ranges for this id */
+};
+
+/* Which program counted: the index of a row in sm_np_counters. */
+enum np_prog {
+	NP_PROG_XDP,
+	NP_PROG_TC_INGRESS,
+	NP_PROG_TC_EGRESS,
+	NP_PROG_MAX,
+};
+
+/* What happened to a packet; DROP_* are drop reasons. */
+enum np_counter {
+	NP_PASS,             /* not for a frontend: left to the stack */
+	NP_NEW_FLOW,         /* first packet of a flow: backend picked, entries made */
+	NP_FORWARD,          /* client → backend of a tracked flow */
+	NP_REPLY,            /* backend → client of a tracked flow */
+	NP_TO_STACK,         /* XDP saw a frontend packet it cannot finish; tc does */
+	NP_DROP_NO_BACKEND,  /* frontend with no backend to pick (or none local) */
+	NP_DROP_SOURCE_RANGE, /* source outside loadBalancerSourceRanges */
+	NP_DROP_FRAGMENT,    /* fragment of a packet to a frontend: no ports to translate */
+	NP_DROP_TTL,         /* TTL or hop limit ran out */
+	NP_DROP_NO_PORT,     /* no free SNAT source port for the backend */
+	NP_DROP_CT_FULL,     /* conntrack update failed */
+	NP_DROP_NO_ROUTE,    /* no route to the backend or the client */
+	NP_DROP_FORWARDING_OFF, /* the device does not forward (net.ipv4.ip_forward etc.) */
+	NP_DROP_MALFORMED,   /* headers cut short */
+	NP_COUNTER_MAX,
+};
+
+#define NP_COUNTER_SLOTS 32
