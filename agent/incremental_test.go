@@ -114,8 +114,16 @@ func randomService(r *rand.Rand, name model.ServiceName) *corev1.Service {
 		local := corev1.ServiceInternalTrafficPolicyLocal
 		svc.Spec.InternalTrafficPolicy = &local
 	case 7:
+		// A NodePort is a frontend too, the Service's own as the API server's allocator
+		// hands out; an externalIP is sometimes one another Service has.
 		svc.Spec.Type = corev1.ServiceTypeNodePort
-		svc.Spec.Ports[0].NodePort = int32(30000 + r.IntN(3))
+		svc.Spec.Ports[0].NodePort = int32(30100 + 100*slices.Index(incNamespaces, name.Namespace) + slices.Index(incNames, name.Name))
+		switch r.IntN(8) {
+		case 0:
+			svc.Spec.ExternalIPs = []string{fmt.Sprintf("192.0.2.%d", 1+r.IntN(3))} // may be contested
+		case 1, 2:
+			svc.Spec.ExternalIPs = []string{fmt.Sprintf("192.0.%d.%d", 10+slices.Index(incNamespaces, name.Namespace), 10+slices.Index(incNames, name.Name))}
+		}
 	}
 	return svc
 }

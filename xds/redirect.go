@@ -180,7 +180,7 @@ func l7Chains(snap *model.Snapshot, served func(servicePort) bool) ([]l7Chain, [
 	done := map[servicePort]bool{}
 	var l7 []*model.Service // sorted after filtering: few of many services are L7
 	for _, svc := range snap.Services {
-		if svc.L7 && svc.Frontend.Protocol == model.TCP {
+		if svc.L7 && proxied(svc) {
 			l7 = append(l7, svc)
 		}
 	}

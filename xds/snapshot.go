@@ -204,7 +204,7 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 	}
 	if scoped {
 		for fe := range snap.Changed {
-			if svc, ok := snap.Services[fe]; ok && fe.Protocol == model.TCP {
+			if svc, ok := snap.Services[fe]; ok && proxied(svc) {
 				see(fe, svc)
 			} else {
 				gone(fe)
@@ -213,14 +213,14 @@ func (b *builder) update(snap *model.Snapshot) (changed []servicePort, structura
 	} else {
 		present := 0
 		for fe, svc := range snap.Services {
-			if fe.Protocol == model.TCP {
+			if proxied(svc) {
 				present++
 				see(fe, svc)
 			}
 		}
 		if present != len(b.frontends) { // some frontends left the model
 			for fe := range b.frontends {
-				if svc, ok := snap.Services[fe]; !ok || svc.Frontend.Protocol != model.TCP {
+				if svc, ok := snap.Services[fe]; !ok || !proxied(svc) {
 					gone(fe)
 				}
 			}
@@ -440,4 +440,11 @@ func add(s *cachev3.Snapshot, t resourcev3.Type, r types.Resource, version strin
 		s.VersionMap[t] = map[string]string{}
 	}
 	s.VersionMap[t][name] = version
+}
+
+// proxied says whether the node's Envoy may see connections to svc's frontend: TCP to
+// a cluster IP. NodePort, externalIP and LoadBalancer frontends are the NodePort
+// datapath's.
+func proxied(svc *model.Service) bool {
+	return svc.Frontend.Protocol == model.TCP && !svc.FromOutside()
 }

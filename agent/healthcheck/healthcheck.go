@@ -200,7 +200,8 @@ func localReady(svc *model.Service) int {
 }
 
 func (s *Servers) claim(fe model.Frontend, svc *model.Service) {
-	if p := svc.External.HealthCheckNodePort; p != 0 {
+	// One claim per cluster frontend: the Service's external frontends carry the same port.
+	if p := svc.External.HealthCheckNodePort; p != 0 && !svc.FromOutside() {
 		s.claims[fe] = claim{svc: svc.Name, port: p, local: localReady(svc)}
 	}
 }

@@ -9,9 +9,71 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
+// FrontendKind says how clients reach a frontend: at a cluster IP, or from outside the
+// cluster at a NodePort, an externalIP or a LoadBalancer ingress IP.
+type FrontendKind uint8
+
+// Frontend kinds. A Service's external frontends are Services of their own in the
+// snapshot (copies of its cluster frontend's, with the frontend and the traffic policy
+// changed), so every reconciler programs them the way it programs any frontend.
+const (
+	ClusterIPFrontend FrontendKind = iota
+	NodePortFrontend               // Addr is the family's unspecified address: every node address
+	ExternalIPFrontend
+	LoadBalancerFrontend
+)
+
+func (k FrontendKind) String() string {
+	switch k {
+	case NodePortFrontend:
+		return "NodePort"
+	case ExternalIPFrontend:
+		return "ExternalIP"
+	case LoadBalancerFrontend:
+		return "LoadBalancer"
+	}
+	return "ClusterIP"
+}
+
+// NodePortFrontendOf is the frontend of NodePort port for the family of addr.
+func NodePortFrontendOf(addr netip.Addr, port uint16, proto Protocol) Frontend {
+	any := netip.IPv4Unspecified()
+	if addr.Is6() && !addr.Is4In6() {
+		any = netip.IPv6Unspecified()
+	}
+	return Frontend{Addr: any, Port: port, Protocol: proto}
+}
+
+// externalFrontend is one frontend from outside and its kind.
+type externalFrontend struct {
+	fe   Frontend
+	kind FrontendKind
+}
+
+// externalFrontends lists how outside clients reach cluster frontend fe: its NodePort
+// (every node address of fe's family), its externalIPs and LoadBalancer IPs at fe's
+// port; an address listed twice counts once.
+func externalFrontends(fe Frontend, ext External) []externalFrontend {
+	var out []externalFrontend
+	if ext.NodePort != 0 {
+		out = append(out, externalFrontend{NodePortFrontendOf(fe.Addr, ext.NodePort, fe.Protocol), NodePortFrontend})
+	}
+	add := func(ips []netip.Addr, kind FrontendKind) {
+		for _, ip := range ips {
+			x := Frontend{Addr: ip, Port: fe.Port, Protocol: fe.Protocol}
+			if !slices.ContainsFunc(out, func(e externalFrontend) bool { return e.fe == x }) {
+				out = append(out, externalFrontend{x, kind})
+			}
+		}
+	}
+	add(ext.ExternalIPs, ExternalIPFrontend)
+	add(ext.LoadBalancerIPs, LoadBalancerFrontend)
+	return out
+}
+
 // External is how a frontend's Service port is reached from outside the cluster
-// network. It is carried for NodePort support: Build fills it in, nothing programs it
-// yet. Fields are read as kube-proxy reads them (pkg/proxy/serviceport.go): addresses
+// network. Build fills it in on the cluster frontend and on its external frontends
+// (see FrontendKind). Fields are read as kube-proxy reads them (pkg/proxy/serviceport.go): addresses
 // and ranges are those of the frontend's family, in the Service's order.
 type External struct {
 	// NodePort is spec.ports[].nodePort; 0 for none.
@@ -131,4 +193,27 @@ func filter[T any](in []T, keep func(T) bool) []T {
 		}
 	}
 	return out
+}
+
+// PortRange is an inclusive range of ports, such as the NodePort range.
+type PortRange struct{ Min, Max uint16 }
+
+// DefaultNodePortRange is kube-apiserver's --service-node-port-range default.
+var DefaultNodePortRange = PortRange{30000, 32767}
+
+func (r PortRange) orDefault() PortRange {
+	if r == (PortRange{}) {
+		return DefaultNodePortRange
+	}
+	return r
+}
+
+func (r PortRange) contains(p uint16) bool {
+	r = r.orDefault()
+	return p >= r.Min && p <= r.Max
+}
+
+func (r PortRange) String() string {
+	r = r.orDefault()
+	return fmt.Sprintf("%d-%d", r.Min, r.Max)
 }

@@ -4,8 +4,10 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestExternalFieldsCarried pins what is carried for NodePort support, read as
@@ -118,7 +120,9 @@ func TestExternalFieldsCarried(t *testing.T) {
 			snap := Build([]*corev1.Service{tt.svc}, nil)
 			got := map[string]External{}
 			for fe, svc := range snap.Services {
-				got[fe.String()] = svc.External
+				if !svc.FromOutside() { // TestExternalFrontends covers those
+					got[fe.String()] = svc.External
+				}
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("External:\n got %+v\nwant %+v", got, tt.want)
@@ -127,5 +131,55 @@ func TestExternalFieldsCarried(t *testing.T) {
 				t.Errorf("errors = %v, want %v (%v)", got, tt.wantErrs, snap.Errors)
 			}
 		})
+	}
+}
+
+// TestExternalFrontends pins the frontends outside clients reach a Service at, each a
+// Service of its own whose endpoints follow externalTrafficPolicy.
+func TestExternalFrontends(t *testing.T) {
+	svc := service("web", []string{"10.96.0.10", "fd00::10"},
+		corev1.ServicePort{Name: "http", Port: 80, NodePort: 30080},
+		corev1.ServicePort{Name: "far", Port: 81, NodePort: 20000}) // outside the default range
+	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalIPs = []string{"192.0.2.1", "203.0.113.1"}
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "203.0.113.1"}, {IP: "2001:db8::100"}}
+	snap := Build([]*corev1.Service{svc}, nil)
+
+	got := map[string]string{}
+	for fe, s := range snap.Services {
+		got[fe.String()] = s.Kind.String() + " " + s.InternalTrafficPolicy.String()
+	}
+	want := map[string]string{
+		"10.96.0.10:80/TCP": "ClusterIP Cluster", "[fd00::10]:80/TCP": "ClusterIP Cluster",
+		"10.96.0.10:81/TCP": "ClusterIP Cluster", "[fd00::10]:81/TCP": "ClusterIP Cluster",
+		"0.0.0.0:30080/TCP": "NodePort Local", "[::]:30080/TCP": "NodePort Local",
+		"192.0.2.1:80/TCP": "ExternalIP Local", "192.0.2.1:81/TCP": "ExternalIP Local",
+		// Listed as externalIP and as LB ingress: one frontend, the first kind.
+		"203.0.113.1:80/TCP": "ExternalIP Local", "203.0.113.1:81/TCP": "ExternalIP Local",
+		"[2001:db8::100]:80/TCP": "LoadBalancer Local", "[2001:db8::100]:81/TCP": "LoadBalancer Local",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("frontends:\n got %v\nwant %v", got, want)
+	}
+	if got := errorKeys(snap.Errors); !reflect.DeepEqual(got, []string{"Service default/web node_port_out_of_range", "Service default/web node_port_out_of_range"}) {
+		t.Errorf("errors = %v (%v)", got, snap.Errors)
+	}
+
+	// A custom range serves the far port; a second Service asking for a held
+	// externalIP:port is refused with the holder named.
+	other := service("other", []string{"10.96.0.11"}, corev1.ServicePort{Port: 80})
+	other.Spec.ExternalIPs = []string{"192.0.2.1"}
+	svc.CreationTimestamp = metav1.NewTime(time.Unix(1000, 0))
+	other.CreationTimestamp = metav1.NewTime(time.Unix(2000, 0))
+	snap = BuildAll(Input{Services: []*corev1.Service{svc, other}, NodePortRange: PortRange{20000, 32767}})
+	if s := snap.Services[Frontend{Addr: netip.IPv4Unspecified(), Port: 20000, Protocol: TCP}]; s == nil || s.Frontend.Port != 20000 {
+		t.Errorf("NodePort 20000 inside --node-port-range 20000-32767 is not served")
+	}
+	if s := snap.Services[Frontend{Addr: netip.MustParseAddr("192.0.2.1"), Port: 80, Protocol: TCP}]; s == nil || s.Name.Name != "web" {
+		t.Errorf("192.0.2.1:80 should stay with web: %v", s)
+	}
+	if got := errorKeys(snap.Errors); !reflect.DeepEqual(got, []string{"Service default/other duplicate_frontend"}) {
+		t.Errorf("errors = %v (%v)", got, snap.Errors)
 	}
 }

@@ -3,6 +3,7 @@ package model
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -47,12 +48,15 @@ type Input struct {
 	// ServiceProxyNameLabel with another value (or any value, when ProxyName is empty)
 	// are another proxy's and are skipped (see ProxiedBy).
 	ProxyName string
+	// NodePortRange is the NodePort range this node serves (--node-port-range); a
+	// NodePort outside it is reported and not served. Zero means kube's default.
+	NodePortRange PortRange
 }
 
 // BuildAll is Build with pods and AuthorizationPolicies: policies are resolved against
 // the pods (for peer identities) and attached to the services they target.
 func BuildAll(in Input) *Snapshot {
-	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}, nodeName: in.NodeName, nodeZone: in.NodeZone}
+	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}, nodeName: in.NodeName, nodeZone: in.NodeZone, nodePorts: in.NodePortRange}
 	svcs := sortedObjects(in.Services, func(s *corev1.Service) (string, string) { return s.Namespace, s.Name })
 	b.present = map[ServiceName]bool{}
 	for _, svc := range svcs {
@@ -88,6 +92,8 @@ type builder struct {
 	nodeName, nodeZone string
 	// sliceService says which Service each EndpointSlice belongs to, for its errors.
 	sliceService map[objectKey]ServiceName
+	// nodePorts is Input.NodePortRange.
+	nodePorts PortRange
 }
 
 func (b *builder) report(errs ...ObjectError) { b.snap.Errors = append(b.snap.Errors, errs...) }
@@ -138,10 +144,37 @@ func claimedFrontends(svc *corev1.Service) []Frontend {
 			continue
 		}
 		for _, ip := range ips {
-			out = append(out, Frontend{Addr: ip, Port: uint16(port.Port), Protocol: proto})
+			fe := Frontend{Addr: ip, Port: uint16(port.Port), Protocol: proto}
+			out = append(out, fe)
+			for _, x := range externalFrontends(fe, claimedExternal(svc, port, ip)) {
+				out = append(out, x.fe)
+			}
 		}
 	}
 	return out
+}
+
+// claimedExternal is the part of External that names frontends, read without reports
+// (claims only decide who owns what; addService reports what is wrong).
+func claimedExternal(svc *corev1.Service, port corev1.ServicePort, ip netip.Addr) External {
+	var ext External
+	if port.NodePort > 0 && port.NodePort <= 65535 {
+		ext.NodePort = uint16(port.NodePort)
+	}
+	parse := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" && a.Is4() == ip.Is4() {
+			ext.ExternalIPs = append(ext.ExternalIPs, a)
+		}
+	}
+	for _, s := range svc.Spec.ExternalIPs {
+		parse(s)
+	}
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP != "" && deref(ing.IPMode, corev1.LoadBalancerIPModeVIP) == corev1.LoadBalancerIPModeVIP {
+			parse(ing.IP)
+		}
+	}
+	return ext
 }
 
 // addService adds one Service's frontends, those it owns.
@@ -187,7 +220,33 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners 
 				External:              external.forFrontend(fe, i),
 				Backends:              backendsFor(slices, fe, port.Name),
 			}
+			b.addExternal(b.snap.Services[fe], i, name, owners, report)
 		}
+	}
+}
+
+// addExternal adds the frontends outside clients reach cluster service svc at, of
+// spec.ports[portIx], those the Service owns: each a copy of svc whose endpoints are
+// picked by externalTrafficPolicy.
+func (b *builder) addExternal(svc *Service, portIx int, name ServiceName, owners map[Frontend]ServiceName, report func(reason, msg string) ObjectError) {
+	for _, x := range externalFrontends(svc.Frontend, svc.External) {
+		if x.kind == NodePortFrontend && !b.nodePorts.contains(x.fe.Port) {
+			b.report(report(ReasonNodePortOutOfRange, fmt.Sprintf(
+				"spec.ports[%d].nodePort %d is outside this node's NodePort range %s; that NodePort is not served",
+				portIx, x.fe.Port, b.nodePorts)))
+			continue
+		}
+		if owner := owners[x.fe]; owner != name {
+			b.report(report(ReasonDuplicateFrontend, fmt.Sprintf(
+				"%s frontend %s is held by Service %s; it is left out until that Service lets it go", x.kind, x.fe, owner)))
+			continue
+		}
+		if _, taken := b.snap.Services[x.fe]; taken {
+			continue // the same address listed for two ports of one family
+		}
+		cp := *svc
+		cp.Frontend, cp.Kind, cp.InternalTrafficPolicy = x.fe, x.kind, svc.External.TrafficPolicy
+		b.snap.Services[x.fe] = &cp
 	}
 }
 

@@ -119,7 +119,10 @@ type Service struct {
 	// InternalTrafficPolicy is spec.internalTrafficPolicy: with PolicyLocal only the
 	// endpoints on this node take the frontend's connections (see Selected).
 	InternalTrafficPolicy TrafficPolicy
-	// External is carried for NodePort support; nothing reads it yet.
+	// Kind says how clients reach Frontend. An external one (FromOutside) is a copy of
+	// its cluster frontend's Service whose selection follows externalTrafficPolicy.
+	Kind FrontendKind
+	// External is how the Service port is reached from outside the cluster.
 	External External
 	// Backends holds every known endpoint for this frontend, sorted by address and port,
 	// whatever its conditions. Selected says which of them take new connections.
@@ -140,6 +143,10 @@ const (
 func (a AppProtocol) String() string {
 	return [...]string{"tcp", "http", "http2"}[a]
 }
+
+// FromOutside says the frontend is a NodePort, externalIP or LoadBalancer IP, which
+// the NodePort datapath serves and the proxy's listeners leave alone.
+func (s *Service) FromOutside() bool { return s.Kind != ClusterIPFrontend }
 
 // DisplayName is how logs, errors and the CLI name this L4 service, e.g.
 // "default/web:http 10.96.0.10:80/TCP".

@@ -112,7 +112,7 @@ func Rebuild(prev *Snapshot, in Input, dirty map[ServiceName]bool) (snap *Snapsh
 	if prev == nil || prev.frontendsOf == nil && len(prev.Services) > 0 || len(in.Policies) > 0 || prev.built.contested() {
 		return nil, false
 	}
-	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}, nodeName: in.NodeName, nodeZone: in.NodeZone}
+	b := &builder{snap: NewSnapshot(), annotatedL7: map[ServiceName]bool{}, nodeName: in.NodeName, nodeZone: in.NodeZone, nodePorts: in.NodePortRange}
 	svcs := sortedObjects(in.Services, func(s *corev1.Service) (string, string) { return s.Namespace, s.Name })
 	svcs = slices.DeleteFunc(svcs, func(s *corev1.Service) bool { return !dirty[ServiceName{s.Namespace, s.Name}] })
 	b.present = map[ServiceName]bool{}

@@ -38,6 +38,7 @@ const (
 	// ReasonInvalidExternalAddress is an externalIP, load balancer IP or source range
 	// that is not an address or CIDR (carried for NodePort support, see External).
 	ReasonInvalidExternalAddress = "invalid_external_address"
+	ReasonNodePortOutOfRange     = "node_port_out_of_range"
 )
 
 // Session affinity bounds, as the Kubernetes API server enforces them. The maximum is
