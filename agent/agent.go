@@ -38,6 +38,10 @@ type Agent struct {
 
 	xds    *xds.Server // nil with --xds-listen ""
 	health *healthcheck.Servers
+	// devices is the NodePort device manager; nil without --devices (or when the
+	// NodePort programs cannot load: npErrs says why).
+	devices *deviceManager
+	npErrs  []model.ObjectError
 
 	pendingMu sync.Mutex
 	pending   *source.Update
@@ -113,15 +117,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer ops.Close()
+	np, npMaps := a.loadNodePort(cfg, log)
+	if np != nil {
+		defer np.Close()
+	}
 	started = true
 	for _, d := range dp.Degraded {
 		log.Warn("kernel feature missing", "detail", d)
 	}
 	a.dp, a.metrics = dp, NewMetrics(dp.Maps())
+	if npMaps != nil {
+		a.metrics.Registry.MustRegister(nodePortCollector{*npMaps})
+	}
 	if k, ok := src.(*source.Kubernetes); ok {
 		k.OnEvent = a.metrics.observeSourceEvent // set before Run starts the informers
 	}
-	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), a.metrics); err != nil {
+	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps(), npMaps), a.metrics); err != nil {
 		return err
 	}
 	proxy := proxySettings(cfg, log)
@@ -161,6 +172,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := ops.Attach(cfg.CgroupPath); err != nil {
 		return err
 	}
+	if a.devices != nil {
+		// A bad device is reported and retried; the others and the cgroup hooks serve.
+		if err := a.devices.sync(); err != nil {
+			return err
+		}
+		defer a.devices.Close()
+	}
 	log.Info("datapath attached", "cgroup", cfg.CgroupPath, "bpffs", cfg.BPFFS,
 		"envoyRedirect", nodeAddrs, "envoyMark", fmt.Sprintf("%#x", cfg.EnvoyMark), "splice", cfg.Splice,
 		"splicing", dpCfg.Splice != bpf.SpliceOff)
@@ -169,6 +187,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if a.devices != nil {
+		wg.Go(func() { a.devices.watch(ctx.Done()) })
+	}
 
 	for _, l := range []struct {
 		ln      net.Listener
@@ -215,7 +236,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	// A newcomer must not take a frontend the previous run programmed for another Service.
 	src.Store().SeedHolders(a.writer.Programmed())
-	src.Store().SetNode(source.Node{Name: cfg.NodeName})
+	nodePorts, _ := cfg.NodePorts() // checked with the other flags
+	src.Store().SetNode(source.Node{Name: cfg.NodeName, NodePortRange: nodePorts})
 	srcErr := make(chan error, 1)
 	wg.Go(func() {
 		err := src.Run(ctx)
@@ -229,6 +251,38 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("agent stopped; programs and maps stay pinned", "bpffs", cfg.BPFFS)
 	return nil
+}
+
+// loadNodePort loads the NodePort programs when --devices names any, and detaches those
+// an earlier run left on devices no longer named. Programs that cannot load (a kernel
+// without tc or XDP BPF, say) are an error for each device: the cgroup datapath and the
+// rest of the agent serve without them.
+func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.NodePortMaps) {
+	if gone, err := bpf.DetachNodePortExcept(cfg.BPFFS, cfg.Devices); err != nil {
+		log.Error("detach NodePort programs of devices no longer in --devices", "err", err)
+	} else if len(gone) > 0 {
+		log.Info("NodePort programs detached from devices no longer in --devices", "devices", gone)
+	}
+	if len(cfg.Devices) == 0 {
+		return nil, nil
+	}
+	np, err := bpf.LoadNodePort(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
+	if err == nil {
+		err = np.Maps().Config.Put(uint32(0), npConfig())
+		if err != nil {
+			np.Close()
+		}
+	}
+	if err != nil {
+		for _, d := range cfg.Devices {
+			a.npErrs = append(a.npErrs, deviceError(d, "nodeport_unavailable", fmt.Sprintf("--devices %s: NodePort programs not loaded: %v", d, err)))
+		}
+		log.Error("NodePort programs not loaded; NodePort, externalIP and LoadBalancer traffic is not served on --devices", "err", err)
+		return nil, nil
+	}
+	a.devices = newDeviceManager(np, cfg.Devices, bpf.XDPMode(cfg.XDP), log)
+	m := np.Maps()
+	return np, &m
 }
 
 // listeners are opened before the datapath is touched, so a port in use fails the start
@@ -374,6 +428,12 @@ func (a *Agent) waitForInput(u *source.Update) {
 // repair reads the maps back and rewrites what drifted from the writer's record (another
 // process, or an operator, changed them).
 func (a *Agent) repair() {
+	if a.devices != nil {
+		// Notifications can be lost (a full socket buffer): read the devices again.
+		if err := a.devices.sync(); err != nil {
+			a.log.Error("NodePort devices: sync", "err", err)
+		}
+	}
 	n, err := a.writer.Repair()
 	if err != nil {
 		a.log.Error("map repair failed", "err", err)
@@ -401,7 +461,7 @@ func (a *Agent) reconcile(snap *model.Snapshot) error {
 	}
 
 	a.metrics.observePolicies(snap)
-	errs := slices.Concat(snap.Errors, res.Errors, xdsErrs, a.health.Sync(snap))
+	errs := slices.Concat(snap.Errors, res.Errors, xdsErrs, a.health.Sync(snap), a.npErrs, a.devices.Errors())
 	a.logNewErrors(errs)
 	if a.events != nil {
 		a.events.Report(errs)

@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/agent/source"
 	"github.com/sockmesh/sockmesh/bpf"
 	"github.com/sockmesh/sockmesh/sockops"
@@ -52,6 +54,15 @@ type Config struct {
 	// HealthCheckBind is the address the healthCheckNodePort servers listen on; empty:
 	// every address, as kube-proxy's default.
 	HealthCheckBind string
+	// Devices are the NodePort devices: the XDP and tc programs serve NodePort,
+	// externalIP and LoadBalancer frontends on them. Empty: no NodePort datapath.
+	Devices []string
+	// NodePortMode is how a remote backend is reached: snat (the only one so far).
+	NodePortMode string
+	// XDP is native, generic or off: whether the XDP program runs before tc.
+	XDP string
+	// NodePortRange is "MIN-MAX", kube-apiserver's --service-node-port-range.
+	NodePortRange string
 }
 
 // DefaultEnvoyPort is Envoy's redirect listener port when --envoy-redirect names none.
@@ -91,6 +102,9 @@ func DefaultConfig() Config {
 		RepairInterval: DefaultRepairInterval,
 		EnvoyMark:      DefaultEnvoyMark,
 		Splice:         "auto",
+		NodePortMode:   "snat",
+		XDP:            string(bpf.XDPOff),
+		NodePortRange:  model.DefaultNodePortRange.String(),
 	}
 }
 
@@ -178,6 +192,26 @@ func (c *Config) Validate() error {
 	if _, err := c.HealthCheckAddr(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := c.NodePorts(); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.NodePortMode {
+	case "snat":
+	case "dsr", "hybrid":
+		errs = append(errs, fmt.Errorf("--nodeport-mode %s: not available yet; this build serves NodePorts with snat", c.NodePortMode))
+	default:
+		errs = append(errs, fmt.Errorf("--nodeport-mode %q: want snat, dsr or hybrid", c.NodePortMode))
+	}
+	switch bpf.XDPMode(c.XDP) {
+	case bpf.XDPNative, bpf.XDPGeneric, bpf.XDPOff:
+	default:
+		errs = append(errs, fmt.Errorf("--xdp %q: want native, generic or off", c.XDP))
+	}
+	for _, d := range c.Devices {
+		if d == "" || len(d) >= unix.IFNAMSIZ || strings.ContainsAny(d, "/ ") {
+			errs = append(errs, fmt.Errorf("--devices: %q is not a network device name", d))
+		}
+	}
 	if c.BPFFS == "" {
 		errs = append(errs, errors.New("--bpffs must not be empty"))
 	}
@@ -192,6 +226,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--cgroup %s: %v", c.CgroupPath, err))
 	}
 	return errors.Join(errs...)
+}
+
+// NodePorts is NodePortRange parsed.
+func (c *Config) NodePorts() (model.PortRange, error) {
+	lo, hi, ok := strings.Cut(c.NodePortRange, "-")
+	a, errA := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, errB := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if !ok || errA != nil || errB != nil || a == 0 || a > b {
+		return model.PortRange{}, fmt.Errorf("--node-port-range %q: want MIN-MAX within 1-65535, such as %s", c.NodePortRange, model.DefaultNodePortRange)
+	}
+	return model.PortRange{Min: uint16(a), Max: uint16(b)}, nil
 }
 
 // HealthCheckAddr is HealthCheckBind parsed: the zero Addr for every address.

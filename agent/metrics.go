@@ -142,7 +142,7 @@ func (m *Metrics) MapRepairs(table string, n int) {
 // kind is named in the log, and counted under "other" with its reason.
 func kindLabel(kind string) string {
 	switch kind {
-	case model.KindService, model.KindEndpointSlice, model.KindPod, model.KindAuthorizationPolicy, source.KindFile:
+	case model.KindService, model.KindEndpointSlice, model.KindPod, model.KindAuthorizationPolicy, source.KindFile, KindDevice:
 		return kind
 	}
 	return "other"

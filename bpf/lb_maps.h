@@ -1,9 +1,19 @@
-/* The backend tables every load-balancing object reads: socket-LB at connect() and the
- * NodePort programs per packet pick from the same slots and backends. Each object
+/* The service tables every load-balancing object reads: socket-LB at connect() and the
+ * NodePort programs per packet find the same frontends and pick from the same slots
+ * and backends. Each object
  * declares them identically (the agent sizes them alike) and they are pinned by name. */
 #pragma once
 
 #include "sock_lb.h"
+
+/* Map sizes are defaults; the agent sets them from its flags before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_services SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

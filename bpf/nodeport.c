@@ -16,16 +16,6 @@
 #include "lb_maps.h"
 #include "nodeport.h"
 
-/* Frontends reached from outside: an externalIP or LoadBalancer IP by its address, a
- * NodePort by the zero address of its family (any node address of a NodePort device). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct svc_key);
-	__type(value, struct svc_value);
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_np_services SEC(".maps");
-
 /* Every address of every NodePort device: where NodePorts answer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -88,7 +78,6 @@ struct {
 /* Keep these in BTF so bpf2go exports their values to Go. */
 const enum np_counter *unused_np_counter __attribute__((unused));
 const enum np_prog *unused_np_prog __attribute__((unused));
-const enum np_svc_flags *unused_np_svc_flags __attribute__((unused));
 const enum ct_flags *unused_ct_flags __attribute__((unused));
 
 #define IP_MF 0x2000
@@ -302,8 +291,9 @@ static __always_inline int addr_zero(const struct lb_addr *a)
 	return !(a->addr[0] | a->addr[1] | a->addr[2] | a->addr[3]);
 }
 
-/* frontend finds the service a packet is for: an externalIP or LB IP by address, else a
- * NodePort when the destination is one of the node's NodePort addresses. */
+/* frontend finds the service a packet is for in socket-LB's service map: an externalIP
+ * or LB IP by address, else a NodePort when the destination is one of the node's
+ * NodePort addresses. */
 static __always_inline struct svc_value *frontend(const struct pkt *p)
 {
 	struct svc_key k = {};
@@ -313,20 +303,22 @@ static __always_inline struct svc_value *frontend(const struct pkt *p)
 	k.port = p->key.dport;
 	k.proto = p->key.proto;
 	k.family = p->key.family;
-	svc = bpf_map_lookup_elem(&sm_np_services, &k);
+	svc = bpf_map_lookup_elem(&sm_services, &k);
 	if (svc)
-		return svc;
+		return svc->flags & SVC_F_EXTERNAL ? svc : NULL;
 	if (!bpf_map_lookup_elem(&sm_np_addrs, &p->key.daddr))
 		return NULL;
+	/* A NodePort: the family's unspecified address stands for every node address. */
 	__builtin_memset(&k.vip, 0, sizeof(k.vip));
-	return bpf_map_lookup_elem(&sm_np_services, &k);
+	svc = bpf_map_lookup_elem(&sm_services, &k);
+	return svc && (svc->flags & SVC_F_EXTERNAL) ? svc : NULL;
 }
 
 static __always_inline int source_allowed(const struct pkt *p, const struct svc_value *svc)
 {
 	struct np_range_key k = {};
 
-	if (!(svc->flags & NP_F_SOURCE_RANGES))
+	if (!(svc->flags & SVC_F_SOURCE_RANGES))
 		return 1;
 	k.prefixlen = 32 + (p->key.family == AF_INET ? 32 : 128);
 	k.svc_id = svc->id;

@@ -3,7 +3,10 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -24,9 +27,8 @@ type (
 
 // Flags of NodePort frontends and tracked flows.
 const (
-	SvcFlagSourceRanges = uint32(nodeportNpSvcFlagsNP_F_SOURCE_RANGES)
-	CtFlagClosing       = uint32(nodeportCtFlagsCT_F_CLOSING)
-	CtFlagSNAT          = uint32(nodeportCtFlagsCT_F_SNAT)
+	CtFlagClosing = uint32(nodeportCtFlagsCT_F_CLOSING)
+	CtFlagSNAT    = uint32(nodeportCtFlagsCT_F_SNAT)
 )
 
 // NodePort counters: NPCounterSlots per program, program-major.
@@ -87,7 +89,7 @@ func LoadNodePort(dir string, lim Limits) (*NodePort, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded NodePort object: %w", err)
 	}
-	spec.Maps[nodeportMapSmNpServices].MaxEntries = uint32(lim.MaxServices)
+	spec.Maps[nodeportMapSmServices].MaxEntries = uint32(lim.MaxServices)
 	spec.Maps[nodeportMapSmBackends].MaxEntries = uint32(lim.MaxBackends) + 1
 	spec.Maps[nodeportMapSmSlots].MaxEntries = uint32(lim.MaxBackends)
 	n := &NodePort{dir: dir}
@@ -99,14 +101,14 @@ func LoadNodePort(dir string, lim Limits) (*NodePort, error) {
 
 // NodePortMaps are the NodePort programs' own maps.
 type NodePortMaps struct {
-	Services, Addrs, Devices, Ranges, Forward, Reply, Config, Counters *ebpf.Map
+	Addrs, Devices, Ranges, Forward, Reply, Config, Counters *ebpf.Map
 }
 
 // Maps returns the loaded maps.
 func (n *NodePort) Maps() NodePortMaps {
 	m := n.objs.nodeportMaps
 	return NodePortMaps{
-		Services: m.SmNpServices, Addrs: m.SmNpAddrs, Devices: m.SmNpDevices, Ranges: m.SmNpRanges,
+		Addrs: m.SmNpAddrs, Devices: m.SmNpDevices, Ranges: m.SmNpRanges,
 		Forward: m.SmCtForward, Reply: m.SmCtReply, Config: m.SmNpConfig, Counters: m.SmNpCounters,
 	}
 }
@@ -167,7 +169,7 @@ func (d *DeviceLinks) Close() error {
 
 // Attach attaches tc ingress and egress with TCX, and XDP in the given mode (native
 // falls back to generic where the driver lacks it), each as a bpf_link pinned under
-// dir/links/IFNAME-*, so the programs keep running while the agent is away. An existing
+// dir/links/np-IFNAME-*, so the programs keep running while the agent is away. An existing
 // pinned link is updated in place, never detached first.
 func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks, error) {
 	xdpProg, tcIn, tcOut := n.Programs()
@@ -183,7 +185,7 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 		attach ebpf.AttachType
 	}{{"tc-ingress", tcIn, ebpf.AttachTCXIngress}, {"tc-egress", tcOut, ebpf.AttachTCXEgress}}
 	for _, a := range tcx {
-		l, err := pinnedLink(dir, ifname+"-"+a.name, a.prog, func() (link.Link, error) {
+		l, err := pinnedLink(dir, npLinkPrefix+ifname+"-"+a.name, a.prog, func() (link.Link, error) {
 			return link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.attach})
 		})
 		if err != nil {
@@ -199,7 +201,7 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 		if mode == XDPGeneric {
 			flags = link.XDPGenericMode
 		}
-		return pinnedLink(dir, ifname+"-xdp", xdpProg, func() (link.Link, error) {
+		return pinnedLink(dir, npLinkPrefix+ifname+"-xdp", xdpProg, func() (link.Link, error) {
 			return link.AttachXDP(link.XDPOptions{Program: xdpProg, Interface: ifindex, Flags: flags})
 		})
 	}
@@ -215,6 +217,45 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 	out.Links = append(out.Links, l)
 	out.XDP = xdp
 	return out, nil
+}
+
+// npLinkPrefix starts the pin names of NodePort links: np-IFNAME-{tc-ingress,tc-egress,xdp}.
+const npLinkPrefix = "np-"
+
+// DetachNodePortExcept unpins (detaching) the NodePort links in dir of devices not in
+// keep: a device dropped from --devices keeps no programs of an earlier run. It returns
+// the devices detached.
+func DetachNodePortExcept(dir string, keep []string) ([]string, error) {
+	entries, err := os.ReadDir(LinksDir(dir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	var errs []error
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), npLinkPrefix)
+		if !ok {
+			continue
+		}
+		i := strings.LastIndex(rest, "-tc-")
+		if i < 0 {
+			i = strings.LastIndex(rest, "-xdp")
+		}
+		if i < 0 || slices.Contains(keep, rest[:i]) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(LinksDir(dir), e.Name())); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !slices.Contains(gone, rest[:i]) {
+			gone = append(gone, rest[:i])
+		}
+	}
+	return gone, errors.Join(errs...)
 }
 
 // pinnedLink adopts the link pinned at dir/name, pointing it at prog, or makes one with

@@ -70,11 +70,6 @@ struct np_range_key {
 	struct lb_addr addr;
 };
 
-/* Frontend flags beyond socket-LB's, in svc_value.flags of sm_np_services. */
-enum np_svc_flags {
-	NP_F_SOURCE_RANGES = 1 << 8, /* only sources in sm_np_ranges for this id */
-};
-
 /* Which program counted: the index of a row in sm_np_counters. */
 enum np_prog {
 	NP_PROG_XDP,

@@ -133,12 +133,6 @@ type nodeportNpRangeKey struct {
 	Addr      nodeportLbAddr
 }
 
-type nodeportNpSvcFlags uint32
-
-const (
-	nodeportNpSvcFlagsNP_F_SOURCE_RANGES nodeportNpSvcFlags = 256
-)
-
 type nodeportOrigdst struct {
 	_      structs.HostLayout
 	Vip    nodeportLbAddr
@@ -185,8 +179,8 @@ const (
 	nodeportMapSmNpCounters       = "sm_np_counters"
 	nodeportMapSmNpDevices        = "sm_np_devices"
 	nodeportMapSmNpRanges         = "sm_np_ranges"
-	nodeportMapSmNpServices       = "sm_np_services"
 	nodeportMapSmOrigdstCk        = "sm_origdst_ck"
+	nodeportMapSmServices         = "sm_services"
 	nodeportMapSmSlots            = "sm_slots"
 	nodeportProgNodeportTcEgress  = "nodeport_tc_egress"
 	nodeportProgNodeportTcIngress = "nodeport_tc_ingress"
@@ -194,7 +188,6 @@ const (
 	nodeportVarUnusedCtFlags      = "unused_ct_flags"
 	nodeportVarUnusedNpCounter    = "unused_np_counter"
 	nodeportVarUnusedNpProg       = "unused_np_prog"
-	nodeportVarUnusedNpSvcFlags   = "unused_np_svc_flags"
 )
 
 // loadNodeport returns the embedded CollectionSpec for nodeport.
@@ -259,8 +252,8 @@ type nodeportMapSpecs struct {
 	SmNpCounters *ebpf.MapSpec `ebpf:"sm_np_counters"`
 	SmNpDevices  *ebpf.MapSpec `ebpf:"sm_np_devices"`
 	SmNpRanges   *ebpf.MapSpec `ebpf:"sm_np_ranges"`
-	SmNpServices *ebpf.MapSpec `ebpf:"sm_np_services"`
 	SmOrigdstCk  *ebpf.MapSpec `ebpf:"sm_origdst_ck"`
+	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
 	SmSlots      *ebpf.MapSpec `ebpf:"sm_slots"`
 }
 
@@ -268,10 +261,9 @@ type nodeportMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportVariableSpecs struct {
-	UnusedCtFlags    *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
-	UnusedNpCounter  *ebpf.VariableSpec `ebpf:"unused_np_counter"`
-	UnusedNpProg     *ebpf.VariableSpec `ebpf:"unused_np_prog"`
-	UnusedNpSvcFlags *ebpf.VariableSpec `ebpf:"unused_np_svc_flags"`
+	UnusedCtFlags   *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
+	UnusedNpCounter *ebpf.VariableSpec `ebpf:"unused_np_counter"`
+	UnusedNpProg    *ebpf.VariableSpec `ebpf:"unused_np_prog"`
 }
 
 // nodeportObjects contains all objects after they have been loaded into the kernel.
@@ -305,8 +297,8 @@ type nodeportMaps struct {
 	SmNpCounters *ebpf.Map `ebpf:"sm_np_counters"`
 	SmNpDevices  *ebpf.Map `ebpf:"sm_np_devices"`
 	SmNpRanges   *ebpf.Map `ebpf:"sm_np_ranges"`
-	SmNpServices *ebpf.Map `ebpf:"sm_np_services"`
 	SmOrigdstCk  *ebpf.Map `ebpf:"sm_origdst_ck"`
+	SmServices   *ebpf.Map `ebpf:"sm_services"`
 	SmSlots      *ebpf.Map `ebpf:"sm_slots"`
 }
 
@@ -323,8 +315,8 @@ func (m *nodeportMaps) Close() error {
 		m.SmNpCounters,
 		m.SmNpDevices,
 		m.SmNpRanges,
-		m.SmNpServices,
 		m.SmOrigdstCk,
+		m.SmServices,
 		m.SmSlots,
 	)
 }
@@ -333,10 +325,9 @@ func (m *nodeportMaps) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportVariables struct {
-	UnusedCtFlags    *ebpf.Variable `ebpf:"unused_ct_flags"`
-	UnusedNpCounter  *ebpf.Variable `ebpf:"unused_np_counter"`
-	UnusedNpProg     *ebpf.Variable `ebpf:"unused_np_prog"`
-	UnusedNpSvcFlags *ebpf.Variable `ebpf:"unused_np_svc_flags"`
+	UnusedCtFlags   *ebpf.Variable `ebpf:"unused_ct_flags"`
+	UnusedNpCounter *ebpf.Variable `ebpf:"unused_np_counter"`
+	UnusedNpProg    *ebpf.Variable `ebpf:"unused_np_prog"`
 }
 
 // nodeportPrograms contains all programs after they have been loaded into the kernel.

@@ -98,7 +98,8 @@ func (f *npFixture) put(m *ebpf.Map, k, v any) {
 	}
 }
 
-// frontend programs a frontend (the zero address for a NodePort) with one backend.
+// frontend programs a frontend (the zero address for a NodePort) with one backend;
+// flags without SvcFlagExternal make it a cluster IP's.
 func (f *npFixture) frontend(vip netip.Addr, family uint8, port uint16, proto uint8, backend netip.AddrPort, flags uint32) uint32 {
 	f.t.Helper()
 	id := f.nextID
@@ -108,7 +109,7 @@ func (f *npFixture) frontend(vip netip.Addr, family uint8, port uint16, proto ui
 		key.Vip, _ = bpf.AddrFrom(vip)
 	}
 	key.Port, key.Proto, key.Family = bpf.PortToNet(port), proto, family
-	f.put(f.maps.Services, key, bpf.SvcValue{Id: id, Count: 1, Flags: flags})
+	f.put(f.lb.Maps().SmServices, key, bpf.SvcValue{Id: id, Count: 1, Flags: flags})
 	lbm := f.lb.Maps()
 	f.put(lbm.SmSlots, bpf.SlotKey{SvcId: id, Slot: 1}, id)
 	be, fam := bpf.AddrFrom(backend.Addr())
@@ -361,7 +362,7 @@ func TestNodePortSNATRewritesBothWaysWithValidChecksums(t *testing.T) {
 				node = f.node.IPv6
 			}
 			backend := netip.AddrPortFrom(tc.backend, 8080)
-			f.frontend(netip.Addr{}, tc.family, nodePort, proto, backend, 0)
+			f.frontend(netip.Addr{}, tc.family, nodePort, proto, backend, bpf.SvcFlagExternal)
 
 			in := tc.pkt
 			in.src, in.dst = netip.AddrPortFrom(tc.client, 40000), netip.AddrPortFrom(node, nodePort)
@@ -409,7 +410,7 @@ func TestNodePortXDPTranslatesAndSendsBack(t *testing.T) {
 	f := newNPFixture(t)
 	xdp, tcIn, _ := f.np.Programs()
 	backend := netip.AddrPortFrom(npBackend4, 8080)
-	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, backend, 0)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, backend, bpf.SvcFlagExternal)
 	in := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S", ipOptions: true}
 	r := f.run(xdp, in.bytes(t), true)
 	// Client and backend are both behind eth0: the frame goes back out where it came.
@@ -430,8 +431,11 @@ func TestNodePortXDPTranslatesAndSendsBack(t *testing.T) {
 func TestNodePortLeavesOtherTrafficAndFragmentsToTheStack(t *testing.T) {
 	f := newNPFixture(t)
 	xdp, tcIn, tcOut := f.np.Programs()
-	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), 0)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), bpf.SvcFlagExternal)
+	clusterIP := netip.MustParseAddr("10.96.0.10")
+	f.frontend(clusterIP, bpf.FamilyIPv4, 80, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), 0)
 	for _, p := range []packet{
+		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(clusterIP, 80), tcpFlags: "S"},                      // a cluster IP is socket-LB's
 		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 22), tcpFlags: "S"},                    // a port that is no NodePort
 		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(npBackend4, 30080), tcpFlags: "S"},                  // not a node address
 		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), udp: true},                     // TCP-only NodePort
@@ -455,7 +459,7 @@ func TestNodePortLocalBackendKeepsClientAndEgressTranslatesBack(t *testing.T) {
 	backend := netip.AddrPortFrom(npBackend4, 8080)
 	be, _ := bpf.AddrFrom(npBackend4)
 	f.put(f.lb.Maps().SmLocal, be, uint8(1))
-	f.frontend(npExtIP4, bpf.FamilyIPv4, 80, unix.IPPROTO_TCP, backend, 0)
+	f.frontend(npExtIP4, bpf.FamilyIPv4, 80, unix.IPPROTO_TCP, backend, bpf.SvcFlagExternal)
 	in := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(npExtIP4, 80), tcpFlags: "S"}
 	r := f.run(tcIn, in.bytes(t), false)
 	if r.action != tcActRedirect || r.src != in.src || r.dst != backend {
@@ -471,7 +475,7 @@ func TestNodePortLocalBackendKeepsClientAndEgressTranslatesBack(t *testing.T) {
 func TestNodePortDropsOutsideSourceRangesAndWithoutBackends(t *testing.T) {
 	f := newNPFixture(t)
 	_, tcIn, _ := f.np.Programs()
-	id := f.frontend(npExtIP4, bpf.FamilyIPv4, 80, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), bpf.SvcFlagSourceRanges)
+	id := f.frontend(npExtIP4, bpf.FamilyIPv4, 80, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), bpf.SvcFlagExternal|bpf.SvcFlagSourceRanges)
 	allowed, _ := bpf.AddrFrom(netip.MustParseAddr("10.200.0.0"))
 	f.put(f.maps.Ranges, bpf.NPRangeKey{Prefixlen: 32 + 28, SvcId: id, Addr: npAddr(allowed)}, uint8(1))
 	inside := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(npExtIP4, 80), tcpFlags: "S"}
@@ -485,7 +489,7 @@ func TestNodePortDropsOutsideSourceRangesAndWithoutBackends(t *testing.T) {
 	}
 	var empty bpf.SvcKey
 	empty.Port, empty.Proto, empty.Family = bpf.PortToNet(30090), unix.IPPROTO_UDP, bpf.FamilyIPv4
-	f.put(f.maps.Services, empty, bpf.SvcValue{Id: 99})
+	f.put(f.lb.Maps().SmServices, empty, bpf.SvcValue{Id: 99, Flags: bpf.SvcFlagExternal})
 	none := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30090), udp: true}
 	if r := f.run(tcIn, none.bytes(t), false); r.action != tcActShot {
 		t.Fatalf("a NodePort without backends: action %d, want drop", r.action)
@@ -502,7 +506,7 @@ func TestNodePortSNATPortsDoNotCollide(t *testing.T) {
 	// Two source ports to hand out: two clients get one each, the third finds none.
 	f.put(f.maps.Config, uint32(0), bpf.NPConfig{SnatPortMin: 40000, SnatPortMax: 40001})
 	backend := netip.AddrPortFrom(npBackend4, 8080)
-	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, backend, 0)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, backend, bpf.SvcFlagExternal)
 	seen := map[uint16]bool{}
 	for i := 0; i < 3; i++ {
 		in := packet{src: netip.AddrPortFrom(npClient4, uint16(50000+i)), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S"}

@@ -8,15 +8,6 @@
 #include "shared_maps.h"
 #include "lb_maps.h"
 
-/* Map sizes are defaults; the agent sets them from its flags before loading. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct svc_key);
-	__type(value, struct svc_value);
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_services SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct affinity_key);

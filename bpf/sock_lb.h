@@ -39,6 +39,11 @@ struct svc_value {
 enum svc_flags {
 	/* TCP connects go to the node's Envoy, which learns the VIP via SO_ORIGINAL_DST. */
 	SVC_F_L7 = 1 << 0,
+	/* A NodePort, externalIP or LoadBalancer frontend: the NodePort programs serve
+	 * only these (a packet from outside to a cluster IP is not theirs). */
+	SVC_F_EXTERNAL = 1 << 1,
+	/* loadBalancerSourceRanges apply: sm_np_ranges says which sources may connect. */
+	SVC_F_SOURCE_RANGES = 1 << 2,
 };
 
 /* Slot n of service id: weighted random selection repeats a backend over several slots. */

@@ -128,7 +128,9 @@ const (
 type socklbSvcFlags uint32
 
 const (
-	socklbSvcFlagsSVC_F_L7 socklbSvcFlags = 1
+	socklbSvcFlagsSVC_F_L7            socklbSvcFlags = 1
+	socklbSvcFlagsSVC_F_EXTERNAL      socklbSvcFlags = 2
+	socklbSvcFlagsSVC_F_SOURCE_RANGES socklbSvcFlags = 4
 )
 
 type socklbSvcKey struct {

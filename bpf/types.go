@@ -25,7 +25,11 @@ type (
 )
 
 // Service flags (svc_value.flags).
-const SvcFlagL7 = uint32(socklbSvcFlagsSVC_F_L7)
+const (
+	SvcFlagL7           = uint32(socklbSvcFlagsSVC_F_L7)
+	SvcFlagExternal     = uint32(socklbSvcFlagsSVC_F_EXTERNAL)
+	SvcFlagSourceRanges = uint32(socklbSvcFlagsSVC_F_SOURCE_RANGES)
+)
 
 // Splice modes (config.splice).
 const (

@@ -205,6 +205,12 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 	if svc.L7 {
 		e.value.Flags |= bpf.SvcFlagL7
 	}
+	if svc.FromOutside() {
+		e.value.Flags |= bpf.SvcFlagExternal
+		if len(svc.External.SourceRanges) > 0 {
+			e.value.Flags |= bpf.SvcFlagSourceRanges // closed until syncRanges writes them
+		}
+	}
 	for _, k := range h.slots {
 		if k.Slot < 1 || k.Slot > e.value.Count {
 			c.staleSlots = append(c.staleSlots, k)

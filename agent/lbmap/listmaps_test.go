@@ -68,7 +68,7 @@ func TestListMapsMatchesList(t *testing.T) {
 
 	f := lbmaptest.NewTables(4096, 16384)
 	randomListContent(rand.New(rand.NewPCG(3, 9)), f, listShape{services: 1500, maxBackends: 8, idBase: 1, idStride: 1, drift: true})
-	kt := lbmap.BPFTables(m)
+	kt := lbmap.BPFTables(m, nil)
 	copyInto(t, kt.Services, f.Services)
 	copyInto(t, kt.Slots, f.Slots)
 	copyInto(t, kt.Backends, f.Backends)
@@ -113,7 +113,7 @@ func listWhileChanging(t *testing.T, shape listShape) {
 	m := loadListMaps(t, fmt.Sprintf("smtlbchurn%v", shape.v4))
 	f := lbmaptest.NewTables(4096, 16384)
 	randomListContent(rand.New(rand.NewPCG(4, 2)), f, shape)
-	kt := lbmap.BPFTables(m)
+	kt := lbmap.BPFTables(m, nil)
 	copyInto(t, kt.Services, f.Services)
 	copyInto(t, kt.Backends, f.Backends)
 	copyInto(t, kt.Names, f.Names)
@@ -173,7 +173,7 @@ func listWhileChanging(t *testing.T, shape listShape) {
 // as it is now.
 func TestListingFillsTheBackendsAsTheyAreNow(t *testing.T) {
 	m := loadListMaps(t, "smtlbfill")
-	kt := lbmap.BPFTables(m)
+	kt := lbmap.BPFTables(m, nil)
 	backend := func(last byte, svc uint32) bpf.BackendValue {
 		a, fam := bpf.AddrFrom(netip.AddrFrom4([4]byte{10, 0, 0, last}))
 		return bpf.BackendValue{Addr: a, Port: bpf.PortToNet(80), Proto: 6, Family: fam, SvcId: svc, Slots: 1}

@@ -30,11 +30,19 @@ type Tables struct {
 	// Local holds this node's addresses (local endpoints, the Envoy listener): only
 	// connections to them are candidates for splicing.
 	Local Table[bpf.LbAddr, uint8]
+	// Ranges holds the loadBalancerSourceRanges of external frontends, by service id;
+	// nil when the NodePort datapath is not loaded.
+	Ranges Table[bpf.NPRangeKey, uint8]
 }
 
-// BPFTables wraps the loaded (or pinned) kernel maps.
-func BPFTables(m *bpf.Maps) Tables {
+// BPFTables wraps the loaded (or pinned) kernel maps; np is nil without NodePort devices.
+func BPFTables(m *bpf.Maps, np *bpf.NodePortMaps) Tables {
+	var ranges Table[bpf.NPRangeKey, uint8]
+	if np != nil {
+		ranges = bpf.NewTable[bpf.NPRangeKey, uint8](np.Ranges).WithoutBatch() // LPM tries have no batch ops
+	}
 	return Tables{
+		Ranges:   ranges,
 		Services: bpf.NewTable[bpf.SvcKey, bpf.SvcValue](m.SmServices),
 		Slots:    bpf.NewTable[bpf.SlotKey, uint32](m.SmSlots),
 		Backends: bpf.NewArrayTable[bpf.BackendValue](m.SmBackends),

@@ -40,6 +40,10 @@ type Writer struct {
 	exact bool
 	// localOf are the local endpoint addresses of each frontend, as last applied.
 	localOf map[model.Frontend][]netip.Addr
+	// ranges, when the NodePort datapath is loaded, and the source ranges of each
+	// external frontend that has any, as last applied.
+	ranges   *synced[bpf.NPRangeKey, uint8]
+	rangesOf map[model.Frontend]sourceRanges
 	// unrestored is the state a Repair could not fully put back; the next Repair tries
 	// again, the next Apply replaces it.
 	unrestored *state
@@ -66,6 +70,11 @@ func NewWriter(t Tables, obs Observer) (*Writer, error) {
 	}
 	if w.local, err = newSynced(t.Local, obs, nil); err != nil {
 		return nil, err
+	}
+	if t.Ranges != nil {
+		if w.ranges, err = newSynced(t.Ranges, obs, nil); err != nil {
+			return nil, err
+		}
 	}
 	w.adoptIDs()
 	return w, nil
@@ -211,7 +220,8 @@ func (w *Writer) apply(snap *model.Snapshot, scoped bool, res *Result) error {
 		return err
 	}
 	clear(w.pendingIDs) // every admitted service is published now
-	return nil
+	w.noteRanges(snap, scoped)
+	return w.syncRanges(res)
 }
 
 // claimIDs orders the snapshot's services for admission, programmed ones first (so a

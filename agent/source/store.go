@@ -54,6 +54,8 @@ type Node struct {
 	// ProxyName is the service.kubernetes.io/service-proxy-name this agent answers to;
 	// empty: only Services without that label are ours, as for kube-proxy.
 	ProxyName string
+	// NodePortRange is the NodePort range this node serves.
+	NodePortRange model.PortRange
 }
 
 // setZone updates the node's zone alone, as the Node object says.
@@ -291,7 +293,7 @@ func (s *Store) Snapshot() *model.Snapshot {
 	in := model.Input{Services: values(s.services), EndpointSlices: values(s.slices),
 		Pods: values(s.pods), Policies: values(s.policies),
 		RejectedServices: maps.Clone(s.rejectedServices), Holders: maps.Clone(s.holders),
-		NodeName: s.node.Name, NodeZone: s.node.Zone, ProxyName: s.node.ProxyName}
+		NodeName: s.node.Name, NodeZone: s.node.Zone, ProxyName: s.node.ProxyName, NodePortRange: s.node.NodePortRange}
 	errs := slices.Clone(s.errs)
 	gen := s.gen
 	s.mu.Unlock()

@@ -154,7 +154,7 @@ func (s *Store) SnapshotChanged(dirty map[model.ServiceName]bool) *model.Snapsho
 		return s.Snapshot()
 	}
 	in := model.Input{RejectedServices: s.rejectedServices, Holders: s.holders,
-		NodeName: s.node.Name, NodeZone: s.node.Zone, ProxyName: s.node.ProxyName}
+		NodeName: s.node.Name, NodeZone: s.node.Zone, ProxyName: s.node.ProxyName, NodePortRange: s.node.NodePortRange}
 	for name := range dirty {
 		if svc, ok := s.services[objectKey{name.Namespace, name.Name}]; ok {
 			in.Services = append(in.Services, svc)
