@@ -275,7 +275,7 @@ func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.
 	}
 	if err != nil {
 		for _, d := range cfg.Devices {
-			a.npErrs = append(a.npErrs, deviceError(d, "nodeport_unavailable", fmt.Sprintf("--devices %s: NodePort programs not loaded: %v", d, err)))
+			a.npErrs = append(a.npErrs, deviceError(d, "nodeport_unavailable", fmt.Sprintf("NodePort programs not loaded: %v", err)))
 		}
 		log.Error("NodePort programs not loaded; NodePort, externalIP and LoadBalancer traffic is not served on --devices", "err", err)
 		return nil, nil

@@ -63,7 +63,7 @@ func (d *deviceManager) sync() error {
 	for _, name := range d.names {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
-			errs = append(errs, deviceError(name, "device_not_found", fmt.Sprintf("--devices %s: no such network device (%v); NodePorts are not served on it until it appears", name, err)))
+			errs = append(errs, deviceError(name, "device_not_found", fmt.Sprintf("no such network device (%v); NodePorts are not served on it until it appears", err)))
 			d.detach(name)
 			continue
 		}
@@ -72,7 +72,7 @@ func (d *deviceManager) sync() error {
 			d.detach(name)
 			links, err := d.np.Attach(name, ifindex, d.xdp)
 			if err != nil {
-				errs = append(errs, deviceError(name, "device_attach", fmt.Sprintf("--devices %s: %v; NodePorts are not served on it", name, err)))
+				errs = append(errs, deviceError(name, "device_attach", fmt.Sprintf("%v; NodePorts are not served on it", err)))
 				continue
 			}
 			if links.Fallback != "" {
@@ -83,7 +83,7 @@ func (d *deviceManager) sync() error {
 		}
 		list, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
-			errs = append(errs, deviceError(name, "device_addresses", fmt.Sprintf("--devices %s: read addresses: %v", name, err)))
+			errs = append(errs, deviceError(name, "device_addresses", fmt.Sprintf("read addresses: %v", err)))
 			continue
 		}
 		var dev bpf.NPDevice

@@ -214,7 +214,8 @@ static __always_inline __u32 addr_diff(__u32 sum, const struct lb_addr *old,
 }
 
 /* rewrite gives the packet a new source and destination, fixing the L4 checksum (its
- * pseudo-header covers both) and, when it is routed on, the TTL or hop limit. */
+ * pseudo-header covers both) and, when it is routed on, the TTL or hop limit. It is
+ * XDP's: a frame there carries a complete checksum (a NIC's), which it keeps right. */
 static __always_inline int rewrite(void *data, void *data_end, const struct pkt *p,
 				   const struct lb_addr *saddr, __u16 sport,
 				   const struct lb_addr *daddr, __u16 dport, int routed)
@@ -270,6 +271,74 @@ static __always_inline int rewrite(void *data, void *data_end, const struct pkt 
 	*(__u16 *)csum = csum_apply(*(__u16 *)csum, l4);
 	if (p->key.proto == IPPROTO_UDP && *(__u16 *)csum == 0)
 		*(__u16 *)csum = 0xffff;
+	return 0;
+}
+
+/* rewrite_skb is rewrite for tc, through the skb helpers: they know a checksum the
+ * stack has left for the device to finish (CHECKSUM_PARTIAL, as a local pod's or a
+ * veth's packets carry), where the L4 field holds only the pseudo-header's sum, and
+ * keep CHECKSUM_COMPLETE's sum right. */
+static __always_inline int rewrite_skb(struct __sk_buff *skb, const struct pkt *p,
+				       const struct lb_addr *saddr, __u16 sport,
+				       const struct lb_addr *daddr, __u16 dport, int routed)
+{
+	__u64 mangled0 = p->key.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 l3 = sizeof(struct ethhdr);
+	__u32 ports_old = ((__u32)p->key.dport << 16) | p->key.sport;
+	__u32 ports_new = ((__u32)dport << 16) | sport;
+	__s64 diff;
+
+	if (p->key.family == AF_INET) {
+		__u32 from[2] = {p->key.saddr.addr[0], p->key.daddr.addr[0]};
+		__u32 to[2] = {saddr->addr[0], daddr->addr[0]};
+
+		if (routed) {
+			__u8 ttl;
+			__u16 old, new;
+
+			if (bpf_skb_load_bytes(skb, l3 + 8, &old, 2))
+				return -1;
+			ttl = ((__u8 *)&old)[0];
+			if (ttl <= 1)
+				return NP_DROP_TTL;
+			new = old;
+			((__u8 *)&new)[0] = ttl - 1;
+			if (bpf_l3_csum_replace(skb, l3 + 10, old, new, 2) ||
+			    bpf_skb_store_bytes(skb, l3 + 8, &new, 2, 0))
+				return -1;
+		}
+		diff = bpf_csum_diff(from, sizeof(from), to, sizeof(to), 0);
+		if (diff < 0 || bpf_l3_csum_replace(skb, l3 + 10, 0, diff, 0) ||
+		    bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled0) ||
+		    bpf_skb_store_bytes(skb, l3 + 12, to, sizeof(to), 0))
+			return -1;
+	} else {
+		__u32 from[8], to[8];
+
+		__builtin_memcpy(from, p->key.saddr.addr, 16);
+		__builtin_memcpy(from + 4, p->key.daddr.addr, 16);
+		__builtin_memcpy(to, saddr->addr, 16);
+		__builtin_memcpy(to + 4, daddr->addr, 16);
+		if (routed) {
+			__u8 hops;
+
+			if (bpf_skb_load_bytes(skb, l3 + 7, &hops, 1))
+				return -1;
+			if (hops <= 1)
+				return NP_DROP_TTL;
+			hops--;
+			if (bpf_skb_store_bytes(skb, l3 + 7, &hops, 1, 0))
+				return -1;
+		}
+		diff = bpf_csum_diff(from, sizeof(from), to, sizeof(to), 0);
+		if (diff < 0 || bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled0) ||
+		    bpf_skb_store_bytes(skb, l3 + 8, to, sizeof(to), 0))
+			return -1;
+	}
+	diff = bpf_csum_diff(&ports_old, 4, &ports_new, 4, 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, p->csum_off, 0, diff, mangled0) ||
+	    bpf_skb_store_bytes(skb, p->l4off, &ports_new, 4, 0))
+		return -1;
 	return 0;
 }
 
@@ -605,7 +674,7 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 				NP_DROP_FORWARDING_OFF : NP_DROP_NO_ROUTE);
 		return TC_ACT_SHOT;
 	}
-	rc = rewrite(data, data_end, &p, &x.saddr, x.sport, &x.daddr, x.dport, 1);
+	rc = rewrite_skb(skb, &p, &x.saddr, x.sport, &x.daddr, x.dport, 1);
 	if (rc) {
 		np_count(NP_PROG_TC_INGRESS, rc > 0 ? rc : NP_DROP_MALFORMED);
 		return TC_ACT_SHOT;
@@ -652,8 +721,7 @@ int nodeport_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	touch(&rep->last_seen_ns, &rep->flags, &p, now);
-	if (rewrite(data, data_end, &p, &rep->frontend, rep->frontend_port, &p.key.daddr,
-		    p.key.dport, 0)) {
+	if (rewrite_skb(skb, &p, &rep->frontend, rep->frontend_port, &p.key.daddr, p.key.dport, 0)) {
 		np_count(NP_PROG_TC_EGRESS, NP_DROP_MALFORMED);
 		return TC_ACT_SHOT;
 	}

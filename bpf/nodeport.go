@@ -189,7 +189,7 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 			return link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.attach})
 		})
 		if err != nil {
-			return fail(fmt.Errorf("device %s: attach %s: %w", ifname, a.name, err))
+			return fail(fmt.Errorf("attach %s: %w", a.name, err))
 		}
 		out.Links = append(out.Links, l)
 	}
@@ -212,7 +212,7 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 		l, err = attachXDP(xdp)
 	}
 	if err != nil {
-		return fail(fmt.Errorf("device %s: attach XDP (%s): %w", ifname, xdp, err))
+		return fail(fmt.Errorf("attach XDP (%s): %w", xdp, err))
 	}
 	out.Links = append(out.Links, l)
 	out.XDP = xdp

@@ -90,7 +90,7 @@ func BenchmarkProgram10kServicesColdStart(b *testing.B) {
 				b.Error(err)
 			}
 		}()
-		t := lbmap.BPFTables(dp.Maps())
+		t := lbmap.BPFTables(dp.Maps(), nil)
 		if !batch {
 			m := dp.Maps()
 			t = lbmap.Tables{

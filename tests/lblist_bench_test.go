@@ -43,7 +43,7 @@ func lbListPins(b *testing.B, n, per int) string {
 	if n == 0 {
 		return dir
 	}
-	w, err := lbmap.NewWriter(lbmap.BPFTables(dp.Maps()), nopObserver{})
+	w, err := lbmap.NewWriter(lbmap.BPFTables(dp.Maps(), nil), nopObserver{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -31,7 +31,10 @@ type Agent struct {
 	cmd   *exec.Cmd
 	Addr  string // where /metrics and /readyz are served
 	Debug string // the root-only unix socket serving /debug/state
-	log   *syncBuffer
+	// viaDebug says /metrics and /readyz are read through Debug: the agent runs in
+	// another network namespace, where its TCP listeners are.
+	viaDebug bool
+	log      *syncBuffer
 	done  chan error
 }
 
@@ -80,14 +83,8 @@ func (a *Agent) WaitReadyz(t testing.TB, code int, substr string) string {
 		if ok, err := a.Exited(25 * time.Millisecond); ok {
 			t.Fatalf("agent exited (%v):\n%s", err, a.log.String())
 		}
-		if a.Addr == "" {
-			if m := listenLine.FindStringSubmatch(a.log.String()); m != nil {
-				a.Addr = m[1]
-			}
-			continue
-		}
-		resp, err := http.Get("http://" + a.Addr + "/readyz")
-		if err != nil {
+		resp, ok, err := a.get("/readyz")
+		if !ok || err != nil {
 			continue
 		}
 		body, _ := io.ReadAll(resp.Body)
@@ -108,12 +105,21 @@ func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent
 		"--bpffs", e.BPFFS, "--http-listen", "127.0.0.1:0", "--xds-listen", "unix:" + e.XDSSocket(),
 		"--debug-listen", "unix:" + e.DebugSocket()}, extra...)
 	a := &Agent{cmd: exec.Command(Binary(t), args...), Debug: e.DebugSocket(), log: &syncBuffer{}, done: make(chan error, 1)}
+	t.Cleanup(func() { _ = os.Remove(e.XDSSocket()) }) // runs after the agent stops
+	a.startAndReap(t)
+	return a
+}
+
+// startAndReap starts the agent and stops it at cleanup (SIGTERM, then SIGKILL), with
+// its log when the test failed.
+func (a *Agent) startAndReap(t testing.TB) {
+	t.Helper()
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { a.done <- a.cmd.Wait() }()
-	t.Cleanup(func() { _ = os.Remove(e.XDSSocket()); _ = os.Remove(e.DebugSocket()) }) // runs after the agent stops
+	t.Cleanup(func() { _ = os.Remove(a.Debug) }) // runs after the agent stops
 	t.Cleanup(func() {
 		if a.cmd.ProcessState == nil {
 			_ = a.cmd.Process.Signal(syscall.SIGTERM)
@@ -128,7 +134,25 @@ func (e *Env) launchAgent(t testing.TB, yamlPath string, extra ...string) *Agent
 			t.Logf("agent log:\n%s", a.log.String())
 		}
 	})
-	return a
+}
+
+// get fetches one of the agent's HTTP paths, through the debug socket when its TCP
+// listener is out of reach; ok is false while the listener's address is not known yet.
+func (a *Agent) get(path string) (resp *http.Response, ok bool, err error) {
+	if a.viaDebug {
+		resp, err = a.DebugClient().Get("http://sockmesh" + path)
+		return resp, true, err
+	}
+	if a.Addr == "" {
+		if m := listenLine.FindStringSubmatch(a.log.String()); m != nil {
+			a.Addr = m[1]
+		}
+		if a.Addr == "" {
+			return nil, false, nil
+		}
+	}
+	resp, err = http.Get("http://" + a.Addr + path)
+	return resp, true, err
 }
 
 // XDSSocket is where the env's agent serves ADS (short: unix socket paths are limited
@@ -149,13 +173,10 @@ func (a *Agent) WaitReady(t testing.TB) {
 			t.Fatalf("agent exited before ready (%v):\n%s", err, a.log.String())
 		case <-time.After(25 * time.Millisecond):
 		}
-		if a.Addr == "" {
-			if m := listenLine.FindStringSubmatch(a.log.String()); m != nil {
-				a.Addr = m[1]
-			}
+		resp, ok, err := a.get("/readyz")
+		if !ok {
 			continue
 		}
-		resp, err := http.Get("http://" + a.Addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -246,7 +267,10 @@ func (a *Agent) Log() string { return a.log.String() }
 // Metrics scrapes /metrics.
 func (a *Agent) Metrics(t testing.TB) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get("http://" + a.Addr + "/metrics")
+	resp, ok, err := a.get("/metrics")
+	if !ok {
+		t.Fatal("the agent has not said where it serves /metrics")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
