@@ -35,7 +35,7 @@ type Agent struct {
 	// another network namespace, where its TCP listeners are.
 	viaDebug bool
 	log      *syncBuffer
-	done  chan error
+	done     chan error
 }
 
 type syncBuffer struct {
