@@ -128,6 +128,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	a.dp, a.metrics = dp, NewMetrics(dp.Maps())
 	if npMaps != nil {
 		a.metrics.Registry.MustRegister(nodePortCollector{*npMaps})
+		a.devices.obs = a.metrics
 	}
 	if k, ok := src.(*source.Kubernetes); ok {
 		k.OnEvent = a.metrics.observeSourceEvent // set before Run starts the informers
@@ -268,7 +269,7 @@ func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.
 	}
 	np, err := bpf.LoadNodePort(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
 	if err == nil {
-		err = np.Maps().Config.Put(uint32(0), npConfig())
+		err = replaceMap(np.Maps().Config, map[uint32]bpf.NPConfig{0: npConfig()}, nil)
 		if err != nil {
 			np.Close()
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
+	"github.com/sockmesh/sockmesh/agent/lbmap"
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/bpf"
 )
@@ -27,6 +28,7 @@ type deviceManager struct {
 	names []string
 	xdp   bpf.XDPMode
 	log   *slog.Logger
+	obs   lbmap.Observer // map writes, for metrics; set before the first sync
 
 	mu       sync.Mutex
 	attached map[string]*attachedDevice
@@ -108,7 +110,7 @@ func (d *deviceManager) sync() error {
 	for _, e := range errs {
 		d.log.Error("NodePort device", "device", e.Name, "reason", e.Reason, "err", e.Message)
 	}
-	return errors.Join(replaceMap(d.maps.Addrs, addrs), replaceMap(d.maps.Devices, devs))
+	return errors.Join(replaceMap(d.maps.Addrs, addrs, d.obs), replaceMap(d.maps.Devices, devs, d.obs))
 }
 
 // detach forgets a device's links; its pinned links go too, so a device that is gone
@@ -173,34 +175,59 @@ func deviceError(name, reason, msg string) model.ObjectError {
 	return model.ObjectError{Kind: KindDevice, Name: name, Reason: reason, Message: msg}
 }
 
-// replaceMap makes a small kernel map hold exactly want: every wanted entry is written,
-// then the ones no longer wanted go.
-func replaceMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
-	for k, v := range want {
-		if err := m.Put(k, v); err != nil {
-			return fmt.Errorf("write %s: %w", m, err)
-		}
-	}
+// replaceMap makes a small kernel map hold exactly want, writing only the entries that
+// differ (a restart over the same devices writes nothing), and reports what it wrote
+// and removed to obs.
+func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V, obs lbmap.Observer) error {
 	var (
-		k     K
-		v     V
-		stale []K
+		k   K
+		v   V
+		cur = map[K]V{}
 	)
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if _, ok := want[k]; !ok {
-			stale = append(stale, k)
-		}
+		cur[k] = v
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", m, err)
 	}
-	for _, k := range stale {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete from %s: %w", m, err)
+	name := m.String()
+	if info, err := m.Info(); err == nil {
+		name = info.Name
+	}
+	written, removed := 0, 0
+	var err error
+	for k, v := range want {
+		if old, ok := cur[k]; ok && old == v {
+			continue
+		}
+		if err = m.Put(k, v); err != nil {
+			err = fmt.Errorf("write %s: %w", name, err)
+			break
+		}
+		written++
+	}
+	if err == nil {
+		for k := range cur {
+			if _, ok := want[k]; ok {
+				continue
+			}
+			if derr := m.Delete(k); derr != nil && !errors.Is(derr, ebpf.ErrKeyNotExist) {
+				err = fmt.Errorf("delete from %s: %w", name, derr)
+				break
+			}
+			removed++
 		}
 	}
-	return nil
+	if obs != nil {
+		if written > 0 || err != nil {
+			obs.MapOp(name, "update", written, err)
+		}
+		if removed > 0 {
+			obs.MapOp(name, "delete", removed, nil)
+		}
+	}
+	return err
 }
 
 // npConfig is the datapath's NodePort settings.

@@ -2,10 +2,13 @@ package tests
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/sockmesh/sockmesh/internal/netlab"
 	"github.com/sockmesh/sockmesh/tests/harness"
@@ -219,16 +222,22 @@ func TestNodePortSNATServesEveryFrontendKind(t *testing.T) {
 // TestNodePortTrafficPolicyRangesAndBadInput: externalTrafficPolicy Local is served
 // only by the node with the endpoint, whose health check port says 200 while the
 // others say 503; loadBalancerSourceRanges admit the client and drop the outsider; a
-// NodePort outside the range and a device that does not exist are reported, and
-// everything else is served.
+// NodePort outside the range and a device that does not exist are reported, a device
+// without native XDP runs it generic, and everything else is served.
 func TestNodePortTrafficPolicyRangesAndBadInput(t *testing.T) {
 	l := harness.NewNodePortLab(t)
+	l.PrepareNativeXDP(t)
 	startPods(t, l)
+	// A bridge device has no native XDP: node-1's agent falls back to generic there.
+	if err := l.Nodes[0].Do(func() error { return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-np"}}) }); err != nil {
+		t.Fatal(err)
+	}
 	yaml := l.WriteFile(t, "services.yaml", nodePortYAML(l))
 	var agents []*harness.Agent
 	for _, node := range l.Nodes {
-		agents = append(agents, l.StartNodeAgent(t, node, yaml, "--devices", "eth0,nosuch0"))
+		agents = append(agents, l.StartNodeAgent(t, node, yaml, "--devices", "eth0,nosuch0,br-np", "--xdp", "native"))
 	}
+	agents[0].WaitLog(t, "native XDP on br-np failed", "generic XDP instead")
 
 	// externalTrafficPolicy Local: node-2 has the endpoint, and the pod sees the client.
 	out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(l.Nodes[1].IPv4, npLocalHTTP)))
@@ -251,7 +260,7 @@ func TestNodePortTrafficPolicyRangesAndBadInput(t *testing.T) {
 			t.Fatalf("health check port of %s: %q (%v), want %s", node.Name, code, err, want)
 		}
 	}
-	if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "drop_no_backend"}); n == 0 {
+	if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"action": "drop_no_backend"}); n == 0 {
 		t.Fatal("node-1 dropped no packet for want of a local endpoint")
 	}
 
@@ -263,7 +272,7 @@ func TestNodePortTrafficPolicyRangesAndBadInput(t *testing.T) {
 	if out, err := curlFrom(t, l, l.Outsider, ranged); err == nil {
 		t.Fatalf("outsider outside loadBalancerSourceRanges was served: %q", out)
 	}
-	if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "drop_source_range"}); n == 0 {
+	if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"action": "drop_source_range"}); n == 0 {
 		t.Fatal("node-1 counted no source-range drop")
 	}
 
@@ -292,4 +301,67 @@ func nodePortCounters(t *testing.T, a *harness.Agent) string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// TestNodePortSurvivesAgentRestartUnderLoad: while curl keeps asking through node-1's
+// NodePort and a line connection stays open across it, node-1's agent is stopped and
+// started again. Every request is answered, the open connection keeps its backend (the
+// conntrack entries live in the pins), and the new agent rewrites no entry.
+func TestNodePortSurvivesAgentRestartUnderLoad(t *testing.T) {
+	l := harness.NewNodePortLab(t)
+	startPods(t, l)
+	yaml := l.WriteFile(t, "services.yaml", nodePortYAML(l))
+	var agents []*harness.Agent
+	for _, node := range l.Nodes {
+		agents = append(agents, l.StartNodeAgent(t, node, yaml))
+	}
+	node := l.Nodes[0]
+	line := netip.AddrPortFrom(node.IPv4, npWebLine)
+	var conn *net.TCPConn
+	var first netlab.TCPAnswer
+	if err := l.Client.Do(func() error {
+		var err error
+		conn, first, err = netlab.DialTCP(line)
+		return err
+	}); err != nil {
+		t.Fatalf("dial %s: %v", line, err)
+	}
+	defer conn.Close()
+
+	stop := make(chan struct{})
+	done := make(chan []string)
+	go func() {
+		var failures []string
+		url := urlOf(netip.AddrPortFrom(node.IPv4, npWebHTTP))
+		for n := 0; n < 400; n++ {
+			select {
+			case <-stop:
+				done <- failures
+				return
+			default:
+			}
+			if out, err := curlFrom(t, l, l.Client, url); err != nil || !strings.Contains(out, " saw ") {
+				failures = append(failures, fmt.Sprintf("%q %v", out, err))
+			}
+		}
+		done <- failures
+	}()
+	agents[0].Stop(t)
+	if name, err := netlab.Ask(conn); err != nil || name != first.Backend {
+		t.Fatalf("with the agent stopped the open connection answered %q, %v; want %s", name, err, first.Backend)
+	}
+	restarted := l.StartNodeAgent(t, node, yaml)
+	if name, err := netlab.Ask(conn); err != nil || name != first.Backend {
+		t.Fatalf("after the restart the open connection answered %q, %v; want %s", name, err, first.Backend)
+	}
+	close(stop)
+	if failures := <-done; len(failures) > 0 {
+		t.Fatalf("%d requests failed across the restart: %v", len(failures), failures)
+	}
+	if n := restarted.Metric(t, "sockmesh_map_ops_total", map[string]string{"op": "update", "result": "ok"}); n != 0 {
+		t.Fatalf("the restarted agent wrote %v map entries over the pins, want 0", n)
+	}
+	if n := restarted.Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "forward"}); n == 0 {
+		t.Fatal("no packet of a tracked flow passed node-1")
+	}
 }
