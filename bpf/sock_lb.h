@@ -44,6 +44,9 @@ enum svc_flags {
 	SVC_F_EXTERNAL = 1 << 1,
 	/* loadBalancerSourceRanges apply: sm_np_ranges says which sources may connect. */
 	SVC_F_SOURCE_RANGES = 1 << 2,
+	/* A LoadBalancer ingress IP (else an external one is an externalIP or, at the
+	 * unspecified address, a NodePort): for readers such as lb list. */
+	SVC_F_LOADBALANCER = 1 << 3,
 };
 
 /* Slot n of service id: weighted random selection repeats a backend over several slots. */

@@ -131,6 +131,7 @@ const (
 	socklbSvcFlagsSVC_F_L7            socklbSvcFlags = 1
 	socklbSvcFlagsSVC_F_EXTERNAL      socklbSvcFlags = 2
 	socklbSvcFlagsSVC_F_SOURCE_RANGES socklbSvcFlags = 4
+	socklbSvcFlagsSVC_F_LOADBALANCER  socklbSvcFlags = 8
 )
 
 type socklbSvcKey struct {

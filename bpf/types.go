@@ -29,6 +29,7 @@ const (
 	SvcFlagL7           = uint32(socklbSvcFlagsSVC_F_L7)
 	SvcFlagExternal     = uint32(socklbSvcFlagsSVC_F_EXTERNAL)
 	SvcFlagSourceRanges = uint32(socklbSvcFlagsSVC_F_SOURCE_RANGES)
+	SvcFlagLoadBalancer = uint32(socklbSvcFlagsSVC_F_LOADBALANCER)
 )
 
 // Splice modes (config.splice).

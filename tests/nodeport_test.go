@@ -204,6 +204,12 @@ func TestNodePortSNATServesEveryFrontendKind(t *testing.T) {
 					t.Fatalf("DNS to %s: answer %+v, want a pod's name from %s", fe, ans, fe)
 				}
 			}
+			listed := l.NodeCLI(t, node, "lb", "list")
+			for _, want := range []string{"0.0.0.0:30080/TCP (NodePort)", "[::]:30053/UDP (NodePort)", "192.0.2.7:80/TCP (ExternalIP)", "192.0.2.8:80/TCP (LoadBalancer)", "10.96.0.10:80/TCP "} {
+				if !strings.Contains(listed, want) {
+					t.Fatalf("lb list on node-1 lacks %q:\n%s", want, listed)
+				}
+			}
 			prog := "tc_ingress"
 			if xdp == "native" {
 				prog = "xdp"
@@ -357,6 +363,13 @@ func TestNodePortSurvivesAgentRestartUnderLoad(t *testing.T) {
 	close(stop)
 	if failures := <-done; len(failures) > 0 {
 		t.Fatalf("%d requests failed across the restart: %v", len(failures), failures)
+	}
+	// ct list shows the open connection, SNATed to node-1, read from the pins.
+	pod := l.Pods[strings.TrimPrefix(first.Backend, "pod-")[0]-'1']
+	row := fmt.Sprintf("TCP    %s", netip.AddrPortFrom(l.Client.IPv4, conn.LocalAddr().(*net.TCPAddr).AddrPort().Port()))
+	flows := l.NodeCLI(t, node, "ct", "list")
+	if !strings.Contains(flows, row) || !strings.Contains(flows, netip.AddrPortFrom(pod.IPv4, 8080).String()) || !strings.Contains(flows, node.IPv4.String()+":") {
+		t.Fatalf("ct list lacks the open connection %s -> %s -> %s:\n%s", row, line, pod.Name, flows)
 	}
 	if n := restarted.Metric(t, "sockmesh_map_ops_total", map[string]string{"op": "update", "result": "ok"}); n != 0 {
 		t.Fatalf("the restarted agent wrote %v map entries over the pins, want 0", n)

@@ -207,6 +207,9 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 	}
 	if svc.FromOutside() {
 		e.value.Flags |= bpf.SvcFlagExternal
+		if svc.Kind == model.LoadBalancerFrontend {
+			e.value.Flags |= bpf.SvcFlagLoadBalancer
+		}
 		if len(svc.External.SourceRanges) > 0 {
 			e.value.Flags |= bpf.SvcFlagSourceRanges // closed until syncRanges writes them
 		}

@@ -240,7 +240,7 @@ func (c *listContent) listing(a *arranged) *Listing {
 		text := make([]byte, 0, (to-from)*len("255.255.255.255:65535/TCP"))
 		ends := make([]int, 0, to-from)
 		for p := from; p < to; p++ {
-			text = a.fes[p].AppendTo(text)
+			text = appendKind(a.fes[p].AppendTo(text), a.fes[p], c.svcVals[p].Flags)
 			ends = append(ends, len(text))
 		}
 		fronts := string(text)
@@ -273,4 +273,18 @@ func eachRun(n int, do func(from, to int)) {
 		})
 	}
 	wg.Wait()
+}
+
+// appendKind marks a frontend served from outside with its kind, as in
+// "0.0.0.0:30080/TCP (NodePort)"; a cluster IP's stays bare.
+func appendKind(b []byte, fe model.Frontend, flags uint32) []byte {
+	switch {
+	case flags&bpf.SvcFlagExternal == 0:
+		return b
+	case flags&bpf.SvcFlagLoadBalancer != 0:
+		return append(b, " (LoadBalancer)"...)
+	case fe.Addr.IsUnspecified():
+		return append(b, " (NodePort)"...)
+	}
+	return append(b, " (ExternalIP)"...)
 }

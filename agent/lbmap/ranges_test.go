@@ -30,7 +30,7 @@ func TestExternalFrontendsGetFlagsAndSourceRanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	flags := func(s *model.Service) uint32 { return f.Services.Entries[svcKeyOf(s.Frontend)].Flags }
-	if flags(cluster) != 0 || flags(nodePort) != bpf.SvcFlagExternal || flags(lb) != bpf.SvcFlagExternal|bpf.SvcFlagSourceRanges {
+	if flags(cluster) != 0 || flags(nodePort) != bpf.SvcFlagExternal || flags(lb) != bpf.SvcFlagExternal|bpf.SvcFlagLoadBalancer|bpf.SvcFlagSourceRanges {
 		t.Fatalf("flags: cluster %#x, NodePort %#x, LB %#x", flags(cluster), flags(nodePort), flags(lb))
 	}
 	id := f.Services.Entries[svcKeyOf(lb.Frontend)].Id
@@ -63,7 +63,7 @@ func TestExternalFrontendsGetFlagsAndSourceRanges(t *testing.T) {
 	if _, err := w.Apply(snapOf(lb, nodePort, cluster)); err != nil {
 		t.Fatal(err)
 	}
-	if len(ranges.Entries) != 0 || flags(lb) != bpf.SvcFlagExternal {
+	if len(ranges.Entries) != 0 || flags(lb) != bpf.SvcFlagExternal|bpf.SvcFlagLoadBalancer {
 		t.Fatalf("after dropping the ranges: %v, flags %#x", ranges.Entries, flags(lb))
 	}
 }

@@ -23,6 +23,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCmd(), newLBCmd(), newStatusCmd(), newCleanupCmd(), newVersionCmd(), newDemoCmd(), newEnvoyCmd())
+	root.AddCommand(newAgentCmd(), newLBCmd(), newCTCmd(), newStatusCmd(), newCleanupCmd(), newVersionCmd(), newDemoCmd(), newEnvoyCmd())
 	return root
 }

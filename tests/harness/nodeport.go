@@ -294,3 +294,19 @@ func (l *NodePortLab) LaunchNodeAgent(t testing.TB, node *netlab.Host, yamlPath 
 	a.startAndReap(t)
 	return a
 }
+
+// NodeCLI runs a sockmesh verb on node's pins (read from this namespace: pins are
+// files) and returns its output.
+func (l *NodePortLab) NodeCLI(t testing.TB, node *netlab.Host, args ...string) string {
+	t.Helper()
+	root, err := agent.CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "--bpffs", l.BPFFS+"-"+node.Name, "--cgroup", filepath.Join(root, l.Prefix+"-"+node.Name))
+	out, err := exec.Command(Binary(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sockmesh %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
