@@ -23,7 +23,7 @@ import (
 // see: the node (eth0, .11) reaches the client (.10) and a made-up backend address on
 // its subnet.
 type npFixture struct {
-	t       *testing.T
+	t       testing.TB
 	node    *netlab.Host
 	ifindex int
 	lb      *bpf.Datapath
@@ -42,7 +42,7 @@ var (
 	backendMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x50}
 )
 
-func newNPFixture(t *testing.T) *npFixture {
+func newNPFixture(t testing.TB) *npFixture {
 	t.Helper()
 	env := harness.NewEnv(t, "node")
 	f := &npFixture{t: t, node: env.Host("node"), nextID: 1}
@@ -127,7 +127,7 @@ type packet struct {
 	tcpFlags  string
 }
 
-func (p packet) bytes(t *testing.T) []byte {
+func (p packet) bytes(t testing.TB) []byte {
 	t.Helper()
 	eth := &layers.Ethernet{SrcMAC: clientMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}}
 	var ip gopacket.NetworkLayer
@@ -229,7 +229,7 @@ func (f *npFixture) exec(prog *ebpf.Program, frame []byte, xdp bool) (uint32, []
 	return ret, out
 }
 
-func parseResult(t *testing.T, action uint32, out []byte) result {
+func parseResult(t testing.TB, action uint32, out []byte) result {
 	t.Helper()
 	r := result{action: action, out: out}
 	pkt := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
@@ -266,7 +266,7 @@ func parseResult(t *testing.T, action uint32, out []byte) result {
 
 // verifyIPv4Checksum has gopacket compute the header checksum of the header as the
 // program left it and compares.
-func verifyIPv4Checksum(t *testing.T, ip *layers.IPv4) {
+func verifyIPv4Checksum(t testing.TB, ip *layers.IPv4) {
 	t.Helper()
 	got := ip.Checksum
 	cp := *ip
@@ -281,7 +281,7 @@ func verifyIPv4Checksum(t *testing.T, ip *layers.IPv4) {
 
 // verifyL4Checksum has gopacket compute the TCP or UDP checksum of the segment as the
 // program left it (pseudo-header from the rewritten IP header) and compares.
-func verifyL4Checksum(t *testing.T, ip gopacket.NetworkLayer, l4 gopacket.Layer, got uint16) {
+func verifyL4Checksum(t testing.TB, ip gopacket.NetworkLayer, l4 gopacket.Layer, got uint16) {
 	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
 	opts := gopacket.SerializeOptions{ComputeChecksums: true}

@@ -56,7 +56,19 @@ func plain(gs []goal) []check {
 	return out
 }
 
-var goals = slices.Concat(plain(socketLBGoals), spliceGoals(), plain(xdsGoals), plain(changeGoals), plain(cliGoals), kubeProxyGoals())
+var goals = slices.Concat(plain(socketLBGoals), spliceGoals(), plain(xdsGoals), plain(changeGoals), plain(cliGoals), kubeProxyGoals(), plain(nodePortGoals))
+
+// nodePortGoals: the NodePort programs per packet (BPF_PROG_TEST_RUN, in-kernel timing)
+// and datagrams per second through a node namespace over veth, against kube-proxy-style
+// iptables DNAT in the same lab and run.
+var nodePortGoals = []goal{
+	{"NodePortPPS", "xdp-vs-iptables-x", 3, "NodePort datagrams/s through a node, XDP ÷ iptables DNAT (×)", true},
+	{"NodePortPPS", "tc-vs-iptables-x", 1.5, "the same, tc ÷ iptables DNAT (×)", true},
+	{"NodePortPacket", "xdp-hit-svc10000-ns", 500, "XDP, a packet of a tracked flow, 10k frontends (ns)", false},
+	{"NodePortPacket", "tc-hit-svc10000-ns", 500, "tc, a packet of a tracked flow, 10k frontends (ns)", false},
+	{"NodePortPacket", "xdp-miss-svc10000-ns", 500, "XDP, a packet for no frontend, 10k frontends (ns)", false},
+	{"NodePortPacket", "tc-miss-svc10000-ns", 500, "tc, a packet for no frontend, 10k frontends (ns)", false},
+}
 
 // cliGoals: `sockmesh lb list`, a whole process over pinned maps, at 30k services.
 var cliGoals = []goal{
@@ -140,6 +152,7 @@ func run(outDir string, requests int, filter string) error {
 		{"./xds/"},
 		{"./agent/"},
 		{"./agent/maglev/"},
+		{"./bpf/"},
 	} {
 		cmd := exec.Command("go", append([]string{"test", "-run", "^$", "-bench", filter, "-benchtime", "1x", "-count", "1", "-timeout", "30m"}, args...)...)
 		cmd.Stdout = ioTee(&raw)
