@@ -57,7 +57,9 @@ type Config struct {
 	// Devices are the NodePort devices: the XDP and tc programs serve NodePort,
 	// externalIP and LoadBalancer frontends on them. Empty: no NodePort datapath.
 	Devices []string
-	// NodePortMode is how a remote backend is reached: snat (the only one so far).
+	// NodePortMode is how a backend on another node is reached: snat, dsr (the
+	// client's address kept, the reply straight from the backend's node; IPv4) or
+	// hybrid (dsr for TCP, snat for UDP).
 	NodePortMode string
 	// XDP is native, generic or off: whether the XDP program runs before tc.
 	XDP string
@@ -196,9 +198,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	switch c.NodePortMode {
-	case "snat":
-	case "dsr", "hybrid":
-		errs = append(errs, fmt.Errorf("--nodeport-mode %s: not available yet; this build serves NodePorts with snat", c.NodePortMode))
+	case "snat", "dsr", "hybrid":
 	default:
 		errs = append(errs, fmt.Errorf("--nodeport-mode %q: want snat, dsr or hybrid", c.NodePortMode))
 	}
@@ -278,4 +278,15 @@ func CgroupV2Root() (string, error) {
 		}
 	}
 	return "", errors.New("no cgroup2 filesystem is mounted")
+}
+
+// npMode is NodePortMode as the datapath spells it.
+func (c *Config) npMode() uint32 {
+	switch c.NodePortMode {
+	case "dsr":
+		return bpf.NPModeDSR
+	case "hybrid":
+		return bpf.NPModeHybrid
+	}
+	return bpf.NPModeSNAT
 }

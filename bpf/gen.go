@@ -9,4 +9,4 @@ package bpf
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -tags linux -type svc_key -type svc_value -type slot_key -type backend_value -type affinity_key -type affinity_value -type revnat_key -type revnat_value -type svc_name -type counter_id -type lb_addr -type config -type svc_flags -type splice_mode -type origdst socklb sock_lb.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
 
 // The NodePort programs share the socket-LB headers; their own structs get the nodeport prefix.
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -tags linux -type ct_key -type ct_forward -type ct_reply -type np_config -type np_device -type np_range_key -type np_counter -type np_prog -type ct_flags nodeport nodeport.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -target bpfel -tags linux -type ct_key -type ct_forward -type ct_reply -type np_config -type np_device -type np_range_key -type np_counter -type np_prog -type ct_flags -type np_mode nodeport nodeport.c -- -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror

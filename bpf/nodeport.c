@@ -79,11 +79,14 @@ struct {
 const enum np_counter *unused_np_counter __attribute__((unused));
 const enum np_prog *unused_np_prog __attribute__((unused));
 const enum ct_flags *unused_ct_flags __attribute__((unused));
+const enum np_mode *unused_np_mode __attribute__((unused));
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 /* Defaults while the agent has not written sm_np_config: Cilium's and the kernel's. */
 #define DEFAULT_PORT_MIN 32768
@@ -448,7 +451,26 @@ static __always_inline __u16 claim_port(struct ct_key *rkey, struct ct_reply *rv
 struct xlate {
 	struct lb_addr saddr, daddr;
 	__u16 sport, dport;
+	__u8 dsr_option; /* the packet must carry the frontend to the backend's node */
 };
+
+/* needs_dsr_option: the backend's node learns a DSR flow from its packets that carry
+ * the option: a TCP flow's SYN, every datagram of a UDP one (it has no handshake). */
+static __always_inline int needs_dsr_option(const struct pkt *p)
+{
+	if (p->key.proto == IPPROTO_UDP)
+		return 1;
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* uses_dsr: a flow to a backend on another node goes DSR in dsr mode, and for TCP in
+ * hybrid mode; IPv6 has no DSR transport yet and goes SNAT. */
+static __always_inline int uses_dsr(const struct pkt *p, const struct np_config *cfg)
+{
+	if (!cfg || p->key.family != AF_INET)
+		return 0;
+	return cfg->mode == NP_MODE_DSR || (cfg->mode == NP_MODE_HYBRID && p->key.proto == IPPROTO_TCP);
+}
 
 /* track_new picks a backend for a flow's first packet and records both directions. */
 static __always_inline int track_new(const struct pkt *p, __u32 ifindex, struct xlate *x,
@@ -494,6 +516,12 @@ static __always_inline int track_new(const struct pkt *p, __u32 ifindex, struct 
 			return NP_DROP_CT_FULL;
 		x->saddr = p->key.saddr;
 		x->sport = p->key.sport;
+	} else if (uses_dsr(p, cfg)) {
+		/* The backend's node answers the client itself: nothing comes back here. */
+		fwd.flags = CT_F_DSR;
+		x->saddr = p->key.saddr;
+		x->sport = p->key.sport;
+		x->dsr_option = needs_dsr_option(p);
 	} else {
 		struct np_device *dev = bpf_map_lookup_elem(&sm_np_devices, &ifindex);
 		__u16 port;
@@ -563,6 +591,7 @@ static __always_inline int classify(const struct pkt *p, __u32 ifindex, struct x
 		} else {
 			x->saddr = p->key.saddr;
 			x->sport = p->key.sport;
+			x->dsr_option = (fwd->flags & CT_F_DSR) && needs_dsr_option(p);
 		}
 		return NP_FORWARD;
 	}
@@ -593,12 +622,95 @@ static __always_inline int is_drop(int what)
 	return what >= NP_DROP_NO_BACKEND;
 }
 
+/* dsr_option finds the DSR option a packet from an entry node carries: the first
+ * option after the base header, where dsr_insert puts it. */
+static __always_inline int dsr_option(void *data, void *data_end, const struct pkt *p,
+				      struct dsr_opt *out)
+{
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct dsr_opt *o;
+
+	if (p->key.family != AF_INET || (void *)(ip + 1) > data_end || ip->ihl < 7)
+		return 0;
+	o = (void *)(ip + 1);
+	if ((void *)(o + 1) > data_end || o->type != DSR_OPT_TYPE || o->len != DSR_OPT_LEN)
+		return 0;
+	*out = *o;
+	return 1;
+}
+
+/* dsr_learn records, on the backend's node, how a DSR flow's replies must look: from
+ * the frontend the client asked for. Only for a backend on this node: an option in a
+ * packet to anywhere else is not an instruction to us. */
+static __always_inline int dsr_learn(const struct pkt *p, const struct dsr_opt *o)
+{
+	struct ct_reply rval = {};
+	struct ct_key rkey = {};
+	struct ct_reply *cur;
+
+	if (!bpf_map_lookup_elem(&sm_local, &p->key.daddr))
+		return NP_PASS;
+	rkey.saddr = p->key.daddr;
+	rkey.daddr = p->key.saddr;
+	rkey.sport = p->key.dport;
+	rkey.dport = p->key.sport;
+	rkey.proto = p->key.proto;
+	rkey.family = p->key.family;
+	rval.client = p->key.saddr;
+	rval.client_port = p->key.sport;
+	rval.frontend.addr[0] = o->addr;
+	rval.frontend_port = o->port;
+	rval.flags = CT_F_DSR;
+	rval.last_seen_ns = bpf_ktime_get_ns();
+	cur = bpf_map_lookup_elem(&sm_ct_reply, &rkey);
+	if (cur && cur->frontend.addr[0] == o->addr && cur->frontend_port == o->port &&
+	    !(cur->flags & CT_F_SNAT)) {
+		cur->last_seen_ns = rval.last_seen_ns;
+		cur->flags &= ~CT_F_CLOSING; /* a new SYN on the tuple: a new flow */
+		return NP_DSR_LEARNED;
+	}
+	if (bpf_map_update_elem(&sm_ct_reply, &rkey, &rval, BPF_ANY))
+		return NP_DROP_CT_FULL;
+	return NP_DSR_LEARNED;
+}
+
+/* dsr_insert puts the frontend into the packet as an IPv4 option, right after the base
+ * header, for the backend's node (the L4 checksum does not cover IP options). */
+static __always_inline int dsr_insert(struct __sk_buff *skb, const struct lb_addr *fe, __u16 fe_port)
+{
+	struct dsr_opt o = {.type = DSR_OPT_TYPE, .len = DSR_OPT_LEN, .port = fe_port, .addr = fe->addr[0]};
+	__u32 l3 = sizeof(struct ethhdr);
+	__u16 w0_old, w0_new, len_old, len_new;
+	__u8 *b = (__u8 *)&w0_new;
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, l3, &w0_old, 2) || bpf_skb_load_bytes(skb, l3 + 2, &len_old, 2))
+		return -1;
+	if ((((__u8 *)&w0_old)[0] & 0xf) > 15 - DSR_OPT_LEN / 4)
+		return NP_DROP_DSR_OPTION;
+	if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0))
+		return NP_DROP_DSR_OPTION;
+	w0_new = w0_old;
+	b[0] += DSR_OPT_LEN / 4; /* IHL, in the low nibble */
+	len_new = bpf_htons(bpf_ntohs(len_old) + DSR_OPT_LEN);
+	diff = bpf_csum_diff(0, 0, (__be32 *)&o, sizeof(o), 0);
+	if (diff < 0 || bpf_l3_csum_replace(skb, l3 + 10, w0_old, w0_new, 2) ||
+	    bpf_l3_csum_replace(skb, l3 + 10, len_old, len_new, 2) ||
+	    bpf_l3_csum_replace(skb, l3 + 10, 0, diff, 0) ||
+	    bpf_skb_store_bytes(skb, l3, &w0_new, 2, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + 2, &len_new, 2, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + sizeof(struct iphdr), &o, sizeof(o), 0))
+		return -1;
+	return 0;
+}
+
 SEC("xdp")
 int nodeport_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct bpf_fib_lookup f;
+	struct dsr_opt opt;
 	struct pkt p = {};
 	struct xlate x = {};
 	int what, rc;
@@ -609,10 +721,19 @@ int nodeport_xdp(struct xdp_md *ctx)
 		np_count(NP_PROG_XDP, NP_PASS);
 		return XDP_PASS;
 	}
+	if (dsr_option(data, data_end, &p, &opt)) {
+		np_count(NP_PROG_XDP, NP_TO_STACK); /* tc learns the flow */
+		return XDP_PASS;
+	}
 	what = classify(&p, ctx->ingress_ifindex, &x);
 	if (what == NP_PASS || is_drop(what)) {
 		np_count(NP_PROG_XDP, what);
 		return what == NP_PASS ? XDP_PASS : XDP_DROP;
+	}
+	if (x.dsr_option) {
+		/* Growing a packet here would mean moving its headers: tc adds the option. */
+		np_count(NP_PROG_XDP, NP_TO_STACK);
+		return XDP_PASS;
 	}
 	/* XDP has no neighbour resolution: without a resolved next hop the packet goes on
 	 * untranslated, and tc finds the flow just recorded. */
@@ -643,6 +764,7 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct bpf_redir_neigh nh = {};
 	struct bpf_fib_lookup f;
+	struct dsr_opt opt;
 	struct pkt p = {};
 	struct xlate x = {};
 	int what, rc;
@@ -663,6 +785,11 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
+	if (dsr_option(data, data_end, &p, &opt)) {
+		what = dsr_learn(&p, &opt);
+		np_count(NP_PROG_TC_INGRESS, what);
+		return is_drop(what) ? TC_ACT_SHOT : TC_ACT_OK;
+	}
 	what = classify(&p, skb->ifindex, &x);
 	if (what == NP_PASS || is_drop(what)) {
 		np_count(NP_PROG_TC_INGRESS, what);
@@ -675,6 +802,8 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	rc = rewrite_skb(skb, &p, &x.saddr, x.sport, &x.daddr, x.dport, 1);
+	if (!rc && x.dsr_option)
+		rc = dsr_insert(skb, &p.key.daddr, p.key.dport);
 	if (rc) {
 		np_count(NP_PROG_TC_INGRESS, rc > 0 ? rc : NP_DROP_MALFORMED);
 		return TC_ACT_SHOT;

@@ -31,6 +31,13 @@ const (
 	CtFlagSNAT    = uint32(nodeportCtFlagsCT_F_SNAT)
 )
 
+// NodePort modes (np_config.mode): how a flow reaches a backend on another node.
+const (
+	NPModeSNAT   = uint32(nodeportNpModeNP_MODE_SNAT)
+	NPModeDSR    = uint32(nodeportNpModeNP_MODE_DSR)
+	NPModeHybrid = uint32(nodeportNpModeNP_MODE_HYBRID)
+)
+
 // NodePort counters: NPCounterSlots per program, program-major.
 const (
 	NPCounterSlots = 32
@@ -48,10 +55,11 @@ const (
 	NPNewFlow           = nodeportNpCounterNP_NEW_FLOW
 	NPForward           = nodeportNpCounterNP_FORWARD
 	NPReply             = nodeportNpCounterNP_REPLY
+	NPDSRLearned        = nodeportNpCounterNP_DSR_LEARNED
+	NPDropDSROption     = nodeportNpCounterNP_DROP_DSR_OPTION
 	NPToStack           = nodeportNpCounterNP_TO_STACK
 	NPDropNoBackend     = nodeportNpCounterNP_DROP_NO_BACKEND
 	NPDropSourceRange   = nodeportNpCounterNP_DROP_SOURCE_RANGE
-	NPDropFragment      = nodeportNpCounterNP_DROP_FRAGMENT
 	NPDropTTL           = nodeportNpCounterNP_DROP_TTL
 	NPDropNoPort        = nodeportNpCounterNP_DROP_NO_PORT
 	NPDropCTFull        = nodeportNpCounterNP_DROP_CT_FULL
@@ -66,7 +74,7 @@ var (
 	NPProgNames    = [...]string{NPProgXDP: "xdp", NPProgTCIngress: "tc_ingress", NPProgTCEgress: "tc_egress"}
 	NPCounterNames = [...]string{
 		NPPass: "pass", NPNewFlow: "new_flow", NPForward: "forward", NPReply: "reply", NPToStack: "to_stack",
-		NPDropNoBackend: "drop_no_backend", NPDropSourceRange: "drop_source_range", NPDropFragment: "drop_fragment",
+		NPDropNoBackend: "drop_no_backend", NPDropSourceRange: "drop_source_range", NPDSRLearned: "dsr_learned", NPDropDSROption: "drop_dsr_option",
 		NPDropTTL: "drop_ttl", NPDropNoPort: "drop_no_port", NPDropCTFull: "drop_ct_full",
 		NPDropNoRoute: "drop_no_route", NPDropMalformed: "drop_malformed", NPDropForwardingOff: "drop_forwarding_off",
 	}

@@ -45,6 +45,25 @@ struct ct_reply {
 enum ct_flags {
 	CT_F_CLOSING = 1 << 0, /* a FIN or RST passed: the short timeout applies */
 	CT_F_SNAT = 1 << 1,    /* the source was rewritten to nat_addr:nat_port */
+	CT_F_DSR = 1 << 2,     /* the backend's node answers the client itself */
+};
+
+/* How a flow to a backend on another node travels (np_config.mode). */
+enum np_mode {
+	NP_MODE_SNAT = 0,   /* source rewritten to this node: the reply comes back here */
+	NP_MODE_DSR = 1,    /* client kept, frontend in an IPv4 option: the reply goes straight back */
+	NP_MODE_HYBRID = 2, /* DSR for TCP, SNAT for UDP (no option on every datagram) */
+};
+
+/* The IPv4 option a DSR packet carries to the backend's node: the frontend the client
+ * asked for (copied on fragmentation, class 0, number 26, as Cilium's). */
+#define DSR_OPT_TYPE 0x9a
+#define DSR_OPT_LEN 8
+struct dsr_opt {
+	__u8 type;
+	__u8 len;
+	__u16 port; /* network order */
+	__u32 addr;
 };
 
 /* The agent's NodePort settings, one entry in sm_np_config. Timeouts in seconds. */
@@ -54,7 +73,8 @@ struct np_config {
 	__u32 tcp_timeout;
 	__u32 tcp_closing_timeout;
 	__u32 udp_timeout;
-	__u32 reserved[8];
+	__u32 mode; /* enum np_mode */
+	__u32 reserved[7];
 };
 
 /* Addresses a NodePort device answers on and rewrites sources to (SNAT), by ifindex. */
@@ -85,14 +105,15 @@ enum np_counter {
 	NP_FORWARD,          /* client → backend of a tracked flow */
 	NP_REPLY,            /* backend → client of a tracked flow */
 	NP_TO_STACK,         /* XDP saw a frontend packet it cannot finish; tc does */
+	NP_DSR_LEARNED,      /* a DSR packet for a local backend: its reply will be translated */
 	NP_DROP_NO_BACKEND,  /* frontend with no backend to pick (or none local) */
 	NP_DROP_SOURCE_RANGE, /* source outside loadBalancerSourceRanges */
-	NP_DROP_FRAGMENT,    /* fragment of a packet to a frontend: no ports to translate */
 	NP_DROP_TTL,         /* TTL or hop limit ran out */
 	NP_DROP_NO_PORT,     /* no free SNAT source port for the backend */
 	NP_DROP_CT_FULL,     /* conntrack update failed */
 	NP_DROP_NO_ROUTE,    /* no route to the backend or the client */
 	NP_DROP_FORWARDING_OFF, /* the device does not forward (net.ipv4.ip_forward etc.) */
+	NP_DROP_DSR_OPTION,  /* no room for the DSR option (40 bytes of options already) */
 	NP_DROP_MALFORMED,   /* headers cut short */
 	NP_COUNTER_MAX,
 };

@@ -39,6 +39,7 @@ type nodeportCtFlags uint32
 const (
 	nodeportCtFlagsCT_F_CLOSING nodeportCtFlags = 1
 	nodeportCtFlagsCT_F_SNAT    nodeportCtFlags = 2
+	nodeportCtFlagsCT_F_DSR     nodeportCtFlags = 4
 )
 
 type nodeportCtForward struct {
@@ -88,7 +89,8 @@ type nodeportNpConfig struct {
 	TcpTimeout        uint32
 	TcpClosingTimeout uint32
 	UdpTimeout        uint32
-	Reserved          [8]uint32
+	Mode              uint32
+	Reserved          [7]uint32
 }
 
 type nodeportNpCounter uint32
@@ -99,16 +101,17 @@ const (
 	nodeportNpCounterNP_FORWARD             nodeportNpCounter = 2
 	nodeportNpCounterNP_REPLY               nodeportNpCounter = 3
 	nodeportNpCounterNP_TO_STACK            nodeportNpCounter = 4
-	nodeportNpCounterNP_DROP_NO_BACKEND     nodeportNpCounter = 5
-	nodeportNpCounterNP_DROP_SOURCE_RANGE   nodeportNpCounter = 6
-	nodeportNpCounterNP_DROP_FRAGMENT       nodeportNpCounter = 7
+	nodeportNpCounterNP_DSR_LEARNED         nodeportNpCounter = 5
+	nodeportNpCounterNP_DROP_NO_BACKEND     nodeportNpCounter = 6
+	nodeportNpCounterNP_DROP_SOURCE_RANGE   nodeportNpCounter = 7
 	nodeportNpCounterNP_DROP_TTL            nodeportNpCounter = 8
 	nodeportNpCounterNP_DROP_NO_PORT        nodeportNpCounter = 9
 	nodeportNpCounterNP_DROP_CT_FULL        nodeportNpCounter = 10
 	nodeportNpCounterNP_DROP_NO_ROUTE       nodeportNpCounter = 11
 	nodeportNpCounterNP_DROP_FORWARDING_OFF nodeportNpCounter = 12
-	nodeportNpCounterNP_DROP_MALFORMED      nodeportNpCounter = 13
-	nodeportNpCounterNP_COUNTER_MAX         nodeportNpCounter = 14
+	nodeportNpCounterNP_DROP_DSR_OPTION     nodeportNpCounter = 13
+	nodeportNpCounterNP_DROP_MALFORMED      nodeportNpCounter = 14
+	nodeportNpCounterNP_COUNTER_MAX         nodeportNpCounter = 15
 )
 
 type nodeportNpDevice struct {
@@ -116,6 +119,14 @@ type nodeportNpDevice struct {
 	Addr4 nodeportLbAddr
 	Addr6 nodeportLbAddr
 }
+
+type nodeportNpMode uint32
+
+const (
+	nodeportNpModeNP_MODE_SNAT   nodeportNpMode = 0
+	nodeportNpModeNP_MODE_DSR    nodeportNpMode = 1
+	nodeportNpModeNP_MODE_HYBRID nodeportNpMode = 2
+)
 
 type nodeportNpProg uint32
 
@@ -187,6 +198,7 @@ const (
 	nodeportProgNodeportXdp       = "nodeport_xdp"
 	nodeportVarUnusedCtFlags      = "unused_ct_flags"
 	nodeportVarUnusedNpCounter    = "unused_np_counter"
+	nodeportVarUnusedNpMode       = "unused_np_mode"
 	nodeportVarUnusedNpProg       = "unused_np_prog"
 )
 
@@ -263,6 +275,7 @@ type nodeportMapSpecs struct {
 type nodeportVariableSpecs struct {
 	UnusedCtFlags   *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
 	UnusedNpCounter *ebpf.VariableSpec `ebpf:"unused_np_counter"`
+	UnusedNpMode    *ebpf.VariableSpec `ebpf:"unused_np_mode"`
 	UnusedNpProg    *ebpf.VariableSpec `ebpf:"unused_np_prog"`
 }
 
@@ -327,6 +340,7 @@ func (m *nodeportMaps) Close() error {
 type nodeportVariables struct {
 	UnusedCtFlags   *ebpf.Variable `ebpf:"unused_ct_flags"`
 	UnusedNpCounter *ebpf.Variable `ebpf:"unused_np_counter"`
+	UnusedNpMode    *ebpf.Variable `ebpf:"unused_np_mode"`
 	UnusedNpProg    *ebpf.Variable `ebpf:"unused_np_prog"`
 }
 

@@ -523,3 +523,68 @@ func TestNodePortSNATPortsDoNotCollide(t *testing.T) {
 		}
 	}
 }
+
+// TestNodePortDSRCarriesTheFrontendToTheBackendsNode plays both nodes of a DSR flow on
+// one set of maps: the entry node keeps the client's address and adds the frontend as
+// an IPv4 option to the SYN (checksums verified by gopacket, the option parsed by it);
+// the backend's node learns the flow from that option, and its egress gives the
+// backend's reply the frontend as source, straight to the client.
+func TestNodePortDSRCarriesTheFrontendToTheBackendsNode(t *testing.T) {
+	f := newNPFixture(t)
+	xdp, tcIn, tcOut := f.np.Programs()
+	f.put(f.maps.Config, uint32(0), bpf.NPConfig{Mode: bpf.NPModeDSR})
+	backend := netip.AddrPortFrom(npBackend4, 8080)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, backend, bpf.SvcFlagExternal)
+	syn := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S"}
+
+	// XDP cannot grow the SYN: it leaves it to tc untouched.
+	if action, out := f.exec(xdp, syn.bytes(t), true); action != xdpPass || string(out) != string(syn.bytes(t)) {
+		t.Fatalf("XDP on a DSR SYN: action %d, changed %v", action, string(out) != string(syn.bytes(t)))
+	}
+	r := f.run(tcIn, syn.bytes(t), false)
+	if r.action != tcActRedirect || r.src != syn.src || r.dst != backend {
+		t.Fatalf("DSR forward: action %d %v -> %v, want the client to %v (counters %v)", r.action, r.src, r.dst, backend, f.counters())
+	}
+	ip := gopacket.NewPacket(r.out, layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	if ip.IHL != 7 || len(ip.Options) == 0 || ip.Options[0].OptionType != 0x9a || ip.Options[0].OptionLength != 8 {
+		t.Fatalf("DSR SYN: IHL %d options %+v, want the 8-byte option 0x9a", ip.IHL, ip.Options)
+	}
+	opt := ip.Options[0].OptionData
+	if port, addr := binary.BigEndian.Uint16(opt[:2]), netip.AddrFrom4([4]byte(opt[2:6])); port != 30080 || addr != f.node.IPv4 {
+		t.Fatalf("DSR option carries %v:%d, want the frontend %v:30080", addr, port, f.node.IPv4)
+	}
+	// The next packets of the flow go without the option, through XDP too.
+	ack := syn
+	ack.tcpFlags = "A"
+	if r := f.run(xdp, ack.bytes(t), true); r.action != xdpTX || r.src != syn.src || r.dst != backend {
+		t.Fatalf("DSR ACK in XDP: action %d %v -> %v", r.action, r.src, r.dst)
+	}
+
+	// The backend's node: the backend is local there.
+	be, _ := bpf.AddrFrom(npBackend4)
+	f.put(f.lb.Maps().SmLocal, be, uint8(1))
+	if action, _ := f.exec(tcIn, r.out, false); action != tcActOK || f.counters()["tc_ingress/dsr_learned"] != 1 {
+		t.Fatalf("backend's node on the DSR SYN: action %d counters %v", action, f.counters())
+	}
+	synAck := packet{src: backend, dst: syn.src, tcpFlags: "SA"}
+	rep := f.run(tcOut, synAck.bytes(t), false)
+	if rep.action != tcActOK || rep.src != syn.dst || rep.dst != syn.src {
+		t.Fatalf("backend's reply on egress: action %d %v -> %v, want %v -> %v", rep.action, rep.src, rep.dst, syn.dst, syn.src)
+	}
+}
+
+func TestNodePortHybridKeepsUDPOnSNAT(t *testing.T) {
+	f := newNPFixture(t)
+	_, tcIn, _ := f.np.Programs()
+	f.put(f.maps.Config, uint32(0), bpf.NPConfig{Mode: bpf.NPModeHybrid})
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30053, unix.IPPROTO_UDP, netip.AddrPortFrom(npBackend4, 9053), bpf.SvcFlagExternal)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 80), bpf.SvcFlagExternal)
+	udp := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30053), udp: true}
+	if r := f.run(tcIn, udp.bytes(t), false); r.src.Addr() != f.node.IPv4 {
+		t.Fatalf("hybrid UDP: source %v, want SNAT to the node", r.src)
+	}
+	tcp := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S"}
+	if r := f.run(tcIn, tcp.bytes(t), false); r.src != tcp.src {
+		t.Fatalf("hybrid TCP: source %v, want the client (DSR)", r.src)
+	}
+}

@@ -309,17 +309,23 @@ func nodePortCounters(t *testing.T, a *harness.Agent) string {
 	return strings.Join(out, " ")
 }
 
-// TestNodePortSurvivesAgentRestartUnderLoad: while curl keeps asking through node-1's
-// NodePort and a line connection stays open across it, node-1's agent is stopped and
-// started again. Every request is answered, the open connection keeps its backend (the
+// TestNodePortSurvivesAgentRestartUnderLoad, in snat and dsr mode: while curl keeps
+// asking through node-1's NodePort and a line connection stays open across it, node-1's
+// agent is stopped and started again. Every request is answered, the open connection keeps its backend (the
 // conntrack entries live in the pins), and the new agent rewrites no entry.
 func TestNodePortSurvivesAgentRestartUnderLoad(t *testing.T) {
+	for _, mode := range []string{"snat", "dsr"} {
+		t.Run(mode, func(t *testing.T) { testRestartUnderLoad(t, mode) })
+	}
+}
+
+func testRestartUnderLoad(t *testing.T, mode string) {
 	l := harness.NewNodePortLab(t)
 	startPods(t, l)
 	yaml := l.WriteFile(t, "services.yaml", nodePortYAML(l))
 	var agents []*harness.Agent
 	for _, node := range l.Nodes {
-		agents = append(agents, l.StartNodeAgent(t, node, yaml))
+		agents = append(agents, l.StartNodeAgent(t, node, yaml, "--nodeport-mode", mode))
 	}
 	node := l.Nodes[0]
 	line := netip.AddrPortFrom(node.IPv4, npWebLine)
@@ -356,7 +362,7 @@ func TestNodePortSurvivesAgentRestartUnderLoad(t *testing.T) {
 	if name, err := netlab.Ask(conn); err != nil || name != first.Backend {
 		t.Fatalf("with the agent stopped the open connection answered %q, %v; want %s", name, err, first.Backend)
 	}
-	restarted := l.StartNodeAgent(t, node, yaml)
+	restarted := l.StartNodeAgent(t, node, yaml, "--nodeport-mode", mode)
 	if name, err := netlab.Ask(conn); err != nil || name != first.Backend {
 		t.Fatalf("after the restart the open connection answered %q, %v; want %s", name, err, first.Backend)
 	}
@@ -376,5 +382,85 @@ func TestNodePortSurvivesAgentRestartUnderLoad(t *testing.T) {
 	}
 	if n := restarted.Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "forward"}); n == 0 {
 		t.Fatal("no packet of a tracked flow passed node-1")
+	}
+}
+
+// TestNodePortDSRRepliesSkipTheEntryNode: with --nodeport-mode dsr every pod sees the
+// client's address, and the replies of pods behind node-2 and node-3 leave from their
+// nodes straight to the client (their egress translates them; node-1's ingress never
+// sees one); IPv6 falls back to SNAT. hybrid does the same for TCP and keeps UDP on
+// SNAT, whose replies come back through node-1.
+func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
+	for _, mode := range []string{"dsr", "hybrid"} {
+		t.Run(mode, func(t *testing.T) {
+			l := harness.NewNodePortLab(t)
+			startPods(t, l)
+			yaml := l.WriteFile(t, "services.yaml", nodePortYAML(l))
+			var agents []*harness.Agent
+			for _, node := range l.Nodes {
+				agents = append(agents, l.StartNodeAgent(t, node, yaml, "--nodeport-mode", mode))
+			}
+			node := l.Nodes[0]
+			remote := 0
+			for range 12 {
+				out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(node.IPv4, npWebHTTP)))
+				if err != nil {
+					t.Fatalf("curl: %v\nnode-1: %s\nnode-2: %s", err, nodePortCounters(t, agents[0]), nodePortCounters(t, agents[1]))
+				}
+				pod, saw, _ := strings.Cut(out, " saw ")
+				if saw != l.Client.IPv4.String() {
+					t.Fatalf("%s saw %s, want the client %s (DSR)", pod, saw, l.Client.IPv4)
+				}
+				if pod != "pod-1" {
+					remote++
+				}
+			}
+			if remote == 0 {
+				t.Fatal("12 requests never reached a pod behind another node")
+			}
+			if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"action": "reply", "program": "tc_ingress"}); n != 0 {
+				t.Fatalf("%v replies of DSR flows came back through node-1", n)
+			}
+			out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(node.IPv6, npWebHTTP)))
+			if err != nil {
+				t.Fatalf("curl over IPv6: %v", err)
+			}
+			checkSNATAnswer(t, l, node, l.Client.IPv6, out)
+			v4Replies := func() float64 {
+				return agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "reply"})
+			}
+			before := v4Replies()
+			var ans netlab.DNSAnswer
+			dns := netip.AddrPortFrom(node.IPv4, npWebDNS)
+			// Until a pod behind another node answers (node-1's own answers on egress).
+			for range 12 {
+				if err := l.Client.Do(func() error { var err error; ans, err = netlab.QueryDNS(dns); return err }); err != nil || ans.From.Addr().Unmap() != dns.Addr() || ans.From.Port() != dns.Port() {
+					t.Fatalf("DNS to %s: %+v, %v", dns, ans, err)
+				}
+				if ans.Backend != "pod-1" {
+					break
+				}
+			}
+			if ans.Backend == "pod-1" {
+				t.Fatal("12 DNS queries never reached a pod behind another node")
+			}
+			udpBack := v4Replies() - before
+			learned, answered := 0.0, 0.0
+			for _, a := range agents[1:] {
+				learned += a.Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "dsr_learned"})
+				answered += a.Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_egress", "action": "reply"})
+			}
+			if learned == 0 || answered == 0 {
+				t.Fatalf("node-2 and node-3 learned %v DSR flows and answered %v packets, want some of each", learned, answered)
+			}
+			// Node-1's ingress translated only the IPv6 flow's replies (SNAT), and in
+			// hybrid mode the UDP ones.
+			switch {
+			case mode == "dsr" && udpBack != 0:
+				t.Fatalf("dsr: %v UDP replies came back through node-1", udpBack)
+			case mode == "hybrid" && udpBack == 0:
+				t.Fatal("hybrid: the UDP reply did not come back through node-1 (SNAT)")
+			}
+		})
 	}
 }

@@ -50,7 +50,7 @@ func newAgentCmd() *cobra.Command {
 	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
 	fs.StringVar(&cfg.HealthCheckBind, "health-check-bind-address", cfg.HealthCheckBind, "address the healthCheckNodePort servers (LoadBalancer Services with externalTrafficPolicy Local) listen on; empty: every address")
 	fs.StringSliceVar(&cfg.Devices, "devices", nil, "NodePort devices (comma-separated): NodePort, externalIP and LoadBalancer traffic arriving on them is load-balanced in tc (and XDP); empty: none")
-	fs.StringVar(&cfg.NodePortMode, "nodeport-mode", cfg.NodePortMode, "how NodePort traffic reaches a backend on another node: snat (dsr and hybrid are not available yet)")
+	fs.StringVar(&cfg.NodePortMode, "nodeport-mode", cfg.NodePortMode, "how NodePort traffic reaches a backend on another node: snat (the reply returns through this node), dsr (the backend sees the client and its node answers directly; IPv4, others snat) or hybrid (dsr for TCP, snat for UDP)")
 	fs.StringVar(&cfg.XDP, "xdp", cfg.XDP, "XDP on the NodePort devices: native (falls back to generic where the driver lacks it), generic or off")
 	fs.StringVar(&cfg.NodePortRange, "node-port-range", cfg.NodePortRange, "NodePorts served (kube-apiserver's --service-node-port-range); a Service's NodePort outside it is reported and not served")
 	fs.StringVar(&cfg.Splice, "splice", cfg.Splice, "splice local socket pairs with sock_ops/sk_msg: auto, on or off (both only where the kernel's spliced sockets behave like TCP; see README)")
