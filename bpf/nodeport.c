@@ -704,6 +704,86 @@ static __always_inline int dsr_insert(struct __sk_buff *skb, const struct lb_add
 	return 0;
 }
 
+/* icmp_error4 sends an ICMP error about a packet this node SNATed toward a backend
+ * (fragmentation needed on the way, port unreachable, time exceeded) to the client it
+ * came from, about the packet as the client sent it: the outer destination becomes the
+ * client, the quoted header the client's own (client -> frontend). Returns NP_PASS
+ * when the packet is no such error. */
+static __always_inline int icmp_error4(struct __sk_buff *skb, struct bpf_fib_lookup *f)
+{
+	struct { __u8 type, code; __u16 csum; __u32 rest; } icmp;
+	struct iphdr outer, inner;
+	__u32 l3 = sizeof(struct ethhdr), icmp_off, in_off, in_l4, csum_off;
+	struct ct_key key = {};
+	struct ct_reply *rep;
+	__u16 ports[2], new_ports[2], ttl_old, ttl_new, check_new;
+	__u32 diff = 0;
+	int rc;
+
+	if (bpf_skb_load_bytes(skb, l3, &outer, sizeof(outer)) || outer.protocol != IPPROTO_ICMP ||
+	    outer.ihl < 5 || (outer.frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return NP_PASS;
+	icmp_off = l3 + (outer.ihl & 0xf) * 4;
+	if (bpf_skb_load_bytes(skb, icmp_off, &icmp, sizeof(icmp)) || (icmp.type != 3 && icmp.type != 11))
+		return NP_PASS;
+	in_off = icmp_off + sizeof(icmp);
+	if (bpf_skb_load_bytes(skb, in_off, &inner, sizeof(inner)) || inner.ihl < 5 ||
+	    (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP))
+		return NP_PASS;
+	in_l4 = in_off + (inner.ihl & 0xf) * 4;
+	if (bpf_skb_load_bytes(skb, in_l4, ports, sizeof(ports)))
+		return NP_PASS;
+	/* The quoted packet went node -> backend: its reply tuple names the flow. */
+	key.saddr.addr[0] = inner.daddr;
+	key.daddr.addr[0] = inner.saddr;
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.proto = inner.protocol;
+	key.family = AF_INET;
+	rep = bpf_map_lookup_elem(&sm_ct_reply, &key);
+	if (!rep || !(rep->flags & CT_F_SNAT) || outer.daddr != inner.saddr)
+		return NP_PASS;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	f->family = AF_INET;
+	f->ifindex = skb->ifindex;
+	f->ipv4_src = outer.saddr;
+	f->ipv4_dst = rep->client.addr[0];
+	rc = bpf_fib_lookup(skb, f, sizeof(*f), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return NP_DROP_NO_ROUTE;
+	if (outer.ttl <= 1)
+		return NP_DROP_TTL;
+
+	/* The quoted header: source client:port, destination frontend:port. */
+	diff = csum_diff32(diff, inner.saddr, rep->client.addr[0]);
+	diff = csum_diff32(diff, inner.daddr, rep->frontend.addr[0]);
+	check_new = csum_apply(inner.check, diff);
+	new_ports[0] = rep->client_port;
+	new_ports[1] = rep->frontend_port;
+	csum_off = icmp_off + 2;
+	if (bpf_l4_csum_replace(skb, csum_off, inner.saddr, rep->client.addr[0], 4) ||
+	    bpf_l4_csum_replace(skb, csum_off, inner.daddr, rep->frontend.addr[0], 4) ||
+	    bpf_l4_csum_replace(skb, csum_off, inner.check, check_new, 2) ||
+	    bpf_l4_csum_replace(skb, csum_off, ports[0], new_ports[0], 2) ||
+	    bpf_l4_csum_replace(skb, csum_off, ports[1], new_ports[1], 2) ||
+	    bpf_skb_store_bytes(skb, in_off + 12, &rep->client.addr[0], 4, 0) ||
+	    bpf_skb_store_bytes(skb, in_off + 16, &rep->frontend.addr[0], 4, 0) ||
+	    bpf_skb_store_bytes(skb, in_off + 10, &check_new, 2, 0) ||
+	    bpf_skb_store_bytes(skb, in_l4, new_ports, sizeof(new_ports), 0))
+		return NP_DROP_MALFORMED;
+	/* The outer header: to the client, one hop on. */
+	ttl_old = *(__u16 *)&outer.ttl;
+	outer.ttl--;
+	ttl_new = *(__u16 *)&outer.ttl;
+	if (bpf_l3_csum_replace(skb, l3 + 10, outer.daddr, rep->client.addr[0], 4) ||
+	    bpf_l3_csum_replace(skb, l3 + 10, ttl_old, ttl_new, 2) ||
+	    bpf_skb_store_bytes(skb, l3 + 16, &rep->client.addr[0], 4, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + 8, &ttl_new, 2, 0))
+		return NP_DROP_MALFORMED;
+	return NP_ICMP_ERROR;
+}
+
 SEC("xdp")
 int nodeport_xdp(struct xdp_md *ctx)
 {
@@ -770,7 +850,17 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 	int what, rc;
 
 	what = parse(data, data_end, &p);
-	if (what == PARSE_FRAGMENT || what == PARSE_OTHER) {
+	if (what == PARSE_OTHER) {
+		what = icmp_error4(skb, &f);
+		np_count(NP_PROG_TC_INGRESS, what);
+		if (what == NP_ICMP_ERROR) {
+			nh.nh_family = AF_INET;
+			nh.ipv4_nh = f.ipv4_dst;
+			return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
+		}
+		return is_drop(what) ? TC_ACT_SHOT : TC_ACT_OK;
+	}
+	if (what == PARSE_FRAGMENT) {
 		np_count(NP_PROG_TC_INGRESS, NP_PASS);
 		return TC_ACT_OK;
 	}

@@ -55,6 +55,7 @@ const (
 	NPNewFlow           = nodeportNpCounterNP_NEW_FLOW
 	NPForward           = nodeportNpCounterNP_FORWARD
 	NPReply             = nodeportNpCounterNP_REPLY
+	NPICMPError         = nodeportNpCounterNP_ICMP_ERROR
 	NPDSRLearned        = nodeportNpCounterNP_DSR_LEARNED
 	NPDropDSROption     = nodeportNpCounterNP_DROP_DSR_OPTION
 	NPToStack           = nodeportNpCounterNP_TO_STACK
@@ -74,7 +75,7 @@ var (
 	NPProgNames    = [...]string{NPProgXDP: "xdp", NPProgTCIngress: "tc_ingress", NPProgTCEgress: "tc_egress"}
 	NPCounterNames = [...]string{
 		NPPass: "pass", NPNewFlow: "new_flow", NPForward: "forward", NPReply: "reply", NPToStack: "to_stack",
-		NPDropNoBackend: "drop_no_backend", NPDropSourceRange: "drop_source_range", NPDSRLearned: "dsr_learned", NPDropDSROption: "drop_dsr_option",
+		NPDropNoBackend: "drop_no_backend", NPDropSourceRange: "drop_source_range", NPDSRLearned: "dsr_learned", NPICMPError: "icmp_error", NPDropDSROption: "drop_dsr_option",
 		NPDropTTL: "drop_ttl", NPDropNoPort: "drop_no_port", NPDropCTFull: "drop_ct_full",
 		NPDropNoRoute: "drop_no_route", NPDropMalformed: "drop_malformed", NPDropForwardingOff: "drop_forwarding_off",
 	}

@@ -106,6 +106,7 @@ enum np_counter {
 	NP_REPLY,            /* backend → client of a tracked flow */
 	NP_TO_STACK,         /* XDP saw a frontend packet it cannot finish; tc does */
 	NP_DSR_LEARNED,      /* a DSR packet for a local backend: its reply will be translated */
+	NP_ICMP_ERROR,       /* an ICMP error about a SNATed packet, sent on to its client */
 	NP_DROP_NO_BACKEND,  /* frontend with no backend to pick (or none local) */
 	NP_DROP_SOURCE_RANGE, /* source outside loadBalancerSourceRanges */
 	NP_DROP_TTL,         /* TTL or hop limit ran out */

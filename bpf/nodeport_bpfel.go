@@ -102,16 +102,17 @@ const (
 	nodeportNpCounterNP_REPLY               nodeportNpCounter = 3
 	nodeportNpCounterNP_TO_STACK            nodeportNpCounter = 4
 	nodeportNpCounterNP_DSR_LEARNED         nodeportNpCounter = 5
-	nodeportNpCounterNP_DROP_NO_BACKEND     nodeportNpCounter = 6
-	nodeportNpCounterNP_DROP_SOURCE_RANGE   nodeportNpCounter = 7
-	nodeportNpCounterNP_DROP_TTL            nodeportNpCounter = 8
-	nodeportNpCounterNP_DROP_NO_PORT        nodeportNpCounter = 9
-	nodeportNpCounterNP_DROP_CT_FULL        nodeportNpCounter = 10
-	nodeportNpCounterNP_DROP_NO_ROUTE       nodeportNpCounter = 11
-	nodeportNpCounterNP_DROP_FORWARDING_OFF nodeportNpCounter = 12
-	nodeportNpCounterNP_DROP_DSR_OPTION     nodeportNpCounter = 13
-	nodeportNpCounterNP_DROP_MALFORMED      nodeportNpCounter = 14
-	nodeportNpCounterNP_COUNTER_MAX         nodeportNpCounter = 15
+	nodeportNpCounterNP_ICMP_ERROR          nodeportNpCounter = 6
+	nodeportNpCounterNP_DROP_NO_BACKEND     nodeportNpCounter = 7
+	nodeportNpCounterNP_DROP_SOURCE_RANGE   nodeportNpCounter = 8
+	nodeportNpCounterNP_DROP_TTL            nodeportNpCounter = 9
+	nodeportNpCounterNP_DROP_NO_PORT        nodeportNpCounter = 10
+	nodeportNpCounterNP_DROP_CT_FULL        nodeportNpCounter = 11
+	nodeportNpCounterNP_DROP_NO_ROUTE       nodeportNpCounter = 12
+	nodeportNpCounterNP_DROP_FORWARDING_OFF nodeportNpCounter = 13
+	nodeportNpCounterNP_DROP_DSR_OPTION     nodeportNpCounter = 14
+	nodeportNpCounterNP_DROP_MALFORMED      nodeportNpCounter = 15
+	nodeportNpCounterNP_COUNTER_MAX         nodeportNpCounter = 16
 )
 
 type nodeportNpDevice struct {

@@ -588,3 +588,67 @@ func TestNodePortHybridKeepsUDPOnSNAT(t *testing.T) {
 		t.Fatalf("hybrid TCP: source %v, want the client (DSR)", r.src)
 	}
 }
+
+// TestNodePortICMPErrorReachesTheClient: a router between this node and the backend
+// answers a SNATed packet with "fragmentation needed"; the error goes on to the client,
+// quoting the packet as the client sent it. gopacket checks the outer IPv4, ICMP and
+// quoted IPv4 checksums.
+func TestNodePortICMPErrorReachesTheClient(t *testing.T) {
+	f := newNPFixture(t)
+	_, tcIn, _ := f.np.Programs()
+	backend := netip.AddrPortFrom(npBackend4, 8080)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, backend, bpf.SvcFlagExternal)
+	in := packet{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S"}
+	fwd := f.run(tcIn, in.bytes(t), false)
+	if fwd.action != tcActRedirect {
+		t.Fatalf("forward: action %d", fwd.action)
+	}
+	router := netip.MustParseAddr("10.200.0.60")
+	quoted := fwd.out[14:] // the packet as it left this node: SNAT source, backend destination
+	icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded), Seq: 1400}
+	frame := gopacket.NewSerializeBuffer()
+	err := gopacket.SerializeLayers(frame, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
+		&layers.Ethernet{SrcMAC: backendMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv4},
+		&layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: router.AsSlice(), DstIP: f.node.IPv4.AsSlice()},
+		icmp, gopacket.Payload(quoted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	action, out := f.exec(tcIn, frame.Bytes(), false)
+	if action != tcActRedirect {
+		t.Fatalf("ICMP error: action %d, want redirect (counters %v)", action, f.counters())
+	}
+	pkt := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	outer, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	gotICMP, _ := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if outer == nil || gotICMP == nil {
+		t.Fatalf("output is no ICMPv4 packet: %v", pkt)
+	}
+	verifyIPv4Checksum(t, outer)
+	if dst, _ := netip.AddrFromSlice(outer.DstIP); dst != npClient4 || outer.TTL != 63 {
+		t.Fatalf("ICMP error to %v ttl %d, want the client %v ttl 63", dst, outer.TTL, npClient4)
+	}
+	// The ICMP checksum, as gopacket computes it over the message as it left.
+	cp := *gotICMP
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, &cp, gopacket.Payload(gotICMP.Payload)); err != nil {
+		t.Fatal(err)
+	}
+	if want := binary.BigEndian.Uint16(buf.Bytes()[2:]); gotICMP.Checksum != want {
+		t.Errorf("ICMP checksum %#04x, gopacket computes %#04x", gotICMP.Checksum, want)
+	}
+	var q layers.IPv4
+	if err := q.DecodeFromBytes(gotICMP.Payload, gopacket.NilDecodeFeedback); err != nil {
+		t.Fatal(err)
+	}
+	verifyIPv4Checksum(t, &q)
+	qs, _ := netip.AddrFromSlice(q.SrcIP)
+	qd, _ := netip.AddrFromSlice(q.DstIP)
+	sport, dport := binary.BigEndian.Uint16(q.Payload[0:]), binary.BigEndian.Uint16(q.Payload[2:])
+	if netip.AddrPortFrom(qs, sport) != in.src || netip.AddrPortFrom(qd, dport) != in.dst {
+		t.Fatalf("quoted packet %v:%d -> %v:%d, want the client's %v -> %v", qs, sport, qd, dport, in.src, in.dst)
+	}
+	if f.counters()["tc_ingress/icmp_error"] != 1 {
+		t.Fatalf("counters %v", f.counters())
+	}
+}
