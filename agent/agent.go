@@ -136,6 +136,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if a.writer, err = lbmap.NewWriter(lbmap.BPFTables(dp.Maps(), npMaps), a.metrics); err != nil {
 		return err
 	}
+	if err := a.writer.SetMaglev(cfg.MaglevTableSize, uint64(cfg.MaglevSeed)); err != nil {
+		return err
+	}
 	proxy := proxySettings(cfg, log)
 	dpCfg, nodeAddrs, err := proxy.Config()
 	if err != nil {
@@ -269,7 +272,7 @@ func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.
 	}
 	np, err := bpf.LoadNodePort(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
 	if err == nil {
-		err = replaceMap(np.Maps().Config, map[uint32]bpf.NPConfig{0: npConfig(cfg.npMode())}, nil)
+		err = replaceMap(np.Maps().Config, map[uint32]bpf.NPConfig{0: npConfig(&cfg)}, nil)
 		if err != nil {
 			np.Close()
 		}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sockmesh/sockmesh/agent/maglev"
 	"github.com/sockmesh/sockmesh/agent/model"
 	"github.com/sockmesh/sockmesh/agent/source"
 	"github.com/sockmesh/sockmesh/bpf"
@@ -65,7 +66,14 @@ type Config struct {
 	XDP string
 	// NodePortRange is "MIN-MAX", kube-apiserver's --service-node-port-range.
 	NodePortRange string
+	// MaglevTableSize is the prime size of the Maglev tables; MaglevSeed their seed and
+	// the flow hash's, the same on every node so a flow keeps its backend across nodes.
+	MaglevTableSize uint32
+	MaglevSeed      uint32
 }
+
+// DefaultMaglevSeed is the Maglev seed unless --maglev-seed says otherwise.
+const DefaultMaglevSeed = 0x5eed5eed
 
 // DefaultEnvoyPort is Envoy's redirect listener port when --envoy-redirect names none.
 const DefaultEnvoyPort = 15001
@@ -92,21 +100,23 @@ const DefaultRepairInterval = 30 * time.Second
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		NodeName:       host,
-		BPFFS:          DefaultBPFFS,
-		HTTPListen:     DefaultHTTPListen,
-		DebugListen:    DefaultDebugListen,
-		XDSListen:      DefaultXDSListen,
-		MaxServices:    bpf.DefaultLimits.MaxServices,
-		MaxBackends:    bpf.DefaultLimits.MaxBackends,
-		MaxInputBytes:  source.DefaultMaxBytes,
-		XDSMaxStreams:  xds.DefaultLimits.MaxStreams,
-		RepairInterval: DefaultRepairInterval,
-		EnvoyMark:      DefaultEnvoyMark,
-		Splice:         "auto",
-		NodePortMode:   "snat",
-		XDP:            string(bpf.XDPOff),
-		NodePortRange:  model.DefaultNodePortRange.String(),
+		NodeName:        host,
+		BPFFS:           DefaultBPFFS,
+		HTTPListen:      DefaultHTTPListen,
+		DebugListen:     DefaultDebugListen,
+		XDSListen:       DefaultXDSListen,
+		MaxServices:     bpf.DefaultLimits.MaxServices,
+		MaxBackends:     bpf.DefaultLimits.MaxBackends,
+		MaxInputBytes:   source.DefaultMaxBytes,
+		XDSMaxStreams:   xds.DefaultLimits.MaxStreams,
+		RepairInterval:  DefaultRepairInterval,
+		EnvoyMark:       DefaultEnvoyMark,
+		Splice:          "auto",
+		NodePortMode:    "snat",
+		XDP:             string(bpf.XDPOff),
+		NodePortRange:   model.DefaultNodePortRange.String(),
+		MaglevTableSize: maglev.DefaultSize,
+		MaglevSeed:      DefaultMaglevSeed,
 	}
 }
 
@@ -201,6 +211,9 @@ func (c *Config) Validate() error {
 	case "snat", "dsr", "hybrid":
 	default:
 		errs = append(errs, fmt.Errorf("--nodeport-mode %q: want snat, dsr or hybrid", c.NodePortMode))
+	}
+	if err := maglev.ValidSize(c.MaglevTableSize); err != nil {
+		errs = append(errs, fmt.Errorf("--maglev-table-size: %v", err))
 	}
 	switch bpf.XDPMode(c.XDP) {
 	case bpf.XDPNative, bpf.XDPGeneric, bpf.XDPOff:

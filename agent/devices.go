@@ -232,8 +232,9 @@ func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V, obs lbmap
 
 // npConfig is the datapath's NodePort settings: SNAT ports in Linux's default
 // ephemeral range, Cilium's conntrack timeouts (TCP 6h, closing 10s, UDP 60s).
-func npConfig(mode uint32) bpf.NPConfig {
-	return bpf.NPConfig{SnatPortMin: 32768, SnatPortMax: 60999, TcpTimeout: 21600, TcpClosingTimeout: 10, UdpTimeout: 60, Mode: mode}
+func npConfig(cfg *Config) bpf.NPConfig {
+	return bpf.NPConfig{SnatPortMin: 32768, SnatPortMax: 60999, TcpTimeout: 21600, TcpClosingTimeout: 10, UdpTimeout: 60,
+		Mode: cfg.npMode(), MaglevSeed: cfg.MaglevSeed}
 }
 
 var npPacketsDesc = prometheus.NewDesc("sockmesh_nodeport_packets_total",

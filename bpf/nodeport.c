@@ -398,7 +398,30 @@ static __always_inline int source_allowed(const struct pkt *p, const struct svc_
 	return bpf_map_lookup_elem(&sm_np_ranges, &k) != NULL;
 }
 
-static __always_inline struct backend_value *pick(const struct svc_value *svc, __u32 *id_out)
+/* flow_hash hashes a flow's tuple alike on every node (murmur3's mixing), for Maglev:
+ * the same flow picks the same table entry whichever node it enters. */
+static __always_inline __u32 flow_hash(const struct pkt *p, __u32 seed)
+{
+	const __u32 *w = (const __u32 *)&p->key;
+	__u32 h = seed;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(p->key) / 4); i++) {
+		__u32 k = w[i] * 0xcc9e2d51;
+
+		k = (k << 15) | (k >> 17);
+		h ^= k * 0x1b873593;
+		h = ((h << 13) | (h >> 19)) * 5 + 0xe6546b64;
+	}
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	return h ^ (h >> 16);
+}
+
+static __always_inline struct backend_value *pick(const struct pkt *p, const struct svc_value *svc,
+						  const struct np_config *cfg, __u32 *id_out)
 {
 	struct slot_key skey = {};
 	struct backend_value *be;
@@ -407,7 +430,10 @@ static __always_inline struct backend_value *pick(const struct svc_value *svc, _
 	if (svc->count == 0)
 		return NULL;
 	skey.svc_id = svc->id;
-	skey.slot = bpf_get_prandom_u32() % svc->count + 1;
+	if (svc->flags & SVC_F_MAGLEV)
+		skey.slot = flow_hash(p, cfg ? cfg->maglev_seed : 0) % svc->count + 1;
+	else
+		skey.slot = bpf_get_prandom_u32() % svc->count + 1;
 	id = bpf_map_lookup_elem(&sm_slots, &skey);
 	if (!id)
 		return NULL;
@@ -488,7 +514,7 @@ static __always_inline int track_new(const struct pkt *p, __u32 ifindex, struct 
 		return NP_PASS;
 	if (!source_allowed(p, svc))
 		return NP_DROP_SOURCE_RANGE;
-	be = pick(svc, &backend_id);
+	be = pick(p, svc, cfg, &backend_id);
 	if (!be)
 		return NP_DROP_NO_BACKEND;
 

@@ -74,7 +74,8 @@ struct np_config {
 	__u32 tcp_closing_timeout;
 	__u32 udp_timeout;
 	__u32 mode; /* enum np_mode */
-	__u32 reserved[7];
+	__u32 maglev_seed; /* the flow hash's seed: the same on every node */
+	__u32 reserved[6];
 };
 
 /* Addresses a NodePort device answers on and rewrites sources to (SNAT), by ifindex. */

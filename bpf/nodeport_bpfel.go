@@ -90,7 +90,8 @@ type nodeportNpConfig struct {
 	TcpClosingTimeout uint32
 	UdpTimeout        uint32
 	Mode              uint32
-	Reserved          [7]uint32
+	MaglevSeed        uint32
+	Reserved          [6]uint32
 }
 
 type nodeportNpCounter uint32

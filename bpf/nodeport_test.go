@@ -652,3 +652,62 @@ func TestNodePortICMPErrorReachesTheClient(t *testing.T) {
 		t.Fatalf("counters %v", f.counters())
 	}
 }
+
+// TestNodePortMaglevPicksByTheFlow: with the Maglev flag a flow's backend follows from
+// its tuple, not from chance: flows tracked afresh (their conntrack forgotten, as on
+// another node) go to the same backends again.
+func TestNodePortMaglevPicksByTheFlow(t *testing.T) {
+	f := newNPFixture(t)
+	_, tcIn, _ := f.np.Programs()
+	f.put(f.maps.Config, uint32(0), bpf.NPConfig{MaglevSeed: 42})
+	id := f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), bpf.SvcFlagExternal|bpf.SvcFlagMaglev)
+	// A 251-entry table over two backends, alternating.
+	lbm := f.lb.Maps()
+	other, fam := bpf.AddrFrom(npClient4) // any second address the FIB reaches
+	f.put(lbm.SmBackends, uint32(100), bpf.BackendValue{Addr: other, Port: bpf.PortToNet(8080), Proto: unix.IPPROTO_TCP, Family: fam, SvcId: id})
+	var key bpf.SvcKey
+	key.Port, key.Proto, key.Family = bpf.PortToNet(30080), unix.IPPROTO_TCP, bpf.FamilyIPv4
+	f.put(lbm.SmServices, key, bpf.SvcValue{Id: id, Count: 251, Flags: bpf.SvcFlagExternal | bpf.SvcFlagMaglev})
+	for slot := uint32(1); slot <= 251; slot++ {
+		be := id
+		if slot%2 == 0 {
+			be = 100
+		}
+		f.put(lbm.SmSlots, bpf.SlotKey{SvcId: id, Slot: slot}, be)
+	}
+	picks := func() []netip.AddrPort {
+		var out []netip.AddrPort
+		for port := uint16(41000); port < 41024; port++ {
+			syn := packet{src: netip.AddrPortFrom(npClient4, port), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S"}
+			r := f.run(tcIn, syn.bytes(t), false)
+			out = append(out, r.dst)
+		}
+		return out
+	}
+	first := picks()
+	var (
+		k    bpf.CtKey
+		v    bpf.CtForward
+		keys []bpf.CtKey
+	)
+	it := f.maps.Forward.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if err := f.maps.Forward.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again := picks()
+	seen := map[netip.AddrPort]bool{}
+	for i := range first {
+		seen[first[i]] = true
+		if first[i] != again[i] {
+			t.Fatalf("flow %d went to %v, then afresh to %v: Maglev must follow the tuple", i, first[i], again[i])
+		}
+	}
+	if len(seen) != 2 {
+		t.Fatalf("24 flows all went to %v: the hash does not spread them", seen)
+	}
+}

@@ -47,6 +47,9 @@ enum svc_flags {
 	/* A LoadBalancer ingress IP (else an external one is an externalIP or, at the
 	 * unspecified address, a NodePort): for readers such as lb list. */
 	SVC_F_LOADBALANCER = 1 << 3,
+	/* The slots are a Maglev table: the NodePort programs pick slot hash(flow) % count
+	 * + 1, so every node sends a flow to the same backend. */
+	SVC_F_MAGLEV = 1 << 4,
 };
 
 /* Slot n of service id: weighted random selection repeats a backend over several slots. */

@@ -132,6 +132,7 @@ const (
 	socklbSvcFlagsSVC_F_EXTERNAL      socklbSvcFlags = 2
 	socklbSvcFlagsSVC_F_SOURCE_RANGES socklbSvcFlags = 4
 	socklbSvcFlagsSVC_F_LOADBALANCER  socklbSvcFlags = 8
+	socklbSvcFlagsSVC_F_MAGLEV        socklbSvcFlags = 16
 )
 
 type socklbSvcKey struct {

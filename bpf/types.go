@@ -30,6 +30,7 @@ const (
 	SvcFlagExternal     = uint32(socklbSvcFlagsSVC_F_EXTERNAL)
 	SvcFlagSourceRanges = uint32(socklbSvcFlagsSVC_F_SOURCE_RANGES)
 	SvcFlagLoadBalancer = uint32(socklbSvcFlagsSVC_F_LOADBALANCER)
+	SvcFlagMaglev       = uint32(socklbSvcFlagsSVC_F_MAGLEV)
 )
 
 // Splice modes (config.splice).

@@ -180,14 +180,25 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 		ids[i], weights[i] = byRef[refs[i]].id, int(max(b.Weight, 1))
 	}
 	slot := uint32(1)
-	for i, n := range slotCounts(weights, maxSlotsPerService) {
-		for j := 0; j < n; j++ {
+	if table := w.maglevTable(svc, selected, weights); table != nil {
+		// Slot n is entry n-1 of the flow-hash table, the same on every node.
+		for _, i := range table {
 			e.slots = append(e.slots, slotEntry{bpf.SlotKey{SvcId: id, Slot: slot}, ids[i]})
 			slot++
+			a := byRef[refs[i]]
+			a.slots++
+			byRef[refs[i]] = a
 		}
-		a := byRef[refs[i]]
-		a.slots += uint32(n)
-		byRef[refs[i]] = a
+	} else {
+		for i, n := range slotCounts(weights, maxSlotsPerService) {
+			for j := 0; j < n; j++ {
+				e.slots = append(e.slots, slotEntry{bpf.SlotKey{SvcId: id, Slot: slot}, ids[i]})
+				slot++
+			}
+			a := byRef[refs[i]]
+			a.slots += uint32(n)
+			byRef[refs[i]] = a
+		}
 	}
 	e.backends = make([]backendEntry, 0, len(selected))
 	for i, b := range selected {
@@ -207,6 +218,9 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 	}
 	if svc.FromOutside() {
 		e.value.Flags |= bpf.SvcFlagExternal
+		if w.maglevTable(svc, selected, weights) != nil {
+			e.value.Flags |= bpf.SvcFlagMaglev
+		}
 		if svc.Kind == model.LoadBalancerFrontend {
 			e.value.Flags |= bpf.SvcFlagLoadBalancer
 		}

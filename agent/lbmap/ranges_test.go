@@ -67,3 +67,49 @@ func TestExternalFrontendsGetFlagsAndSourceRanges(t *testing.T) {
 		t.Fatalf("after dropping the ranges: %v, flags %#x", ranges.Entries, flags(lb))
 	}
 }
+
+// TestMaglevFrontendsGetTheSameTableOnEveryNode: a Maglev frontend's slots are the
+// Maglev table, and two nodes whose maps hand out other backend ids (one programmed
+// other services first) map every slot to the same backend address.
+func TestMaglevFrontendsGetTheSameTableOnEveryNode(t *testing.T) {
+	lb := svc("default", "web", "0.0.0.0", 30080, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080")
+	lb.Kind, lb.Maglev = model.NodePortFrontend, true
+	other := svc("default", "other", "10.96.0.9", 80, "10.0.0.9:80", "10.0.0.8:80")
+	layout := func(first ...*model.Service) map[uint32]netip.AddrPort {
+		f := newFakes(100, 2000)
+		w, err := lbmap.NewWriter(f.Tables(), &countingObserver{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.SetMaglev(251, 42); err != nil {
+			t.Fatal(err)
+		}
+		if len(first) > 0 {
+			if _, err := w.Apply(snapOf(first...)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := w.Apply(snapOf(append(first, lb)...)); err != nil {
+			t.Fatal(err)
+		}
+		v := f.Services.Entries[svcKeyOf(lb.Frontend)]
+		if v.Count != 251 || v.Flags&bpf.SvcFlagMaglev == 0 {
+			t.Fatalf("Maglev frontend: count %d flags %#x, want 251 slots and the Maglev flag", v.Count, v.Flags)
+		}
+		out := map[uint32]netip.AddrPort{}
+		for k, id := range f.Slots.Entries {
+			if k.SvcId == v.Id {
+				b := f.Backends.Entries[id]
+				out[k.Slot] = netip.AddrPortFrom(b.Addr.ToAddr(b.Family), bpf.PortFromNet(b.Port))
+			}
+		}
+		return out
+	}
+	a, b := layout(), layout(other)
+	if len(a) != 251 || !maps.Equal(a, b) {
+		t.Fatalf("the two nodes' Maglev slots differ (%d and %d slots)", len(a), len(b))
+	}
+	if err := (&lbmap.Writer{}).SetMaglev(250, 1); err == nil {
+		t.Fatal("a table size that is not one of the primes was accepted")
+	}
+}

@@ -44,6 +44,9 @@ type Writer struct {
 	// external frontend that has any, as last applied.
 	ranges   *synced[bpf.NPRangeKey, uint8]
 	rangesOf map[model.Frontend]sourceRanges
+	// maglevSize and maglevSeed shape the Maglev tables (SetMaglev); size 0: none.
+	maglevSize uint32
+	maglevSeed uint64
 	// unrestored is the state a Repair could not fully put back; the next Repair tries
 	// again, the next Apply replaces it.
 	unrestored *state

@@ -217,3 +217,23 @@ func (r PortRange) String() string {
 	r = r.orDefault()
 	return fmt.Sprintf("%d-%d", r.Min, r.Max)
 }
+
+// LBAlgorithmAnnotation picks how the NodePort datapath chooses a Service's backend
+// for a new flow from outside: "random" (the default) or "maglev", a consistent hash of
+// the flow that every node computes alike, so a flow keeps its backend whichever node
+// it enters (Cilium's service.cilium.io/lb-algorithm, under our prefix).
+const LBAlgorithmAnnotation = "sockmesh.io/lb-algorithm"
+
+// readLBAlgorithm reads LBAlgorithmAnnotation; another value is reported and random used.
+func (b *builder) readLBAlgorithm(svc *corev1.Service, report func(reason, msg string) ObjectError) bool {
+	switch v, ok := svc.Annotations[LBAlgorithmAnnotation]; {
+	case !ok || v == "random":
+		return false
+	case v == "maglev":
+		return true
+	default:
+		b.report(report(ReasonInvalidAnnotation, fmt.Sprintf(
+			"annotation %s=%q: want \"random\" or \"maglev\"; random is used", LBAlgorithmAnnotation, clip(v))))
+		return false
+	}
+}

@@ -183,3 +183,23 @@ func TestExternalFrontends(t *testing.T) {
 		t.Errorf("errors = %v (%v)", got, snap.Errors)
 	}
 }
+
+func TestLBAlgorithmAnnotation(t *testing.T) {
+	svc := service("web", []string{"10.96.0.10"}, corev1.ServicePort{Port: 80, NodePort: 30080})
+	svc.Spec.Type = corev1.ServiceTypeNodePort
+	svc.Annotations = map[string]string{LBAlgorithmAnnotation: "maglev"}
+	snap := Build([]*corev1.Service{svc}, nil)
+	np := snap.Services[Frontend{Addr: netip.IPv4Unspecified(), Port: 30080, Protocol: TCP}]
+	cluster := snap.Services[Frontend{Addr: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: TCP}]
+	if np == nil || !np.Maglev || cluster == nil || cluster.Maglev {
+		t.Fatalf("maglev: NodePort %+v, cluster IP %+v; want Maglev on the NodePort only", np, cluster)
+	}
+	svc.Annotations[LBAlgorithmAnnotation] = "round-robin"
+	snap = Build([]*corev1.Service{svc}, nil)
+	if np := snap.Services[Frontend{Addr: netip.IPv4Unspecified(), Port: 30080, Protocol: TCP}]; np.Maglev {
+		t.Fatal("an unknown algorithm must fall back to random")
+	}
+	if got := errorKeys(snap.Errors); !reflect.DeepEqual(got, []string{"Service default/web invalid_annotation"}) {
+		t.Fatalf("errors %v", got)
+	}
+}

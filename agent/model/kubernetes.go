@@ -191,6 +191,7 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners 
 	timeout, _ := affinityTimeout(&svc.Spec)
 	policy := internalTrafficPolicy(&svc.Spec)
 	external := b.readExternal(svc, report)
+	maglev := b.readLBAlgorithm(svc, report)
 	b.annotatedL7[name] = b.readL7Annotation(svc, report)
 	for i, port := range svc.Spec.Ports {
 		proto, ok := protocolOf(port.Protocol)
@@ -220,7 +221,7 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners 
 				External:              external.forFrontend(fe, i),
 				Backends:              backendsFor(slices, fe, port.Name),
 			}
-			b.addExternal(b.snap.Services[fe], i, name, owners, report)
+			b.addExternal(b.snap.Services[fe], i, name, owners, maglev, report)
 		}
 	}
 }
@@ -228,7 +229,7 @@ func (b *builder) addService(svc *corev1.Service, slices []*parsedSlice, owners 
 // addExternal adds the frontends outside clients reach cluster service svc at, of
 // spec.ports[portIx], those the Service owns: each a copy of svc whose endpoints are
 // picked by externalTrafficPolicy.
-func (b *builder) addExternal(svc *Service, portIx int, name ServiceName, owners map[Frontend]ServiceName, report func(reason, msg string) ObjectError) {
+func (b *builder) addExternal(svc *Service, portIx int, name ServiceName, owners map[Frontend]ServiceName, maglev bool, report func(reason, msg string) ObjectError) {
 	for _, x := range externalFrontends(svc.Frontend, svc.External) {
 		if x.kind == NodePortFrontend && !b.nodePorts.contains(x.fe.Port) {
 			b.report(report(ReasonNodePortOutOfRange, fmt.Sprintf(
@@ -245,7 +246,7 @@ func (b *builder) addExternal(svc *Service, portIx int, name ServiceName, owners
 			continue // the same address listed for two ports of one family
 		}
 		cp := *svc
-		cp.Frontend, cp.Kind, cp.InternalTrafficPolicy = x.fe, x.kind, svc.External.TrafficPolicy
+		cp.Frontend, cp.Kind, cp.InternalTrafficPolicy, cp.Maglev = x.fe, x.kind, svc.External.TrafficPolicy, maglev
 		b.snap.Services[x.fe] = &cp
 	}
 }

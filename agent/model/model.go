@@ -124,6 +124,9 @@ type Service struct {
 	Kind FrontendKind
 	// External is how the Service port is reached from outside the cluster.
 	External External
+	// Maglev says an external frontend picks backends by Maglev hashing of the flow
+	// (LBAlgorithmAnnotation), not at random.
+	Maglev bool
 	// Backends holds every known endpoint for this frontend, sorted by address and port,
 	// whatever its conditions. Selected says which of them take new connections.
 	Backends []Backend
