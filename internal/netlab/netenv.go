@@ -95,7 +95,7 @@ func (e *Env) Host(name string) *Host {
 
 func (e *Env) newNS(name string) (netns.NsHandle, error) {
 	var ns netns.NsHandle
-	err := onLockedThread(func() error {
+	err := OnLockedThread(func() error {
 		var err error
 		ns, err = netns.NewNamed(name)
 		if err != nil {
@@ -165,7 +165,7 @@ func (e *Env) Close() error {
 // Do runs fn on an OS thread that has joined h's network namespace. Sockets fn creates
 // belong to that namespace for their whole life, whichever goroutine uses them later.
 func (h *Host) Do(fn func() error) error {
-	return onLockedThread(func() error {
+	return OnLockedThread(func() error {
 		ns, err := netns.GetFromPath(h.NetNS)
 		if err != nil {
 			return err
@@ -178,9 +178,9 @@ func (h *Host) Do(fn func() error) error {
 	})
 }
 
-// onLockedThread runs fn on a fresh locked OS thread that is thrown away afterwards, so a
+// OnLockedThread runs fn on a fresh locked OS thread that is thrown away afterwards, so a
 // namespace switch can never leak to other goroutines.
-func onLockedThread(fn func() error) error {
+func OnLockedThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"unsafe"
 
@@ -113,7 +112,7 @@ func addRoute(dst string, via netip.Addr) error {
 func addPod(t testing.TB, node, pod *netlab.Host, k int) error {
 	name := filepath.Base(pod.NetNS)
 	var podNS netns.NsHandle
-	err := onThread(func() error {
+	err := netlab.OnLockedThread(func() error {
 		var err error
 		podNS, err = netns.NewNamed(name)
 		return err
@@ -167,16 +166,6 @@ func upWithAddrs(ifname string, addrs ...netip.Prefix) error {
 		}
 	}
 	return netlink.LinkSetUp(l)
-}
-
-// onThread runs fn on a locked OS thread that is thrown away afterwards.
-func onThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		errc <- fn()
-	}()
-	return <-errc
 }
 
 // PrepareNativeXDP lets native XDP send frames to every veth of the lab: a veth
