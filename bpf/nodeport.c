@@ -16,15 +16,6 @@
 #include "lb_maps.h"
 #include "nodeport.h"
 
-/* Every address of every NodePort device: where NodePorts answer. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct lb_addr);
-	__type(value, __u32);
-	__uint(max_entries, 1024);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sm_np_addrs SEC(".maps");
-
 /* The address SNAT uses when a flow leaves through a device, by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -363,9 +354,8 @@ static __always_inline int addr_zero(const struct lb_addr *a)
 	return !(a->addr[0] | a->addr[1] | a->addr[2] | a->addr[3]);
 }
 
-/* frontend finds the service a packet is for in socket-LB's service map: an externalIP
- * or LB IP by address, else a NodePort when the destination is one of the node's
- * NodePort addresses. */
+/* frontend finds the external frontend a packet is for, in socket-LB's service map: a
+ * cluster IP's is socket-LB's alone (a packet from outside to one is not ours). */
 static __always_inline struct svc_value *frontend(const struct pkt *p)
 {
 	struct svc_key k = {};
@@ -375,14 +365,7 @@ static __always_inline struct svc_value *frontend(const struct pkt *p)
 	k.port = p->key.dport;
 	k.proto = p->key.proto;
 	k.family = p->key.family;
-	svc = bpf_map_lookup_elem(&sm_services, &k);
-	if (svc)
-		return svc->flags & SVC_F_EXTERNAL ? svc : NULL;
-	if (!bpf_map_lookup_elem(&sm_np_addrs, &p->key.daddr))
-		return NULL;
-	/* A NodePort: the family's unspecified address stands for every node address. */
-	__builtin_memset(&k.vip, 0, sizeof(k.vip));
-	svc = bpf_map_lookup_elem(&sm_services, &k);
+	svc = lookup_frontend(&k);
 	return svc && (svc->flags & SVC_F_EXTERNAL) ? svc : NULL;
 }
 

@@ -188,8 +188,8 @@ refuse:
 	return -1;
 }
 
-/* translate rewrites ctx's destination when it is a service frontend: to a backend, or
- * to Envoy for L7 services. The address in key has been filled from ctx by the caller. */
+/* translate rewrites ctx's destination when it is a service frontend (a NodePort at a
+ * node address too): to a backend, or to Envoy for L7 services. The address in key has been filled from ctx by the caller. */
 static __always_inline int translate(struct bpf_sock_addr *ctx, struct svc_key *key,
 				     struct lb_addr *out_addr, __u16 *out_port)
 {
@@ -197,7 +197,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct svc_key *
 	struct svc_value *svc;
 	struct config *cfg;
 
-	svc = bpf_map_lookup_elem(&sm_services, key);
+	svc = lookup_frontend(key);
 	if (!svc)
 		return 0;
 	if (svc->flags & SVC_F_L7) {
@@ -230,7 +230,7 @@ static __always_inline struct revnat_value *reverse(void *ctx, struct revnat_key
 	skey.port = rv->port;
 	skey.proto = rv->proto;
 	skey.family = rv->family;
-	if (!bpf_map_lookup_elem(&sm_services, &skey)) {
+	if (!lookup_frontend(&skey)) {
 		bpf_map_delete_elem(&sm_revnat, rkey);
 		count(CNT_REVNAT_STALE);
 		return NULL;

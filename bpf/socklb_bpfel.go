@@ -165,6 +165,7 @@ const (
 	socklbMapSmConfig         = "sm_config"
 	socklbMapSmCounters       = "sm_counters"
 	socklbMapSmLocal          = "sm_local"
+	socklbMapSmNpAddrs        = "sm_np_addrs"
 	socklbMapSmOrigdstCk      = "sm_origdst_ck"
 	socklbMapSmRevnat         = "sm_revnat"
 	socklbMapSmServices       = "sm_services"
@@ -245,6 +246,7 @@ type socklbMapSpecs struct {
 	SmConfig    *ebpf.MapSpec `ebpf:"sm_config"`
 	SmCounters  *ebpf.MapSpec `ebpf:"sm_counters"`
 	SmLocal     *ebpf.MapSpec `ebpf:"sm_local"`
+	SmNpAddrs   *ebpf.MapSpec `ebpf:"sm_np_addrs"`
 	SmOrigdstCk *ebpf.MapSpec `ebpf:"sm_origdst_ck"`
 	SmRevnat    *ebpf.MapSpec `ebpf:"sm_revnat"`
 	SmServices  *ebpf.MapSpec `ebpf:"sm_services"`
@@ -287,6 +289,7 @@ type socklbMaps struct {
 	SmConfig    *ebpf.Map `ebpf:"sm_config"`
 	SmCounters  *ebpf.Map `ebpf:"sm_counters"`
 	SmLocal     *ebpf.Map `ebpf:"sm_local"`
+	SmNpAddrs   *ebpf.Map `ebpf:"sm_np_addrs"`
 	SmOrigdstCk *ebpf.Map `ebpf:"sm_origdst_ck"`
 	SmRevnat    *ebpf.Map `ebpf:"sm_revnat"`
 	SmServices  *ebpf.Map `ebpf:"sm_services"`
@@ -301,6 +304,7 @@ func (m *socklbMaps) Close() error {
 		m.SmConfig,
 		m.SmCounters,
 		m.SmLocal,
+		m.SmNpAddrs,
 		m.SmOrigdstCk,
 		m.SmRevnat,
 		m.SmServices,

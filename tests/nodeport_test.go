@@ -204,6 +204,14 @@ func TestNodePortSNATServesEveryFrontendKind(t *testing.T) {
 					t.Fatalf("DNS to %s: answer %+v, want a pod's name from %s", fe, ans, fe)
 				}
 			}
+			// On the node itself, socket-LB serves its own NodePort address: from a
+			// pod, and from the node's namespace (a hostNetwork client).
+			for _, h := range []*netlab.Host{l.Pods[0], node} {
+				out, err := l.RunOnNode(t, node, h, 15*time.Second, "curl", "-sS", "--max-time", "3", urlOf(netip.AddrPortFrom(node.IPv4, npWebHTTP)))
+				if err != nil || !strings.Contains(out, " saw ") {
+					t.Fatalf("curl to node-1's own NodePort from %s on node-1: %q, %v", h.Name, out, err)
+				}
+			}
 			listed := l.NodeCLI(t, node, "lb", "list")
 			for _, want := range []string{"0.0.0.0:30080/TCP (NodePort)", "[::]:30053/UDP (NodePort)", "192.0.2.7:80/TCP (ExternalIP)", "192.0.2.8:80/TCP (LoadBalancer)", "10.96.0.10:80/TCP "} {
 				if !strings.Contains(listed, want) {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -33,6 +34,9 @@ type NodePortLab struct {
 	Client, Outsider *netlab.Host
 	Nodes            []*netlab.Host // node-1, node-2, node-3
 	Pods             []*netlab.Host // pod-1 behind node-1, ...
+	// cgroups are the node agents' cgroups by node name: a program run in one is a
+	// program on that node (its socket-LB hooks see it).
+	cgroups map[string]*netlab.Cgroup
 }
 
 // ExternalIPs are the addresses the lab's client and outsider route through node-1: for
@@ -266,6 +270,10 @@ func (l *NodePortLab) LaunchNodeAgent(t testing.TB, node *netlab.Host, yamlPath 
 		t.Fatal(err)
 	}
 	if cg != nil {
+		if l.cgroups == nil {
+			l.cgroups = map[string]*netlab.Cgroup{}
+		}
+		l.cgroups[node.Name] = cg
 		t.Cleanup(func() {
 			if err := bpf.Cleanup(pins); err != nil {
 				t.Error(err)
@@ -298,4 +306,17 @@ func (l *NodePortLab) NodeCLI(t testing.TB, node *netlab.Host, args ...string) s
 		t.Fatalf("sockmesh %v: %v\n%s", args, err, out)
 	}
 	return string(out)
+}
+
+// RunOnNode runs a program in h's network namespace as a process on node: in node's
+// agent cgroup, where its socket-LB hooks are attached.
+func (l *NodePortLab) RunOnNode(t testing.TB, node, h *netlab.Host, timeout time.Duration, name string, args ...string) (string, error) {
+	t.Helper()
+	cg := l.cgroups[node.Name]
+	if cg == nil {
+		t.Fatalf("no agent was started on %s", node.Name)
+	}
+	e := *l.Env
+	e.Cgroup = cg
+	return e.RunProgramE(t, timeout, h, name, args...)
 }
