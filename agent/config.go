@@ -59,7 +59,7 @@ type Config struct {
 	// externalIP and LoadBalancer frontends on them. Empty: no NodePort datapath.
 	Devices []string
 	// NodePortMode is how a backend on another node is reached: snat, dsr (the
-	// client's address kept, the reply straight from the backend's node; IPv4) or
+	// client's address kept, the reply straight from the backend's node) or
 	// hybrid (dsr for TCP, snat for UDP).
 	NodePortMode string
 	// XDP is native, generic or off: whether the XDP program runs before tc.

@@ -101,6 +101,11 @@ struct pkt {
 	__u32 l4off;    /* from the start of the frame */
 	__u32 csum_off; /* of the L4 checksum, from the start of the frame; 0 = none */
 	__u8 tcp_flags;
+	/* dsr: the packet carries a DSR frontend (an IPv4 option or an IPv6 destination
+	 * option, first after the base header, where dsr_insert puts it). */
+	__u8 dsr;
+	__u16 dsr_port;
+	struct lb_addr dsr_addr;
 };
 
 enum parse_result {
@@ -133,6 +138,17 @@ static __always_inline int parse(void *data, void *data_end, struct pkt *p)
 		p->key.family = AF_INET;
 		p->key.saddr.addr[0] = ip->saddr;
 		p->key.daddr.addr[0] = ip->daddr;
+		if (ip->ihl >= 5 + DSR_OPT_LEN / 4) {
+			struct dsr_opt *o = (void *)(ip + 1);
+
+			if ((void *)(o + 1) > data_end)
+				return PARSE_SHORT;
+			if (o->type == DSR_OPT_TYPE && o->len == DSR_OPT_LEN) {
+				p->dsr = 1;
+				p->dsr_port = o->port;
+				p->dsr_addr.addr[0] = o->addr;
+			}
+		}
 		off += ip->ihl * 4; /* IP options come before the ports */
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + off;
@@ -140,6 +156,21 @@ static __always_inline int parse(void *data, void *data_end, struct pkt *p)
 		if ((void *)(ip6 + 1) > data_end)
 			return PARSE_SHORT;
 		proto = ip6->nexthdr;
+		off += sizeof(*ip6);
+		if (proto == NEXTHDR_DEST) {
+			struct dsr6_hdr *h = (void *)(ip6 + 1);
+
+			if ((void *)(h + 1) > data_end)
+				return PARSE_SHORT;
+			if (h->opt_type != DSR6_OPT_TYPE || h->opt_len != DSR6_OPT_LEN ||
+			    h->hdrlen != DSR6_HDR_LEN / 8 - 1)
+				return PARSE_OTHER;
+			p->dsr = 1;
+			p->dsr_port = h->port;
+			__builtin_memcpy(p->dsr_addr.addr, h->addr, 16);
+			proto = h->nexthdr;
+			off += DSR6_HDR_LEN;
+		}
 		if (proto == 44 /* NEXTHDR_FRAGMENT */)
 			return PARSE_FRAGMENT;
 		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
@@ -147,7 +178,6 @@ static __always_inline int parse(void *data, void *data_end, struct pkt *p)
 		p->key.family = AF_INET6;
 		__builtin_memcpy(p->key.saddr.addr, &ip6->saddr, 16);
 		__builtin_memcpy(p->key.daddr.addr, &ip6->daddr, 16);
-		off += sizeof(*ip6);
 	} else {
 		return PARSE_OTHER;
 	}
@@ -349,6 +379,12 @@ static __always_inline __u64 timeout_ns(const struct np_config *cfg, __u8 proto,
 	return (__u64)s * 1000000000ULL;
 }
 
+static __always_inline int addr_eq(const struct lb_addr *a, const struct lb_addr *b)
+{
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] &&
+	       a->addr[3] == b->addr[3];
+}
+
 static __always_inline int addr_zero(const struct lb_addr *a)
 {
 	return !(a->addr[0] | a->addr[1] | a->addr[2] | a->addr[3]);
@@ -473,10 +509,10 @@ static __always_inline int needs_dsr_option(const struct pkt *p)
 }
 
 /* uses_dsr: a flow to a backend on another node goes DSR in dsr mode, and for TCP in
- * hybrid mode; IPv6 has no DSR transport yet and goes SNAT. */
+ * hybrid mode. */
 static __always_inline int uses_dsr(const struct pkt *p, const struct np_config *cfg)
 {
-	if (!cfg || p->key.family != AF_INET)
+	if (!cfg)
 		return 0;
 	return cfg->mode == NP_MODE_DSR || (cfg->mode == NP_MODE_HYBRID && p->key.proto == IPPROTO_TCP);
 }
@@ -631,27 +667,10 @@ static __always_inline int is_drop(int what)
 	return what >= NP_DROP_NO_BACKEND;
 }
 
-/* dsr_option finds the DSR option a packet from an entry node carries: the first
- * option after the base header, where dsr_insert puts it. */
-static __always_inline int dsr_option(void *data, void *data_end, const struct pkt *p,
-				      struct dsr_opt *out)
-{
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	struct dsr_opt *o;
-
-	if (p->key.family != AF_INET || (void *)(ip + 1) > data_end || ip->ihl < 7)
-		return 0;
-	o = (void *)(ip + 1);
-	if ((void *)(o + 1) > data_end || o->type != DSR_OPT_TYPE || o->len != DSR_OPT_LEN)
-		return 0;
-	*out = *o;
-	return 1;
-}
-
 /* dsr_learn records, on the backend's node, how a DSR flow's replies must look: from
  * the frontend the client asked for. Only for a backend on this node: an option in a
  * packet to anywhere else is not an instruction to us. */
-static __always_inline int dsr_learn(const struct pkt *p, const struct dsr_opt *o)
+static __always_inline int dsr_learn(const struct pkt *p)
 {
 	struct ct_reply rval = {};
 	struct ct_key rkey = {};
@@ -667,12 +686,12 @@ static __always_inline int dsr_learn(const struct pkt *p, const struct dsr_opt *
 	rkey.family = p->key.family;
 	rval.client = p->key.saddr;
 	rval.client_port = p->key.sport;
-	rval.frontend.addr[0] = o->addr;
-	rval.frontend_port = o->port;
+	rval.frontend = p->dsr_addr;
+	rval.frontend_port = p->dsr_port;
 	rval.flags = CT_F_DSR;
 	rval.last_seen_ns = bpf_ktime_get_ns();
 	cur = bpf_map_lookup_elem(&sm_ct_reply, &rkey);
-	if (cur && cur->frontend.addr[0] == o->addr && cur->frontend_port == o->port &&
+	if (cur && addr_eq(&cur->frontend, &p->dsr_addr) && cur->frontend_port == p->dsr_port &&
 	    !(cur->flags & CT_F_SNAT)) {
 		cur->last_seen_ns = rval.last_seen_ns;
 		cur->flags &= ~CT_F_CLOSING; /* a new SYN on the tuple: a new flow */
@@ -683,9 +702,9 @@ static __always_inline int dsr_learn(const struct pkt *p, const struct dsr_opt *
 	return NP_DSR_LEARNED;
 }
 
-/* dsr_insert puts the frontend into the packet as an IPv4 option, right after the base
- * header, for the backend's node (the L4 checksum does not cover IP options). */
-static __always_inline int dsr_insert(struct __sk_buff *skb, const struct lb_addr *fe, __u16 fe_port)
+/* dsr_insert4 puts the frontend into the packet as an IPv4 option, right after the
+ * base header, for the backend's node (the L4 checksum does not cover IP options). */
+static __always_inline int dsr_insert4(struct __sk_buff *skb, const struct lb_addr *fe, __u16 fe_port)
 {
 	struct dsr_opt o = {.type = DSR_OPT_TYPE, .len = DSR_OPT_LEN, .port = fe_port, .addr = fe->addr[0]};
 	__u32 l3 = sizeof(struct ethhdr);
@@ -793,13 +812,34 @@ static __always_inline int icmp_error4(struct __sk_buff *skb, struct bpf_fib_loo
 	return NP_ICMP_ERROR;
 }
 
+/* dsr_insert6 puts the frontend into the packet as a destination option, in its own
+ * header right after the base header (the L4 checksum covers neither). */
+static __always_inline int dsr_insert6(struct __sk_buff *skb, const struct lb_addr *fe, __u16 fe_port)
+{
+	struct dsr6_hdr h = {.hdrlen = DSR6_HDR_LEN / 8 - 1, .opt_type = DSR6_OPT_TYPE,
+			     .opt_len = DSR6_OPT_LEN, .port = fe_port, .pad_type = 1};
+	__u32 l3 = sizeof(struct ethhdr);
+	__u8 next = NEXTHDR_DEST;
+	__u16 len;
+
+	__builtin_memcpy(h.addr, fe->addr, 16);
+	if (bpf_skb_load_bytes(skb, l3 + 6, &h.nexthdr, 1) || bpf_skb_load_bytes(skb, l3 + 4, &len, 2))
+		return -1;
+	if (bpf_skb_adjust_room(skb, DSR6_HDR_LEN, BPF_ADJ_ROOM_NET, 0))
+		return NP_DROP_DSR_OPTION;
+	len = bpf_htons(bpf_ntohs(len) + DSR6_HDR_LEN);
+	if (bpf_skb_store_bytes(skb, l3 + 4, &len, 2, 0) || bpf_skb_store_bytes(skb, l3 + 6, &next, 1, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + sizeof(struct ipv6hdr), &h, sizeof(h), 0))
+		return -1;
+	return 0;
+}
+
 SEC("xdp")
 int nodeport_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct bpf_fib_lookup f;
-	struct dsr_opt opt;
 	struct pkt p = {};
 	struct xlate x = {};
 	int what, rc;
@@ -810,7 +850,7 @@ int nodeport_xdp(struct xdp_md *ctx)
 		np_count(NP_PROG_XDP, NP_PASS);
 		return XDP_PASS;
 	}
-	if (dsr_option(data, data_end, &p, &opt)) {
+	if (p.dsr) {
 		np_count(NP_PROG_XDP, NP_TO_STACK); /* tc learns the flow */
 		return XDP_PASS;
 	}
@@ -853,7 +893,6 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct bpf_redir_neigh nh = {};
 	struct bpf_fib_lookup f;
-	struct dsr_opt opt;
 	struct pkt p = {};
 	struct xlate x = {};
 	int what, rc;
@@ -884,8 +923,8 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		}
 	}
-	if (dsr_option(data, data_end, &p, &opt)) {
-		what = dsr_learn(&p, &opt);
+	if (p.dsr) {
+		what = dsr_learn(&p);
 		np_count(NP_PROG_TC_INGRESS, what);
 		return is_drop(what) ? TC_ACT_SHOT : TC_ACT_OK;
 	}
@@ -902,7 +941,8 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 	}
 	rc = rewrite_skb(skb, &p, &x.saddr, x.sport, &x.daddr, x.dport, 1);
 	if (!rc && x.dsr_option)
-		rc = dsr_insert(skb, &p.key.daddr, p.key.dport);
+		rc = p.key.family == AF_INET ? dsr_insert4(skb, &p.key.daddr, p.key.dport)
+					     : dsr_insert6(skb, &p.key.daddr, p.key.dport);
 	if (rc) {
 		np_count(NP_PROG_TC_INGRESS, rc > 0 ? rc : NP_DROP_MALFORMED);
 		return TC_ACT_SHOT;

@@ -51,7 +51,7 @@ enum ct_flags {
 /* How a flow to a backend on another node travels (np_config.mode). */
 enum np_mode {
 	NP_MODE_SNAT = 0,   /* source rewritten to this node: the reply comes back here */
-	NP_MODE_DSR = 1,    /* client kept, frontend in an IPv4 option: the reply goes straight back */
+	NP_MODE_DSR = 1,    /* client kept, frontend in an IP option: the reply goes straight back */
 	NP_MODE_HYBRID = 2, /* DSR for TCP, SNAT for UDP (no option on every datagram) */
 };
 
@@ -64,6 +64,24 @@ struct dsr_opt {
 	__u8 len;
 	__u16 port; /* network order */
 	__u32 addr;
+};
+
+/* The IPv6 carrier: a Destination Options header (next header 60) right after the
+ * base header, with one option (type 0x1b: an unknown option a host skips, unchanged
+ * en route) holding the frontend, and a PadN to the 8-byte boundary. */
+#define NEXTHDR_DEST 60
+#define DSR6_OPT_TYPE 0x1b
+#define DSR6_OPT_LEN 18
+#define DSR6_HDR_LEN 24
+struct dsr6_hdr {
+	__u8 nexthdr;
+	__u8 hdrlen; /* in 8 bytes, beyond the first 8: 2 */
+	__u8 opt_type;
+	__u8 opt_len;
+	__u16 port;
+	__u8 addr[16];
+	__u8 pad_type; /* PadN */
+	__u8 pad_len;  /* 0 */
 };
 
 /* The agent's NodePort settings, one entry in sm_np_config. Timeouts in seconds. */

@@ -711,3 +711,41 @@ func TestNodePortMaglevPicksByTheFlow(t *testing.T) {
 		t.Fatalf("24 flows all went to %v: the hash does not spread them", seen)
 	}
 }
+
+// TestNodePortDSRv6CarriesTheFrontendInADestinationOption is the IPv6 half: the SYN
+// gets a Destination Options header holding the frontend (gopacket parses it and checks
+// the TCP checksum), the backend's node learns the flow from it and its egress answers
+// from the frontend.
+func TestNodePortDSRv6CarriesTheFrontendInADestinationOption(t *testing.T) {
+	f := newNPFixture(t)
+	xdp, tcIn, tcOut := f.np.Programs()
+	f.put(f.maps.Config, uint32(0), bpf.NPConfig{Mode: bpf.NPModeDSR})
+	backend := netip.AddrPortFrom(npBackend6, 8080)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv6, 30080, unix.IPPROTO_TCP, backend, bpf.SvcFlagExternal)
+	syn := packet{src: netip.AddrPortFrom(npClient6, 40000), dst: netip.AddrPortFrom(f.node.IPv6, 30080), tcpFlags: "S"}
+	if action, _ := f.exec(xdp, syn.bytes(t), true); action != xdpPass {
+		t.Fatalf("XDP on a DSR SYN: action %d, want it left to tc", action)
+	}
+	r := f.run(tcIn, syn.bytes(t), false)
+	if r.action != tcActRedirect || r.src != syn.src || r.dst != backend || r.ttl != 63 {
+		t.Fatalf("DSR forward: action %d %v -> %v hop limit %d (counters %v)", r.action, r.src, r.dst, r.ttl, f.counters())
+	}
+	pkt := gopacket.NewPacket(r.out, layers.LayerTypeEthernet, gopacket.Default)
+	dst, _ := pkt.Layer(layers.LayerTypeIPv6Destination).(*layers.IPv6Destination)
+	if dst == nil || len(dst.Options) == 0 || dst.Options[0].OptionType != 0x1b || len(dst.Options[0].OptionData) != 18 {
+		t.Fatalf("DSR SYN: destination options %+v, want option 0x1b of 18 bytes", dst)
+	}
+	opt := dst.Options[0].OptionData
+	if port, addr := binary.BigEndian.Uint16(opt[:2]), netip.AddrFrom16([16]byte(opt[2:18])); port != 30080 || addr != f.node.IPv6 {
+		t.Fatalf("DSR option carries [%v]:%d, want the frontend [%v]:30080", addr, port, f.node.IPv6)
+	}
+	be, _ := bpf.AddrFrom(npBackend6)
+	f.put(f.lb.Maps().SmLocal, be, uint8(1))
+	if action, _ := f.exec(tcIn, r.out, false); action != tcActOK || f.counters()["tc_ingress/dsr_learned"] != 1 {
+		t.Fatalf("backend's node on the DSR SYN: action %d counters %v", action, f.counters())
+	}
+	rep := f.run(tcOut, packet{src: backend, dst: syn.src, tcpFlags: "SA"}.bytes(t), false)
+	if rep.action != tcActOK || rep.src != syn.dst || rep.dst != syn.src {
+		t.Fatalf("backend's reply on egress: action %d %v -> %v, want %v -> %v", rep.action, rep.src, rep.dst, syn.dst, syn.src)
+	}
+}

@@ -394,10 +394,10 @@ func testRestartUnderLoad(t *testing.T, mode string) {
 }
 
 // TestNodePortDSRRepliesSkipTheEntryNode: with --nodeport-mode dsr every pod sees the
-// client's address, and the replies of pods behind node-2 and node-3 leave from their
-// nodes straight to the client (their egress translates them; node-1's ingress never
-// sees one); IPv6 falls back to SNAT. hybrid does the same for TCP and keeps UDP on
-// SNAT, whose replies come back through node-1.
+// client's address (IPv4 and IPv6), and the replies of pods behind node-2 and node-3
+// leave from their nodes straight to the client (their egress translates them; node-1's
+// ingress never sees one). hybrid does the same for TCP and keeps UDP on SNAT, whose
+// replies come back through node-1.
 func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
 	for _, mode := range []string{"dsr", "hybrid"} {
 		t.Run(mode, func(t *testing.T) {
@@ -409,31 +409,28 @@ func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
 				agents = append(agents, l.StartNodeAgent(t, node, yaml, "--nodeport-mode", mode))
 			}
 			node := l.Nodes[0]
-			remote := 0
-			for range 12 {
-				out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(node.IPv4, npWebHTTP)))
-				if err != nil {
-					t.Fatalf("curl: %v\nnode-1: %s\nnode-2: %s", err, nodePortCounters(t, agents[0]), nodePortCounters(t, agents[1]))
+			for _, family := range []struct{ node, client netip.Addr }{{node.IPv4, l.Client.IPv4}, {node.IPv6, l.Client.IPv6}} {
+				remote := 0
+				for range 12 {
+					out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(family.node, npWebHTTP)))
+					if err != nil {
+						t.Fatalf("curl: %v\nnode-1: %s\nnode-2: %s", err, nodePortCounters(t, agents[0]), nodePortCounters(t, agents[1]))
+					}
+					pod, saw, _ := strings.Cut(out, " saw ")
+					if got, err := netip.ParseAddr(saw); err != nil || got != family.client {
+						t.Fatalf("%s saw %s, want the client %s (DSR)", pod, saw, family.client)
+					}
+					if pod != "pod-1" {
+						remote++
+					}
 				}
-				pod, saw, _ := strings.Cut(out, " saw ")
-				if saw != l.Client.IPv4.String() {
-					t.Fatalf("%s saw %s, want the client %s (DSR)", pod, saw, l.Client.IPv4)
+				if remote == 0 {
+					t.Fatalf("12 requests to %s never reached a pod behind another node", family.node)
 				}
-				if pod != "pod-1" {
-					remote++
-				}
-			}
-			if remote == 0 {
-				t.Fatal("12 requests never reached a pod behind another node")
 			}
 			if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"action": "reply", "program": "tc_ingress"}); n != 0 {
 				t.Fatalf("%v replies of DSR flows came back through node-1", n)
 			}
-			out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(node.IPv6, npWebHTTP)))
-			if err != nil {
-				t.Fatalf("curl over IPv6: %v", err)
-			}
-			checkSNATAnswer(t, l, node, l.Client.IPv6, out)
 			v4Replies := func() float64 {
 				return agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"program": "tc_ingress", "action": "reply"})
 			}
@@ -461,8 +458,7 @@ func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
 			if learned == 0 || answered == 0 {
 				t.Fatalf("node-2 and node-3 learned %v DSR flows and answered %v packets, want some of each", learned, answered)
 			}
-			// Node-1's ingress translated only the IPv6 flow's replies (SNAT), and in
-			// hybrid mode the UDP ones.
+			// Node-1's ingress translates the UDP replies only in hybrid mode (SNAT).
 			switch {
 			case mode == "dsr" && udpBack != 0:
 				t.Fatalf("dsr: %v UDP replies came back through node-1", udpBack)

@@ -50,7 +50,7 @@ func newAgentCmd() *cobra.Command {
 	fs.Var(hexUint32{&cfg.EnvoyMark}, "envoy-mark", "SO_MARK (hex) on Envoy's own sockets, which are never redirected")
 	fs.StringVar(&cfg.HealthCheckBind, "health-check-bind-address", cfg.HealthCheckBind, "address the healthCheckNodePort servers (LoadBalancer Services with externalTrafficPolicy Local) listen on; empty: every address")
 	fs.StringSliceVar(&cfg.Devices, "devices", nil, "NodePort devices (comma-separated): NodePort, externalIP and LoadBalancer traffic arriving on them is load-balanced in tc (and XDP); empty: none")
-	fs.StringVar(&cfg.NodePortMode, "nodeport-mode", cfg.NodePortMode, "how NodePort traffic reaches a backend on another node: snat (the reply returns through this node), dsr (the backend sees the client and its node answers directly; IPv4, others snat) or hybrid (dsr for TCP, snat for UDP)")
+	fs.StringVar(&cfg.NodePortMode, "nodeport-mode", cfg.NodePortMode, "how NodePort traffic reaches a backend on another node: snat (the reply returns through this node), dsr (the backend sees the client and its node answers directly) or hybrid (dsr for TCP, snat for UDP)")
 	fs.StringVar(&cfg.XDP, "xdp", cfg.XDP, "XDP on the NodePort devices: native (falls back to generic where the driver lacks it), generic or off")
 	fs.StringVar(&cfg.NodePortRange, "node-port-range", cfg.NodePortRange, "NodePorts served (kube-apiserver's --service-node-port-range); a Service's NodePort outside it is reported and not served")
 	fs.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "entries of a Maglev table (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071); each takes that many slots of --max-backends")
