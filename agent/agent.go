@@ -272,7 +272,7 @@ func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.
 	}
 	np, err := bpf.LoadNodePort(cfg.BPFFS, bpf.Limits{MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
 	if err == nil {
-		err = replaceMap(np.Maps().Config, map[uint32]bpf.NPConfig{0: npConfig(&cfg)}, nil)
+		err = replaceMap(np.Maps().Config, map[uint32]bpf.NPConfig{0: npConfig(&cfg)}, false, nil)
 		if err != nil {
 			np.Close()
 		}

@@ -60,6 +60,9 @@ func (d *deviceManager) sync() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []model.ObjectError
+	// complete says every device's addresses were read: only then may entries that
+	// are not wanted go (a failed read keeps what the last one wrote).
+	complete := true
 	addrs := map[bpf.NPLbAddr]uint32{}
 	devs := map[uint32]bpf.NPDevice{}
 	for _, name := range d.names {
@@ -85,7 +88,8 @@ func (d *deviceManager) sync() error {
 		}
 		list, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
-			errs = append(errs, deviceError(name, "device_addresses", fmt.Sprintf("read addresses: %v", err)))
+			errs = append(errs, deviceError(name, "device_addresses", fmt.Sprintf("read addresses: %v; its last addresses are kept", err)))
+			complete = false
 			continue
 		}
 		var dev bpf.NPDevice
@@ -110,7 +114,7 @@ func (d *deviceManager) sync() error {
 	for _, e := range errs {
 		d.log.Error("NodePort device", "device", e.Name, "reason", e.Reason, "err", e.Message)
 	}
-	return errors.Join(replaceMap(d.maps.Addrs, addrs, d.obs), replaceMap(d.maps.Devices, devs, d.obs))
+	return errors.Join(replaceMap(d.maps.Addrs, addrs, complete, d.obs), replaceMap(d.maps.Devices, devs, complete, d.obs))
 }
 
 // detach forgets a device's links; its pinned links go too, so a device that is gone
@@ -175,10 +179,10 @@ func deviceError(name, reason, msg string) model.ObjectError {
 	return model.ObjectError{Kind: KindDevice, Name: name, Reason: reason, Message: msg}
 }
 
-// replaceMap makes a small kernel map hold exactly want, writing only the entries that
-// differ (a restart over the same devices writes nothing), and reports what it wrote
-// and removed to obs.
-func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V, obs lbmap.Observer) error {
+// replaceMap makes a small kernel map hold want, writing only the entries that differ
+// (a restart over the same devices writes nothing), and, with prune, nothing else; it
+// reports what it wrote and removed to obs.
+func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V, prune bool, obs lbmap.Observer) error {
 	var (
 		k   K
 		v   V
@@ -207,7 +211,7 @@ func replaceMap[K comparable, V comparable](m *ebpf.Map, want map[K]V, obs lbmap
 		}
 		written++
 	}
-	if err == nil {
+	if err == nil && prune {
 		for k := range cur {
 			if _, ok := want[k]; ok {
 				continue
