@@ -737,7 +737,7 @@ static __always_inline int dsr_insert4(struct __sk_buff *skb, const struct lb_ad
  * came from, about the packet as the client sent it: the outer destination becomes the
  * client, the quoted header the client's own (client -> frontend). Returns NP_PASS
  * when the packet is no such error. */
-static __always_inline int icmp_error4(struct __sk_buff *skb, struct bpf_fib_lookup *f)
+static __attribute__((noinline)) int icmp_error4(struct __sk_buff *skb, struct bpf_fib_lookup *f)
 {
 	struct { __u8 type, code; __u16 csum; __u32 rest; } icmp;
 	struct iphdr outer, inner;
@@ -834,6 +834,75 @@ static __always_inline int dsr_insert6(struct __sk_buff *skb, const struct lb_ad
 	return 0;
 }
 
+/* icmp_error6 is icmp_error4 for ICMPv6 (packet too big above all: IPv6 routers never
+ * fragment, so a client that misses it stalls). ICMPv6's checksum covers a
+ * pseudo-header with the outer addresses as well as the quoted packet. */
+static __attribute__((noinline)) int icmp_error6(struct __sk_buff *skb, struct bpf_fib_lookup *f)
+{
+	struct { __u8 type, code; __u16 csum; __u32 rest; } icmp;
+	struct ipv6hdr outer, inner;
+	__u32 l3 = sizeof(struct ethhdr);
+	__u32 icmp_off = l3 + sizeof(struct ipv6hdr), in_off = icmp_off + sizeof(icmp);
+	__u32 in_l4 = in_off + sizeof(struct ipv6hdr), csum_off = icmp_off + 2;
+	struct ct_key key = {};
+	struct ct_reply *rep;
+	__u16 ports[2], new_ports[2];
+	__u32 from[12], to[12];
+	__u8 hops;
+	__s64 diff;
+	int rc;
+
+	if (bpf_skb_load_bytes(skb, l3, &outer, sizeof(outer)) || outer.nexthdr != 58 /* ICMPv6 */)
+		return NP_PASS;
+	if (bpf_skb_load_bytes(skb, icmp_off, &icmp, sizeof(icmp)) || icmp.type < 1 || icmp.type > 3)
+		return NP_PASS;
+	if (bpf_skb_load_bytes(skb, in_off, &inner, sizeof(inner)) ||
+	    (inner.nexthdr != IPPROTO_TCP && inner.nexthdr != IPPROTO_UDP) ||
+	    bpf_skb_load_bytes(skb, in_l4, ports, sizeof(ports)))
+		return NP_PASS;
+	__builtin_memcpy(key.saddr.addr, &inner.daddr, 16);
+	__builtin_memcpy(key.daddr.addr, &inner.saddr, 16);
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.proto = inner.nexthdr;
+	key.family = AF_INET6;
+	rep = bpf_map_lookup_elem(&sm_ct_reply, &key);
+	if (!rep || !(rep->flags & CT_F_SNAT) || !addr_eq((struct lb_addr *)&outer.daddr, &key.daddr))
+		return NP_PASS;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	f->family = AF_INET6;
+	f->ifindex = skb->ifindex;
+	__builtin_memcpy(f->ipv6_src, &outer.saddr, 16);
+	__builtin_memcpy(f->ipv6_dst, rep->client.addr, 16);
+	rc = bpf_fib_lookup(skb, f, sizeof(*f), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return NP_DROP_NO_ROUTE;
+	if (outer.hop_limit <= 1)
+		return NP_DROP_TTL;
+
+	/* Outer destination (in the pseudo-header), quoted source and destination. */
+	__builtin_memcpy(from, &outer.daddr, 16);
+	__builtin_memcpy(from + 4, &inner.saddr, 16);
+	__builtin_memcpy(from + 8, &inner.daddr, 16);
+	__builtin_memcpy(to, rep->client.addr, 16);
+	__builtin_memcpy(to + 4, rep->client.addr, 16);
+	__builtin_memcpy(to + 8, rep->frontend.addr, 16);
+	diff = bpf_csum_diff(from, sizeof(from), to, sizeof(to), 0);
+	new_ports[0] = rep->client_port;
+	new_ports[1] = rep->frontend_port;
+	hops = outer.hop_limit - 1;
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
+	    bpf_l4_csum_replace(skb, csum_off, ports[0], new_ports[0], 2) ||
+	    bpf_l4_csum_replace(skb, csum_off, ports[1], new_ports[1], 2) ||
+	    bpf_skb_store_bytes(skb, l3 + 24, to, 16, 0) ||
+	    bpf_skb_store_bytes(skb, l3 + 7, &hops, 1, 0) ||
+	    bpf_skb_store_bytes(skb, in_off + 8, to + 4, 32, 0) ||
+	    bpf_skb_store_bytes(skb, in_l4, new_ports, sizeof(new_ports), 0))
+		return NP_DROP_MALFORMED;
+	return NP_ICMP_ERROR;
+}
+
 SEC("xdp")
 int nodeport_xdp(struct xdp_md *ctx)
 {
@@ -886,8 +955,29 @@ int nodeport_xdp(struct xdp_md *ctx)
 	return bpf_redirect(f.ifindex, 0);
 }
 
-SEC("tc")
-int nodeport_tc_ingress(struct __sk_buff *skb)
+/* tc_icmp_error handles an ICMP or ICMPv6 packet on ingress: an error about a flow this
+ * node SNATed goes on to its client; anything else is the stack's. */
+static __attribute__((noinline)) int tc_icmp_error(struct __sk_buff *skb, __u16 proto)
+{
+	struct bpf_redir_neigh nh = {};
+	struct bpf_fib_lookup f;
+	int what;
+
+	what = proto == bpf_htons(ETH_P_IPV6) ? icmp_error6(skb, &f) : icmp_error4(skb, &f);
+	np_count(NP_PROG_TC_INGRESS, what);
+	if (what != NP_ICMP_ERROR)
+		return is_drop(what) ? TC_ACT_SHOT : TC_ACT_OK;
+	nh.nh_family = f.family;
+	if (f.family == AF_INET)
+		nh.ipv4_nh = f.ipv4_dst;
+	else
+		__builtin_memcpy(nh.ipv6_nh, f.ipv6_dst, 16);
+	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
+}
+
+/* tc_l4 is the ingress path of everything else; a subprogram of its own, so its stack
+ * and the ICMP path's are never counted together. */
+static __attribute__((noinline)) int tc_l4(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -898,17 +988,7 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 	int what, rc;
 
 	what = parse(data, data_end, &p);
-	if (what == PARSE_OTHER) {
-		what = icmp_error4(skb, &f);
-		np_count(NP_PROG_TC_INGRESS, what);
-		if (what == NP_ICMP_ERROR) {
-			nh.nh_family = AF_INET;
-			nh.ipv4_nh = f.ipv4_dst;
-			return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
-		}
-		return is_drop(what) ? TC_ACT_SHOT : TC_ACT_OK;
-	}
-	if (what == PARSE_FRAGMENT) {
+	if (what == PARSE_OTHER || what == PARSE_FRAGMENT) {
 		np_count(NP_PROG_TC_INGRESS, NP_PASS);
 		return TC_ACT_OK;
 	}
@@ -954,6 +1034,22 @@ int nodeport_tc_ingress(struct __sk_buff *skb)
 	else
 		__builtin_memcpy(nh.ipv6_nh, f.ipv6_dst, 16);
 	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
+}
+
+SEC("tc")
+int nodeport_tc_ingress(struct __sk_buff *skb)
+{
+	__u16 proto;
+	__u8 l4;
+
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
+		return TC_ACT_OK;
+	if ((proto == bpf_htons(ETH_P_IP) && !bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + 9, &l4, 1) &&
+	     l4 == IPPROTO_ICMP) ||
+	    (proto == bpf_htons(ETH_P_IPV6) && !bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + 6, &l4, 1) &&
+	     l4 == 58 /* ICMPv6 */))
+		return tc_icmp_error(skb, proto);
+	return tc_l4(skb);
 }
 
 /* The egress half: a reply from a backend on this node, leaving for the client, gets the

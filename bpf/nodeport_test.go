@@ -749,3 +749,62 @@ func TestNodePortDSRv6CarriesTheFrontendInADestinationOption(t *testing.T) {
 		t.Fatalf("backend's reply on egress: action %d %v -> %v, want %v -> %v", rep.action, rep.src, rep.dst, syn.dst, syn.src)
 	}
 }
+
+// TestNodePortICMPv6PacketTooBigReachesTheClient: IPv6 routers never fragment, so a
+// client whose packets are too big for the path to the backend stalls unless the
+// error reaches it. gopacket checks the ICMPv6 checksum (over its pseudo-header).
+func TestNodePortICMPv6PacketTooBigReachesTheClient(t *testing.T) {
+	f := newNPFixture(t)
+	_, tcIn, _ := f.np.Programs()
+	f.frontend(netip.Addr{}, bpf.FamilyIPv6, 30080, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend6, 8080), bpf.SvcFlagExternal)
+	in := packet{src: netip.AddrPortFrom(npClient6, 40000), dst: netip.AddrPortFrom(f.node.IPv6, 30080), tcpFlags: "S"}
+	fwd := f.run(tcIn, in.bytes(t), false)
+	if fwd.action != tcActRedirect || fwd.src.Addr() != f.node.IPv6 {
+		t.Fatalf("forward: action %d from %v", fwd.action, fwd.src)
+	}
+	router := netip.MustParseAddr("fd00:200::60")
+	outer := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: router.AsSlice(), DstIP: f.node.IPv6.AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0)}
+	_ = icmp.SetNetworkLayerForChecksum(outer)
+	frame := gopacket.NewSerializeBuffer()
+	mtu := []byte{0, 0, 0x05, 0x00} // MTU 1280
+	err := gopacket.SerializeLayers(frame, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
+		&layers.Ethernet{SrcMAC: backendMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv6},
+		outer, icmp, gopacket.Payload(append(mtu, fwd.out[14:]...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	action, out := f.exec(tcIn, frame.Bytes(), false)
+	if action != tcActRedirect {
+		t.Fatalf("ICMPv6 error: action %d, want redirect (counters %v)", action, f.counters())
+	}
+	pkt := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	gotIP, _ := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+	gotICMP, _ := pkt.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+	if gotIP == nil || gotICMP == nil {
+		t.Fatalf("output is no ICMPv6 packet: %v", pkt)
+	}
+	if dst, _ := netip.AddrFromSlice(gotIP.DstIP); dst != npClient6 || gotIP.HopLimit != 63 {
+		t.Fatalf("ICMPv6 error to %v hop limit %d, want the client %v, 63", dst, gotIP.HopLimit, npClient6)
+	}
+	cp := *gotICMP
+	_ = cp.SetNetworkLayerForChecksum(gotIP)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, &cp, gopacket.Payload(gotICMP.Payload)); err != nil {
+		t.Fatal(err)
+	}
+	if want := binary.BigEndian.Uint16(buf.Bytes()[2:]); gotICMP.Checksum != want {
+		t.Errorf("ICMPv6 checksum %#04x, gopacket computes %#04x", gotICMP.Checksum, want)
+	}
+	quoted := gotICMP.Payload[4:] // after the MTU
+	var q layers.IPv6
+	if err := q.DecodeFromBytes(quoted, gopacket.NilDecodeFeedback); err != nil {
+		t.Fatal(err)
+	}
+	qs, _ := netip.AddrFromSlice(q.SrcIP)
+	qd, _ := netip.AddrFromSlice(q.DstIP)
+	sport, dport := binary.BigEndian.Uint16(q.Payload[0:]), binary.BigEndian.Uint16(q.Payload[2:])
+	if netip.AddrPortFrom(qs, sport) != in.src || netip.AddrPortFrom(qd, dport) != in.dst {
+		t.Fatalf("quoted packet [%v]:%d -> [%v]:%d, want the client's %v -> %v", qs, sport, qd, dport, in.src, in.dst)
+	}
+}
