@@ -1039,16 +1039,17 @@ static __attribute__((noinline)) int tc_l4(struct __sk_buff *skb)
 SEC("tc")
 int nodeport_tc_ingress(struct __sk_buff *skb)
 {
-	__u16 proto;
-	__u8 l4;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 *l3 = (void *)(eth + 1);
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
-		return TC_ACT_OK;
-	if ((proto == bpf_htons(ETH_P_IP) && !bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + 9, &l4, 1) &&
-	     l4 == IPPROTO_ICMP) ||
-	    (proto == bpf_htons(ETH_P_IPV6) && !bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + 6, &l4, 1) &&
-	     l4 == 58 /* ICMPv6 */))
-		return tc_icmp_error(skb, proto);
+	/* The protocol byte of IPv4 (offset 9) and IPv6 (6) both lie in the first 10. */
+	if ((void *)(l3 + 10) > data_end)
+		return tc_l4(skb); /* it pulls what it needs */
+	if ((eth->h_proto == bpf_htons(ETH_P_IP) && l3[9] == IPPROTO_ICMP) ||
+	    (eth->h_proto == bpf_htons(ETH_P_IPV6) && l3[6] == 58 /* ICMPv6 */))
+		return tc_icmp_error(skb, eth->h_proto);
 	return tc_l4(skb);
 }
 
