@@ -50,6 +50,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_ct_reply SEC(".maps");
 
+/* Fragments of datagrams to and from frontends: a later fragment finds its ports here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_np_frags SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -106,7 +115,14 @@ struct pkt {
 	__u8 dsr;
 	__u16 dsr_port;
 	struct lb_addr dsr_addr;
+	/* frag: FRAG_FIRST for an IPv4 datagram's first fragment (its ports are recorded),
+	 * FRAG_LATER for one without an L4 header (its ports come from the record). */
+	__u8 frag;
+	__u16 ip_id;
 };
+
+#define FRAG_FIRST 1
+#define FRAG_LATER 2
 
 enum parse_result {
 	PARSE_OK,
@@ -133,11 +149,25 @@ static __always_inline int parse(void *data, void *data_end, struct pkt *p)
 		proto = ip->protocol;
 		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 			return PARSE_OTHER;
-		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
-			return PARSE_FRAGMENT;
 		p->key.family = AF_INET;
 		p->key.saddr.addr[0] = ip->saddr;
 		p->key.daddr.addr[0] = ip->daddr;
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+			p->ip_id = ip->id;
+			p->frag = FRAG_FIRST;
+			if (ip->frag_off & bpf_htons(IP_OFFSET)) {
+				struct frag_key fk = {.saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = proto};
+				struct frag_ports *fp = bpf_map_lookup_elem(&sm_np_frags, &fk);
+
+				if (!fp)
+					return PARSE_FRAGMENT; /* not ours, or ahead of its first */
+				p->frag = FRAG_LATER;
+				p->key.sport = fp->sport;
+				p->key.dport = fp->dport;
+				p->key.proto = proto;
+				return PARSE_OK;
+			}
+		}
 		if (ip->ihl >= 5 + DSR_OPT_LEN / 4) {
 			struct dsr_opt *o = (void *)(ip + 1);
 
@@ -333,7 +363,8 @@ static __always_inline int rewrite_skb(struct __sk_buff *skb, const struct pkt *
 		}
 		diff = bpf_csum_diff(from, sizeof(from), to, sizeof(to), 0);
 		if (diff < 0 || bpf_l3_csum_replace(skb, l3 + 10, 0, diff, 0) ||
-		    bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled0) ||
+		    (p->frag != FRAG_LATER &&
+		     bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled0)) ||
 		    bpf_skb_store_bytes(skb, l3 + 12, to, sizeof(to), 0))
 			return -1;
 	} else {
@@ -359,6 +390,8 @@ static __always_inline int rewrite_skb(struct __sk_buff *skb, const struct pkt *
 		    bpf_skb_store_bytes(skb, l3 + 8, to, sizeof(to), 0))
 			return -1;
 	}
+	if (p->frag == FRAG_LATER)
+		return 0; /* no L4 header here: the first fragment's checksum covers this one */
 	diff = bpf_csum_diff(&ports_old, 4, &ports_new, 4, 0);
 	if (diff < 0 || bpf_l4_csum_replace(skb, p->csum_off, 0, diff, mangled0) ||
 	    bpf_skb_store_bytes(skb, p->l4off, &ports_new, 4, 0))
@@ -640,7 +673,20 @@ static __always_inline int classify(const struct pkt *p, __u32 ifindex, struct x
 		}
 		return NP_FORWARD;
 	}
+	if (p->frag == FRAG_LATER)
+		return NP_PASS; /* only a first fragment, with its ports, starts a flow */
 	return track_new(p, ifindex, x, cfg, now);
+}
+
+/* remember_fragment records a first fragment's ports for the datagram's later ones. */
+static __always_inline void remember_fragment(const struct pkt *p)
+{
+	struct frag_key fk = {.saddr = p->key.saddr.addr[0], .daddr = p->key.daddr.addr[0],
+			      .id = p->ip_id, .proto = p->key.proto};
+	struct frag_ports fp = {.sport = p->key.sport, .dport = p->key.dport};
+
+	if (p->frag == FRAG_FIRST)
+		bpf_map_update_elem(&sm_np_frags, &fk, &fp, BPF_ANY);
 }
 
 static __always_inline int fib(void *ctx, const struct pkt *p, const struct xlate *x,
@@ -919,8 +965,9 @@ int nodeport_xdp(struct xdp_md *ctx)
 		np_count(NP_PROG_XDP, NP_PASS);
 		return XDP_PASS;
 	}
-	if (p.dsr) {
-		np_count(NP_PROG_XDP, NP_TO_STACK); /* tc learns the flow */
+	if (p.dsr || p.frag) {
+		/* tc learns DSR flows and keeps the fragments' ports. */
+		np_count(NP_PROG_XDP, NP_TO_STACK);
 		return XDP_PASS;
 	}
 	what = classify(&p, ctx->ingress_ifindex, &x);
@@ -1013,6 +1060,7 @@ static __attribute__((noinline)) int tc_l4(struct __sk_buff *skb)
 		np_count(NP_PROG_TC_INGRESS, what);
 		return what == NP_PASS ? TC_ACT_OK : TC_ACT_SHOT;
 	}
+	remember_fragment(&p);
 	rc = fib(skb, &p, &x, skb->ifindex, &f);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		np_count(NP_PROG_TC_INGRESS, rc == BPF_FIB_LKUP_RET_FWD_DISABLED ?
@@ -1086,6 +1134,7 @@ int nodeport_tc_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	touch(&rep->last_seen_ns, &rep->flags, &p, now);
+	remember_fragment(&p);
 	if (rewrite_skb(skb, &p, &rep->frontend, rep->frontend_port, &p.key.daddr, p.key.dport, 0)) {
 		np_count(NP_PROG_TC_EGRESS, NP_DROP_MALFORMED);
 		return TC_ACT_SHOT;

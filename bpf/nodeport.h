@@ -84,6 +84,21 @@ struct dsr6_hdr {
 	__u8 pad_len;  /* 0 */
 };
 
+/* The ports of a fragmented IPv4 datagram, recorded from its first fragment (the
+ * only one with an L4 header), by the datagram's addresses, id and protocol. */
+struct frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__u16 sport;
+	__u16 dport;
+};
+
 /* The agent's NodePort settings, one entry in sm_np_config. Timeouts in seconds. */
 struct np_config {
 	__u16 snat_port_min; /* host order; source ports SNAT hands out */

@@ -77,6 +77,21 @@ type nodeportCtReply struct {
 	Pad          uint32
 }
 
+type nodeportFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type nodeportFragPorts struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
 type nodeportLbAddr struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -191,6 +206,7 @@ const (
 	nodeportMapSmNpConfig         = "sm_np_config"
 	nodeportMapSmNpCounters       = "sm_np_counters"
 	nodeportMapSmNpDevices        = "sm_np_devices"
+	nodeportMapSmNpFrags          = "sm_np_frags"
 	nodeportMapSmNpRanges         = "sm_np_ranges"
 	nodeportMapSmOrigdstCk        = "sm_origdst_ck"
 	nodeportMapSmServices         = "sm_services"
@@ -265,6 +281,7 @@ type nodeportMapSpecs struct {
 	SmNpConfig   *ebpf.MapSpec `ebpf:"sm_np_config"`
 	SmNpCounters *ebpf.MapSpec `ebpf:"sm_np_counters"`
 	SmNpDevices  *ebpf.MapSpec `ebpf:"sm_np_devices"`
+	SmNpFrags    *ebpf.MapSpec `ebpf:"sm_np_frags"`
 	SmNpRanges   *ebpf.MapSpec `ebpf:"sm_np_ranges"`
 	SmOrigdstCk  *ebpf.MapSpec `ebpf:"sm_origdst_ck"`
 	SmServices   *ebpf.MapSpec `ebpf:"sm_services"`
@@ -311,6 +328,7 @@ type nodeportMaps struct {
 	SmNpConfig   *ebpf.Map `ebpf:"sm_np_config"`
 	SmNpCounters *ebpf.Map `ebpf:"sm_np_counters"`
 	SmNpDevices  *ebpf.Map `ebpf:"sm_np_devices"`
+	SmNpFrags    *ebpf.Map `ebpf:"sm_np_frags"`
 	SmNpRanges   *ebpf.Map `ebpf:"sm_np_ranges"`
 	SmOrigdstCk  *ebpf.Map `ebpf:"sm_origdst_ck"`
 	SmServices   *ebpf.Map `ebpf:"sm_services"`
@@ -329,6 +347,7 @@ func (m *nodeportMaps) Close() error {
 		m.SmNpConfig,
 		m.SmNpCounters,
 		m.SmNpDevices,
+		m.SmNpFrags,
 		m.SmNpRanges,
 		m.SmOrigdstCk,
 		m.SmServices,

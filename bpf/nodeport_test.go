@@ -123,7 +123,6 @@ type packet struct {
 	udp       bool
 	ipOptions bool // an IPv4 header with a router-alert option (IHL 6)
 	noUDPSum  bool // an IPv4 UDP datagram without checksum
-	fragment  bool // the first fragment of a bigger datagram (MF set)
 	tcpFlags  string
 }
 
@@ -141,9 +140,6 @@ func (p packet) bytes(t testing.TB) []byte {
 		v4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: proto, SrcIP: p.src.Addr().AsSlice(), DstIP: p.dst.Addr().AsSlice(), Id: 4242}
 		if p.ipOptions {
 			v4.Options = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
-		}
-		if p.fragment {
-			v4.Flags = layers.IPv4MoreFragments
 		}
 		ip, ipLayer = v4, v4
 	} else {
@@ -428,18 +424,17 @@ func TestNodePortXDPTranslatesAndSendsBack(t *testing.T) {
 	}
 }
 
-func TestNodePortLeavesOtherTrafficAndFragmentsToTheStack(t *testing.T) {
+func TestNodePortLeavesOtherTrafficToTheStack(t *testing.T) {
 	f := newNPFixture(t)
 	xdp, tcIn, tcOut := f.np.Programs()
 	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30080, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), bpf.SvcFlagExternal)
 	clusterIP := netip.MustParseAddr("10.96.0.10")
 	f.frontend(clusterIP, bpf.FamilyIPv4, 80, unix.IPPROTO_TCP, netip.AddrPortFrom(npBackend4, 8080), 0)
 	for _, p := range []packet{
-		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(clusterIP, 80), tcpFlags: "S"},                      // a cluster IP is socket-LB's
-		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 22), tcpFlags: "S"},                    // a port that is no NodePort
-		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(npBackend4, 30080), tcpFlags: "S"},                  // not a node address
-		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), udp: true},                     // TCP-only NodePort
-		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), tcpFlags: "S", fragment: true}, // a fragment
+		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(clusterIP, 80), tcpFlags: "S"},     // a cluster IP is socket-LB's
+		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 22), tcpFlags: "S"},   // a port that is no NodePort
+		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(npBackend4, 30080), tcpFlags: "S"}, // not a node address
+		{src: netip.AddrPortFrom(npClient4, 40000), dst: netip.AddrPortFrom(f.node.IPv4, 30080), udp: true},    // TCP-only NodePort
 	} {
 		frame := p.bytes(t)
 		if action, out := f.exec(xdp, frame, true); action != xdpPass || string(out) != string(frame) {
@@ -451,6 +446,91 @@ func TestNodePortLeavesOtherTrafficAndFragmentsToTheStack(t *testing.T) {
 			}
 		}
 	}
+	// A later fragment of a datagram whose first fragment was never seen.
+	later := udpFragments(t, netip.AddrPortFrom(npClient4, 40000), netip.AddrPortFrom(f.node.IPv4, 30080), 99)[1]
+	for _, prog := range []*ebpf.Program{tcIn, tcOut} {
+		if action, out := f.exec(prog, later, false); action != tcActOK || string(out) != string(later) {
+			t.Errorf("tc changed or dropped an unknown datagram's later fragment (action %d)", action)
+		}
+	}
+}
+
+// udpFragments builds a UDP datagram of 100 payload bytes with its checksum and cuts
+// it in two IPv4 fragments (id id): UDP header and 56 bytes, then the other 44.
+func udpFragments(t testing.TB, src, dst netip.AddrPort, id uint16) [2][]byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice(), Id: id}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
+	_ = udp.SetNetworkLayerForChecksum(ip)
+	payload := make([]byte, 100)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	seg := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(seg, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	l4 := seg.Bytes()
+	var out [2][]byte
+	for i, part := range [][]byte{l4[:64], l4[64:]} {
+		frag := *ip
+		if i == 0 {
+			frag.Flags = layers.IPv4MoreFragments
+		} else {
+			frag.FragOffset = 64 / 8
+		}
+		buf := gopacket.NewSerializeBuffer()
+		err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
+			&layers.Ethernet{SrcMAC: clientMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv4},
+			&frag, gopacket.Payload(part))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = buf.Bytes()
+	}
+	return out
+}
+
+// TestNodePortTranslatesFragmentsOfADatagram: the first fragment is translated and its
+// ports recorded; the later one, without an L4 header, gets the same addresses. The
+// datagram put back together has a UDP checksum gopacket accepts.
+func TestNodePortTranslatesFragmentsOfADatagram(t *testing.T) {
+	f := newNPFixture(t)
+	xdp, tcIn, _ := f.np.Programs()
+	backend := netip.AddrPortFrom(npBackend4, 9053)
+	f.frontend(netip.Addr{}, bpf.FamilyIPv4, 30053, unix.IPPROTO_UDP, backend, bpf.SvcFlagExternal)
+	frags := udpFragments(t, netip.AddrPortFrom(npClient4, 40000), netip.AddrPortFrom(f.node.IPv4, 30053), 4242)
+	if action, _ := f.exec(xdp, frags[0], true); action != xdpPass {
+		t.Fatalf("XDP on a fragment: action %d, want it left to tc", action)
+	}
+	var ips [2]*layers.IPv4
+	var l4 []byte
+	for i, frame := range frags {
+		action, out := f.exec(tcIn, frame, false)
+		if action != tcActRedirect {
+			t.Fatalf("fragment %d: action %d, want redirect (counters %v)", i, action, f.counters())
+		}
+		ip := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		verifyIPv4Checksum(t, ip)
+		if dst, _ := netip.AddrFromSlice(ip.DstIP); dst != backend.Addr() || ip.TTL != 63 {
+			t.Fatalf("fragment %d to %v ttl %d, want the backend %v", i, dst, ip.TTL, backend.Addr())
+		}
+		if src, _ := netip.AddrFromSlice(ip.SrcIP); src != f.node.IPv4 {
+			t.Fatalf("fragment %d from %v, want SNAT to %v", i, src, f.node.IPv4)
+		}
+		ips[i] = ip
+		l4 = append(l4, ip.Payload...)
+	}
+	var udp layers.UDP
+	if err := udp.DecodeFromBytes(l4, gopacket.NilDecodeFeedback); err != nil {
+		t.Fatal(err)
+	}
+	if udp.DstPort != layers.UDPPort(backend.Port()) {
+		t.Fatalf("reassembled datagram to port %d, want %d", udp.DstPort, backend.Port())
+	}
+	whole := *ips[0]
+	whole.Flags, whole.FragOffset = 0, 0
+	verifyL4Checksum(t, &whole, &udp, udp.Checksum)
 }
 
 func TestNodePortLocalBackendKeepsClientAndEgressTranslatesBack(t *testing.T) {
