@@ -409,10 +409,20 @@ func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
 				agents = append(agents, l.StartNodeAgent(t, node, yaml, "--nodeport-mode", mode))
 			}
 			node := l.Nodes[0]
-			for _, family := range []struct{ node, client netip.Addr }{{node.IPv4, l.Client.IPv4}, {node.IPv6, l.Client.IPv6}} {
+			// Every frontend kind: the NodePort of both families, the externalIP and the
+			// LoadBalancer IP (routed to node-1).
+			for _, family := range []struct {
+				frontend netip.AddrPort
+				client   netip.Addr
+			}{
+				{netip.AddrPortFrom(node.IPv4, npWebHTTP), l.Client.IPv4},
+				{netip.AddrPortFrom(node.IPv6, npWebHTTP), l.Client.IPv6},
+				{netip.AddrPortFrom(harness.ExternalIPs[0], 80), l.Client.IPv4},
+				{netip.AddrPortFrom(harness.ExternalIPs[1], 80), l.Client.IPv4},
+			} {
 				remote := 0
 				for range 12 {
-					out, err := curlFrom(t, l, l.Client, urlOf(netip.AddrPortFrom(family.node, npWebHTTP)))
+					out, err := curlFrom(t, l, l.Client, urlOf(family.frontend))
 					if err != nil {
 						t.Fatalf("curl: %v\nnode-1: %s\nnode-2: %s", err, nodePortCounters(t, agents[0]), nodePortCounters(t, agents[1]))
 					}
@@ -425,7 +435,7 @@ func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
 					}
 				}
 				if remote == 0 {
-					t.Fatalf("12 requests to %s never reached a pod behind another node", family.node)
+					t.Fatalf("12 requests to %s never reached a pod behind another node", family.frontend)
 				}
 			}
 			if n := agents[0].Metric(t, "sockmesh_nodeport_packets_total", map[string]string{"action": "reply", "program": "tc_ingress"}); n != 0 {
