@@ -170,11 +170,7 @@ func (p packet) bytes(t testing.TB) []byte {
 		_ = tc.SetNetworkLayerForChecksum(ip)
 		l4 = tc
 	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, eth, ipLayer, l4, payload); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
+	b := serialize(t, eth, ipLayer, l4, payload)
 	if p.noUDPSum {
 		off := 14 + 20 + 6
 		if p.ipOptions {
@@ -183,6 +179,32 @@ func (p packet) bytes(t testing.TB) []byte {
 		binary.BigEndian.PutUint16(b[off:], 0)
 	}
 	return b
+}
+
+// serialize lays layers out as gopacket does, lengths and checksums computed.
+func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
+	t.Helper()
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, ls...); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// checksumOf has gopacket compute the 16-bit checksum at offset at of l serialized over
+// payload (a pseudo-header, if any, set on l already).
+func checksumOf(t testing.TB, l gopacket.SerializableLayer, payload []byte, at int) uint16 {
+	t.Helper()
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, l, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return binary.BigEndian.Uint16(buf.Bytes()[at:])
+}
+
+// toNode is the Ethernet header of a frame from the backend's side to the node.
+func toNode(etherType layers.EthernetType) *layers.Ethernet {
+	return &layers.Ethernet{SrcMAC: backendMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: etherType}
 }
 
 // result is a frame the program handed back, read by gopacket.
@@ -279,24 +301,16 @@ func verifyIPv4Checksum(t testing.TB, ip *layers.IPv4) {
 // program left it (pseudo-header from the rewritten IP header) and compares.
 func verifyL4Checksum(t testing.TB, ip gopacket.NetworkLayer, l4 gopacket.Layer, got uint16) {
 	t.Helper()
-	buf := gopacket.NewSerializeBuffer()
-	opts := gopacket.SerializeOptions{ComputeChecksums: true}
 	var want uint16
 	switch l := l4.(type) {
 	case *layers.TCP:
 		cp := *l
 		_ = cp.SetNetworkLayerForChecksum(ip)
-		if err := gopacket.SerializeLayers(buf, opts, &cp, gopacket.Payload(l.Payload)); err != nil {
-			t.Fatal(err)
-		}
-		want = binary.BigEndian.Uint16(buf.Bytes()[16:])
+		want = checksumOf(t, &cp, l.Payload, 16)
 	case *layers.UDP:
 		cp := *l
 		_ = cp.SetNetworkLayerForChecksum(ip)
-		if err := gopacket.SerializeLayers(buf, opts, &cp, gopacket.Payload(l.Payload)); err != nil {
-			t.Fatal(err)
-		}
-		want = binary.BigEndian.Uint16(buf.Bytes()[6:])
+		want = checksumOf(t, &cp, l.Payload, 6)
 	}
 	if got != want {
 		t.Errorf("%v checksum %#04x, gopacket computes %#04x", l4.LayerType(), got, want)
@@ -466,11 +480,7 @@ func udpFragments(t testing.TB, src, dst netip.AddrPort, id uint16) [2][]byte {
 	for i := range payload {
 		payload[i] = byte(i)
 	}
-	seg := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(seg, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, udp, gopacket.Payload(payload)); err != nil {
-		t.Fatal(err)
-	}
-	l4 := seg.Bytes()
+	l4 := serialize(t, udp, gopacket.Payload(payload))
 	var out [2][]byte
 	for i, part := range [][]byte{l4[:64], l4[64:]} {
 		frag := *ip
@@ -479,14 +489,8 @@ func udpFragments(t testing.TB, src, dst netip.AddrPort, id uint16) [2][]byte {
 		} else {
 			frag.FragOffset = 64 / 8
 		}
-		buf := gopacket.NewSerializeBuffer()
-		err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
-			&layers.Ethernet{SrcMAC: clientMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv4},
+		out[i] = serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv4},
 			&frag, gopacket.Payload(part))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = buf.Bytes()
 	}
 	return out
 }
@@ -686,15 +690,10 @@ func TestNodePortICMPErrorReachesTheClient(t *testing.T) {
 	router := netip.MustParseAddr("10.200.0.60")
 	quoted := fwd.out[14:] // the packet as it left this node: SNAT source, backend destination
 	icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded), Seq: 1400}
-	frame := gopacket.NewSerializeBuffer()
-	err := gopacket.SerializeLayers(frame, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
-		&layers.Ethernet{SrcMAC: backendMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv4},
+	frame := serialize(t, toNode(layers.EthernetTypeIPv4),
 		&layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: router.AsSlice(), DstIP: f.node.IPv4.AsSlice()},
 		icmp, gopacket.Payload(quoted))
-	if err != nil {
-		t.Fatal(err)
-	}
-	action, out := f.exec(tcIn, frame.Bytes(), false)
+	action, out := f.exec(tcIn, frame, false)
 	if action != tcActRedirect {
 		t.Fatalf("ICMP error: action %d, want redirect (counters %v)", action, f.counters())
 	}
@@ -710,11 +709,7 @@ func TestNodePortICMPErrorReachesTheClient(t *testing.T) {
 	}
 	// The ICMP checksum, as gopacket computes it over the message as it left.
 	cp := *gotICMP
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, &cp, gopacket.Payload(gotICMP.Payload)); err != nil {
-		t.Fatal(err)
-	}
-	if want := binary.BigEndian.Uint16(buf.Bytes()[2:]); gotICMP.Checksum != want {
+	if want := checksumOf(t, &cp, gotICMP.Payload, 2); gotICMP.Checksum != want {
 		t.Errorf("ICMP checksum %#04x, gopacket computes %#04x", gotICMP.Checksum, want)
 	}
 	var q layers.IPv4
@@ -846,15 +841,9 @@ func TestNodePortICMPv6PacketTooBigReachesTheClient(t *testing.T) {
 	outer := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: router.AsSlice(), DstIP: f.node.IPv6.AsSlice()}
 	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0)}
 	_ = icmp.SetNetworkLayerForChecksum(outer)
-	frame := gopacket.NewSerializeBuffer()
 	mtu := []byte{0, 0, 0x05, 0x00} // MTU 1280
-	err := gopacket.SerializeLayers(frame, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true},
-		&layers.Ethernet{SrcMAC: backendMAC, DstMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, EthernetType: layers.EthernetTypeIPv6},
-		outer, icmp, gopacket.Payload(append(mtu, fwd.out[14:]...)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	action, out := f.exec(tcIn, frame.Bytes(), false)
+	frame := serialize(t, toNode(layers.EthernetTypeIPv6), outer, icmp, gopacket.Payload(append(mtu, fwd.out[14:]...)))
+	action, out := f.exec(tcIn, frame, false)
 	if action != tcActRedirect {
 		t.Fatalf("ICMPv6 error: action %d, want redirect (counters %v)", action, f.counters())
 	}
@@ -869,11 +858,7 @@ func TestNodePortICMPv6PacketTooBigReachesTheClient(t *testing.T) {
 	}
 	cp := *gotICMP
 	_ = cp.SetNetworkLayerForChecksum(gotIP)
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, &cp, gopacket.Payload(gotICMP.Payload)); err != nil {
-		t.Fatal(err)
-	}
-	if want := binary.BigEndian.Uint16(buf.Bytes()[2:]); gotICMP.Checksum != want {
+	if want := checksumOf(t, &cp, gotICMP.Payload, 2); gotICMP.Checksum != want {
 		t.Errorf("ICMPv6 checksum %#04x, gopacket computes %#04x", gotICMP.Checksum, want)
 	}
 	quoted := gotICMP.Payload[4:] // after the MTU
