@@ -197,6 +197,10 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 		l, err := pinnedLink(dir, npLinkPrefix+ifname+"-"+a.name, a.prog, func() (link.Link, error) {
 			return link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.attach})
 		})
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			// TCX came with Linux 6.6; the netlink clsact fallback is not written yet.
+			return fail(fmt.Errorf("attach %s: this kernel has no TCX (Linux 6.6+), and sockmesh has no netlink tc fallback yet: %w", a.name, err))
+		}
 		if err != nil {
 			return fail(fmt.Errorf("attach %s: %w", a.name, err))
 		}
