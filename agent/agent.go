@@ -262,9 +262,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 // without tc or XDP BPF, say) are an error for each device: the cgroup datapath and the
 // rest of the agent serve without them.
 func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.NodePortMaps) {
-	if gone, err := bpf.DetachNodePortExcept(cfg.BPFFS, cfg.Devices); err != nil {
+	gone, err := bpf.DetachNodePortExcept(cfg.BPFFS, cfg.Devices)
+	tcGone, tcErr := bpf.DetachNetlinkTCExcept(cfg.Devices)
+	if err := errors.Join(err, tcErr); err != nil {
 		log.Error("detach NodePort programs of devices no longer in --devices", "err", err)
-	} else if len(gone) > 0 {
+	}
+	if gone = append(gone, tcGone...); len(gone) > 0 {
 		log.Info("NodePort programs detached from devices no longer in --devices", "devices", gone)
 	}
 	if len(cfg.Devices) == 0 {
@@ -284,7 +287,7 @@ func (a *Agent) loadNodePort(cfg Config, log *slog.Logger) (*bpf.NodePort, *bpf.
 		log.Error("NodePort programs not loaded; NodePort, externalIP and LoadBalancer traffic is not served on --devices", "err", err)
 		return nil, nil
 	}
-	a.devices = newDeviceManager(np, cfg.Devices, bpf.XDPMode(cfg.XDP), log)
+	a.devices = newDeviceManager(np, cfg.Devices, bpf.XDPMode(cfg.XDP), bpf.TCAttach(cfg.TCAttach), log)
 	m := np.Maps()
 	return np, &m
 }

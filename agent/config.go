@@ -64,6 +64,9 @@ type Config struct {
 	NodePortMode string
 	// XDP is native, generic or off: whether the XDP program runs before tc.
 	XDP string
+	// TCAttach is auto, tcx or netlink: how the tc programs attach (auto: TCX where the
+	// kernel has it, else netlink clsact filters).
+	TCAttach string
 	// NodePortRange is "MIN-MAX", kube-apiserver's --service-node-port-range.
 	NodePortRange string
 	// MaglevTableSize is the prime size of the Maglev tables; MaglevSeed their seed and
@@ -114,6 +117,7 @@ func DefaultConfig() Config {
 		Splice:          "auto",
 		NodePortMode:    "snat",
 		XDP:             string(bpf.XDPOff),
+		TCAttach:        string(bpf.TCAuto),
 		NodePortRange:   model.DefaultNodePortRange.String(),
 		MaglevTableSize: maglev.DefaultSize,
 		MaglevSeed:      DefaultMaglevSeed,
@@ -214,6 +218,11 @@ func (c *Config) Validate() error {
 	}
 	if err := maglev.ValidSize(c.MaglevTableSize); err != nil {
 		errs = append(errs, fmt.Errorf("--maglev-table-size: %v", err))
+	}
+	switch bpf.TCAttach(c.TCAttach) {
+	case bpf.TCAuto, bpf.TCX, bpf.TCNetlink:
+	default:
+		errs = append(errs, fmt.Errorf("--tc-attach %q: want auto, tcx or netlink", c.TCAttach))
 	}
 	switch bpf.XDPMode(c.XDP) {
 	case bpf.XDPNative, bpf.XDPGeneric, bpf.XDPOff:

@@ -15,11 +15,15 @@ func TestValidateNamesEveryBadFlag(t *testing.T) {
 	cfg.BPFFS = ""
 	cfg.CgroupPath = "/sys/fs/cgroup/x"
 	cfg.HealthCheckBind = "10.0.0.300"
+	cfg.NodePortMode, cfg.XDP, cfg.TCAttach = "maglev", "fast", "bpf"
+	cfg.NodePortRange, cfg.MaglevTableSize = "32767-30000", 250
+	cfg.Devices = []string{"eth0", "a/b"}
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{`--source "etcd:foo"`, "--max-services 0", "--max-backends", "--http-listen", "--bpffs", `--health-check-bind-address "10.0.0.300"`} {
+	for _, want := range []string{`--source "etcd:foo"`, "--max-services 0", "--max-backends", "--http-listen", "--bpffs", `--health-check-bind-address "10.0.0.300"`,
+		`--nodeport-mode "maglev"`, `--xdp "fast"`, `--tc-attach "bpf"`, `--node-port-range "32767-30000"`, "--maglev-table-size", `--devices: "a/b"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}

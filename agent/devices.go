@@ -27,6 +27,7 @@ type deviceManager struct {
 	maps  bpf.NodePortMaps
 	names []string
 	xdp   bpf.XDPMode
+	tc    bpf.TCAttach
 	log   *slog.Logger
 	obs   lbmap.Observer // map writes, for metrics; set before the first sync
 
@@ -40,8 +41,8 @@ type attachedDevice struct {
 	links   *bpf.DeviceLinks
 }
 
-func newDeviceManager(np *bpf.NodePort, names []string, xdp bpf.XDPMode, log *slog.Logger) *deviceManager {
-	return &deviceManager{np: np, maps: np.Maps(), names: names, xdp: xdp, log: log, attached: map[string]*attachedDevice{}}
+func newDeviceManager(np *bpf.NodePort, names []string, xdp bpf.XDPMode, tc bpf.TCAttach, log *slog.Logger) *deviceManager {
+	return &deviceManager{np: np, maps: np.Maps(), names: names, xdp: xdp, tc: tc, log: log, attached: map[string]*attachedDevice{}}
 }
 
 // Errors are the device errors of the last sync.
@@ -75,15 +76,15 @@ func (d *deviceManager) sync() error {
 		ifindex := l.Attrs().Index
 		if cur := d.attached[name]; cur == nil || cur.ifindex != ifindex {
 			d.detach(name)
-			links, err := d.np.Attach(name, ifindex, d.xdp)
+			links, err := d.np.Attach(name, ifindex, d.xdp, d.tc)
 			if err != nil {
 				errs = append(errs, deviceError(name, "device_attach", fmt.Sprintf("%v; NodePorts are not served on it", err)))
 				continue
 			}
 			if links.Fallback != "" {
-				d.log.Warn("XDP mode fallback", "device", name, "detail", links.Fallback)
+				d.log.Warn("NodePort attach fallback", "device", name, "detail", links.Fallback)
 			}
-			d.log.Info("NodePort programs attached", "device", name, "ifindex", ifindex, "xdp", string(links.XDP))
+			d.log.Info("NodePort programs attached", "device", name, "ifindex", ifindex, "xdp", string(links.XDP), "netlinkTC", links.NetlinkTC)
 			d.attached[name] = &attachedDevice{ifindex: ifindex, links: links}
 		}
 		list, err := netlink.AddrList(l, netlink.FAMILY_ALL)
@@ -117,17 +118,14 @@ func (d *deviceManager) sync() error {
 	return errors.Join(replaceMap(d.maps.Addrs, addrs, complete, d.obs), replaceMap(d.maps.Devices, devs, complete, d.obs))
 }
 
-// detach forgets a device's links; its pinned links go too, so a device that is gone
-// or renumbered keeps no programs of ours.
+// detach forgets a device's attachments and removes them, so a device that is gone or
+// renumbered keeps no programs of ours.
 func (d *deviceManager) detach(name string) {
 	cur := d.attached[name]
 	if cur == nil {
 		return
 	}
-	for _, l := range cur.links.Links {
-		_ = l.Unpin()
-	}
-	_ = cur.links.Close()
+	_ = cur.links.Detach()
 	delete(d.attached, name)
 }
 

@@ -161,10 +161,27 @@ const (
 // DeviceLinks are the attachments of the NodePort programs to one device.
 type DeviceLinks struct {
 	Links []link.Link
-	// XDP is the mode the XDP program runs in ("" when off); Fallback says why it is not
-	// the one asked for.
+	// NetlinkTC says the tc programs are netlink clsact filters, not links.
+	NetlinkTC bool
+	ifindex   int
+	// XDP is the mode the XDP program runs in ("" when off); Fallback says what was
+	// used instead of what was asked for, and why.
 	XDP      XDPMode
 	Fallback string
+}
+
+// Detach removes the attachments: unpins the links (detaching them) and removes the
+// netlink tc filters.
+func (d *DeviceLinks) Detach() error {
+	var errs []error
+	for _, l := range d.Links {
+		errs = append(errs, l.Unpin())
+	}
+	if d.NetlinkTC {
+		errs = append(errs, detachNetlinkTC(d.ifindex))
+	}
+	errs = append(errs, d.Close())
+	return errors.Join(errs...)
 }
 
 // Close closes the links' descriptors; pinned links stay attached.
@@ -176,11 +193,11 @@ func (d *DeviceLinks) Close() error {
 	return errors.Join(errs...)
 }
 
-// Attach attaches tc ingress and egress with TCX, and XDP in the given mode (native
-// falls back to generic where the driver lacks it), each as a bpf_link pinned under
-// dir/links/np-IFNAME-*, so the programs keep running while the agent is away. An existing
-// pinned link is updated in place, never detached first.
-func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks, error) {
+// Attach attaches tc ingress and egress (TCX links, or netlink clsact filters per tc),
+// and XDP in the given mode (native falls back to generic where the driver lacks it).
+// Links are pinned under dir/links/np-IFNAME-*, so the programs keep running while the
+// agent is away; an existing pinned link is updated in place, never detached first.
+func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode, tc TCAttach) (*DeviceLinks, error) {
 	xdpProg, tcIn, tcOut := n.Programs()
 	out := &DeviceLinks{}
 	fail := func(err error) (*DeviceLinks, error) {
@@ -194,17 +211,38 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 		attach ebpf.AttachType
 	}{{"tc-ingress", tcIn, ebpf.AttachTCXIngress}, {"tc-egress", tcOut, ebpf.AttachTCXEgress}}
 	for _, a := range tcx {
+		if tc == TCNetlink {
+			break
+		}
 		l, err := pinnedLink(dir, npLinkPrefix+ifname+"-"+a.name, a.prog, func() (link.Link, error) {
 			return link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.attach})
 		})
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			// TCX came with Linux 6.6; the netlink clsact fallback is not written yet.
-			return fail(fmt.Errorf("attach %s: this kernel has no TCX (Linux 6.6+), and sockmesh has no netlink tc fallback yet: %w", a.name, err))
+		if errors.Is(err, ebpf.ErrNotSupported) && tc == TCAuto {
+			// TCX came with Linux 6.6: netlink clsact filters instead, for both.
+			out.Fallback = fmt.Sprintf("no TCX on this kernel (%v); netlink tc filters on %s instead", err, ifname)
+			for _, l := range out.Links {
+				_ = l.Unpin()
+				_ = l.Close()
+			}
+			out.Links, tc = nil, TCNetlink
+			break
 		}
 		if err != nil {
 			return fail(fmt.Errorf("attach %s: %w", a.name, err))
 		}
 		out.Links = append(out.Links, l)
+	}
+	if tc == TCNetlink {
+		// One kind of attachment at a time: links an earlier run pinned here go.
+		for _, name := range []string{"tc-ingress", "tc-egress"} {
+			_ = os.Remove(filepath.Join(dir, npLinkPrefix+ifname+"-"+name))
+		}
+		if err := attachNetlinkTC(ifindex, tcIn, tcOut); err != nil {
+			return fail(fmt.Errorf("attach tc (netlink): %w", err))
+		}
+		out.NetlinkTC, out.ifindex = true, ifindex
+	} else if err := detachNetlinkTC(ifindex); err != nil {
+		return fail(fmt.Errorf("remove an earlier run's netlink tc filters: %w", err))
 	}
 	if xdp == XDPOff || xdp == "" {
 		return out, nil
@@ -220,7 +258,7 @@ func (n *NodePort) Attach(ifname string, ifindex int, xdp XDPMode) (*DeviceLinks
 	}
 	l, err := attachXDP(xdp)
 	if err != nil && xdp == XDPNative {
-		out.Fallback = fmt.Sprintf("native XDP on %s failed (%v); generic XDP instead", ifname, err)
+		out.Fallback = strings.TrimPrefix(out.Fallback+"; ", "; ") + fmt.Sprintf("native XDP on %s failed (%v); generic XDP instead", ifname, err)
 		xdp = XDPGeneric
 		l, err = attachXDP(xdp)
 	}

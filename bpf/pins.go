@@ -142,6 +142,11 @@ func Cleanup(dir string) error {
 	if err := os.Remove(LinksDir(dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	// NodePort tc filters attached with netlink (kernels without TCX) are no links:
+	// they are found on the devices of this namespace by name.
+	if _, err := DetachNetlinkTCExcept(nil); err != nil {
+		errs = append(errs, err)
+	}
 	pins, _ := filepath.Glob(filepath.Join(dir, "sm_*"))
 	for _, pin := range pins {
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -478,3 +478,57 @@ func TestNodePortDSRRepliesSkipTheEntryNode(t *testing.T) {
 		})
 	}
 }
+
+// TestNodePortNetlinkTCFilters: with --tc-attach netlink (what a kernel without TCX
+// gets) the tc programs are clsact filters: they serve, stay while the agent is away,
+// and `sockmesh cleanup` removes them.
+func TestNodePortNetlinkTCFilters(t *testing.T) {
+	l := harness.NewNodePortLab(t)
+	startPods(t, l)
+	yaml := l.WriteFile(t, "services.yaml", nodePortYAML(l))
+	node := l.Nodes[0]
+	a := l.StartNodeAgent(t, node, yaml, "--tc-attach", "netlink")
+	filters := func() []string {
+		var names []string
+		err := node.Do(func() error {
+			eth, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+				fs, err := netlink.FilterList(eth, parent)
+				if err != nil {
+					return err
+				}
+				for _, f := range fs {
+					if bf, ok := f.(*netlink.BpfFilter); ok {
+						names = append(names, bf.Name)
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	if got := strings.Join(filters(), ","); got != "sockmesh-np-ingress,sockmesh-np-egress" {
+		t.Fatalf("tc filters on node-1's eth0: %q", got)
+	}
+	url := urlOf(netip.AddrPortFrom(node.IPv4, npWebHTTP))
+	if out, err := curlFrom(t, l, l.Client, url); err != nil || !strings.Contains(out, " saw ") {
+		t.Fatalf("curl through netlink tc filters: %q, %v", out, err)
+	}
+	a.Stop(t)
+	if out, err := curlFrom(t, l, l.Client, url); err != nil || !strings.Contains(out, " saw ") {
+		t.Fatalf("curl with the agent stopped: %q, %v", out, err)
+	}
+	l.NodeCLI(t, node, "cleanup") // on the node: the filters are on its devices
+	if got := filters(); len(got) != 0 {
+		t.Fatalf("cleanup left tc filters %v", got)
+	}
+	if out, err := curlFrom(t, l, l.Client, url); err == nil {
+		t.Fatalf("after cleanup the NodePort still answered %q", out)
+	}
+}

@@ -52,6 +52,7 @@ func newAgentCmd() *cobra.Command {
 	fs.StringSliceVar(&cfg.Devices, "devices", nil, "NodePort devices (comma-separated): NodePort, externalIP and LoadBalancer traffic arriving on them is load-balanced in tc (and XDP); empty: none")
 	fs.StringVar(&cfg.NodePortMode, "nodeport-mode", cfg.NodePortMode, "how NodePort traffic reaches a backend on another node: snat (the reply returns through this node), dsr (the backend sees the client and its node answers directly) or hybrid (dsr for TCP, snat for UDP)")
 	fs.StringVar(&cfg.XDP, "xdp", cfg.XDP, "XDP on the NodePort devices: native (falls back to generic where the driver lacks it), generic or off")
+	fs.StringVar(&cfg.TCAttach, "tc-attach", cfg.TCAttach, "how the NodePort tc programs attach: auto (TCX links where the kernel has them, Linux 6.6+, else netlink clsact filters), tcx or netlink")
 	fs.StringVar(&cfg.NodePortRange, "node-port-range", cfg.NodePortRange, "NodePorts served (kube-apiserver's --service-node-port-range); a Service's NodePort outside it is reported and not served")
 	fs.Uint32Var(&cfg.MaglevTableSize, "maglev-table-size", cfg.MaglevTableSize, "entries of a Maglev table (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071); each takes that many slots of --max-backends")
 	fs.Var(hexUint32{&cfg.MaglevSeed}, "maglev-seed", "seed (hex) of the Maglev tables and flow hash: give every node the same one")

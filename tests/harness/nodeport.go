@@ -292,8 +292,8 @@ func (l *NodePortLab) LaunchNodeAgent(t testing.TB, node *netlab.Host, yamlPath 
 	return a
 }
 
-// NodeCLI runs a sockmesh verb on node's pins (read from this namespace: pins are
-// files) and returns its output.
+// NodeCLI runs a sockmesh verb on node, in its network namespace (where the devices
+// with its tc filters are) and on its pins and cgroup, and returns its output.
 func (l *NodePortLab) NodeCLI(t testing.TB, node *netlab.Host, args ...string) string {
 	t.Helper()
 	root, err := agent.CgroupV2Root()
@@ -301,9 +301,9 @@ func (l *NodePortLab) NodeCLI(t testing.TB, node *netlab.Host, args ...string) s
 		t.Fatal(err)
 	}
 	args = append(args, "--bpffs", l.BPFFS+"-"+node.Name, "--cgroup", filepath.Join(root, l.Prefix+"-"+node.Name))
-	out, err := exec.Command(Binary(t), args...).CombinedOutput()
+	out, err := exec.Command("nsenter", append([]string{"--net=" + node.NetNS, "--", Binary(t)}, args...)...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("sockmesh %v: %v\n%s", args, err, out)
+		t.Fatalf("sockmesh %v on %s: %v\n%s", args, node.Name, err, out)
 	}
 	return string(out)
 }
