@@ -180,7 +180,8 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 		ids[i], weights[i] = byRef[refs[i]].id, int(max(b.Weight, 1))
 	}
 	slot := uint32(1)
-	if table := w.maglevTable(svc, selected, weights); table != nil {
+	table := w.maglevTable(svc, selected, weights)
+	if table != nil {
 		// Slot n is entry n-1 of the flow-hash table, the same on every node.
 		for _, i := range table {
 			e.slots = append(e.slots, slotEntry{bpf.SlotKey{SvcId: id, Slot: slot}, ids[i]})
@@ -218,7 +219,7 @@ func (w *Writer) changeFor(svc *model.Service, id uint32, h *held, fresh func(n 
 	}
 	if svc.FromOutside() {
 		e.value.Flags |= bpf.SvcFlagExternal
-		if w.maglevTable(svc, selected, weights) != nil {
+		if table != nil {
 			e.value.Flags |= bpf.SvcFlagMaglev
 		}
 		if svc.Kind == model.LoadBalancerFrontend {

@@ -3,7 +3,6 @@ package model
 import (
 	"cmp"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -137,8 +136,11 @@ func claimedFrontends(svc *corev1.Service) []Frontend {
 	if headless {
 		return nil
 	}
+	// The fields are read as addService reads them; a claim reports nothing (a
+	// throwaway builder takes the reports), addService does.
+	external := (&builder{snap: &Snapshot{}}).readExternal(svc, reporter(KindService, svc.Namespace, svc.Name))
 	var out []Frontend
-	for _, port := range svc.Spec.Ports {
+	for i, port := range svc.Spec.Ports {
 		proto, ok := protocolOf(port.Protocol)
 		if !ok || port.Port < 1 || port.Port > 65535 {
 			continue
@@ -146,35 +148,12 @@ func claimedFrontends(svc *corev1.Service) []Frontend {
 		for _, ip := range ips {
 			fe := Frontend{Addr: ip, Port: uint16(port.Port), Protocol: proto}
 			out = append(out, fe)
-			for _, x := range externalFrontends(fe, claimedExternal(svc, port, ip)) {
+			for _, x := range externalFrontends(fe, external.forFrontend(fe, i)) {
 				out = append(out, x.fe)
 			}
 		}
 	}
 	return out
-}
-
-// claimedExternal is the part of External that names frontends, read without reports
-// (claims only decide who owns what; addService reports what is wrong).
-func claimedExternal(svc *corev1.Service, port corev1.ServicePort, ip netip.Addr) External {
-	var ext External
-	if port.NodePort > 0 && port.NodePort <= 65535 {
-		ext.NodePort = uint16(port.NodePort)
-	}
-	parse := func(s string) {
-		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" && a.Is4() == ip.Is4() {
-			ext.ExternalIPs = append(ext.ExternalIPs, a)
-		}
-	}
-	for _, s := range svc.Spec.ExternalIPs {
-		parse(s)
-	}
-	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if ing.IP != "" && deref(ing.IPMode, corev1.LoadBalancerIPModeVIP) == corev1.LoadBalancerIPModeVIP {
-			parse(ing.IP)
-		}
-	}
-	return ext
 }
 
 // addService adds one Service's frontends, those it owns.
