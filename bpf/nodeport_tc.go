@@ -55,6 +55,23 @@ func attachNetlinkTC(ifindex int, ingress, egress *ebpf.Program) error {
 	return nil
 }
 
+// ourFilters lists sockmesh's tc filters on l, ingress and egress.
+func ourFilters(l netlink.Link) ([]netlink.Filter, error) {
+	var out []netlink.Filter
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		filters, err := netlink.FilterList(l, parent)
+		if err != nil {
+			return out, err
+		}
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, npFilterPrefix) {
+				out = append(out, f)
+			}
+		}
+	}
+	return out, nil
+}
+
 // detachNetlinkTC removes sockmesh's tc filters from ifindex (the qdisc stays: other
 // tools may use it).
 func detachNetlinkTC(ifindex int) error {
@@ -62,19 +79,15 @@ func detachNetlinkTC(ifindex int) error {
 	if err != nil {
 		return nil // the device is gone, and its filters with it
 	}
-	var errs []error
-	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		filters, err := netlink.FilterList(l, parent)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, f := range filters {
-			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, npFilterPrefix) {
-				if err := netlink.FilterDel(f); err != nil {
-					errs = append(errs, fmt.Errorf("%s: remove tc filter %s: %w", l.Attrs().Name, bf.Name, err))
-				}
-			}
+	return detachFilters(l)
+}
+
+func detachFilters(l netlink.Link) error {
+	filters, err := ourFilters(l)
+	errs := []error{err}
+	for _, f := range filters {
+		if err := netlink.FilterDel(f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: remove tc filter %s: %w", l.Attrs().Name, f.(*netlink.BpfFilter).Name, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -92,26 +105,17 @@ func DetachNetlinkTCExcept(keep []string) ([]string, error) {
 	var errs []error
 	for _, l := range links {
 		name := l.Attrs().Name
-		if slices.Contains(keep, name) || !hasNetlinkTC(l) {
+		if slices.Contains(keep, name) {
 			continue
 		}
-		if err := detachNetlinkTC(l.Attrs().Index); err != nil {
+		if filters, _ := ourFilters(l); len(filters) == 0 {
+			continue
+		}
+		if err := detachFilters(l); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		gone = append(gone, name)
 	}
 	return gone, errors.Join(errs...)
-}
-
-func hasNetlinkTC(l netlink.Link) bool {
-	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		filters, _ := netlink.FilterList(l, parent)
-		for _, f := range filters {
-			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, npFilterPrefix) {
-				return true
-			}
-		}
-	}
-	return false
 }
