@@ -12,28 +12,41 @@ import (
 // noteLocal records the local endpoint addresses of the snapshot's frontends: all of
 // them, or the changed ones in a scoped pass.
 func (w *Writer) noteLocal(snap *model.Snapshot, scoped bool) {
-	note := func(fe model.Frontend) {
-		delete(w.localOf, fe)
-		svc, ok := snap.Services[fe]
-		if !ok || w.nodeName == "" {
-			return
-		}
+	w.localOf = noteFrontends(w.localOf, snap, scoped, func(svc *model.Service) ([]netip.Addr, bool) {
+		var local []netip.Addr
 		for _, b := range svc.Backends {
-			if b.NodeName == w.nodeName {
-				w.localOf[fe] = append(w.localOf[fe], b.Addr)
+			if w.nodeName != "" && b.NodeName == w.nodeName {
+				local = append(local, b.Addr)
+			}
+		}
+		return local, len(local) > 0
+	})
+}
+
+// noteFrontends keeps an index by frontend of what note derives from each Service:
+// rebuilt from every frontend of snap, or, in a scoped pass over an index already
+// built, redone for the changed frontends alone. A frontend note keeps nothing for
+// (ok false) is left out.
+func noteFrontends[V any](index map[model.Frontend]V, snap *model.Snapshot, scoped bool, note func(*model.Service) (v V, ok bool)) map[model.Frontend]V {
+	redo := func(fe model.Frontend) {
+		delete(index, fe)
+		if svc, ok := snap.Services[fe]; ok {
+			if v, keep := note(svc); keep {
+				index[fe] = v
 			}
 		}
 	}
-	if !scoped || w.localOf == nil {
-		w.localOf = map[model.Frontend][]netip.Addr{}
+	if !scoped || index == nil {
+		index = map[model.Frontend]V{}
 		for fe := range snap.Services {
-			note(fe)
+			redo(fe)
 		}
-		return
+		return index
 	}
 	for fe := range snap.Changed {
-		note(fe)
+		redo(fe)
 	}
+	return index
 }
 
 // localAddrs are the addresses of endpoints on this node plus the node's own. When they

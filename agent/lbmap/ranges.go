@@ -19,22 +19,9 @@ type sourceRanges struct {
 // noteRanges records the loadBalancerSourceRanges of the snapshot's external
 // frontends that have any: all of them, or the changed ones in a scoped pass.
 func (w *Writer) noteRanges(snap *model.Snapshot, scoped bool) {
-	note := func(fe model.Frontend) {
-		delete(w.rangesOf, fe)
-		if svc, ok := snap.Services[fe]; ok && svc.FromOutside() && len(svc.External.SourceRanges) > 0 {
-			w.rangesOf[fe] = sourceRanges{svc.Name, svc.External.SourceRanges}
-		}
-	}
-	if !scoped || w.rangesOf == nil {
-		w.rangesOf = map[model.Frontend]sourceRanges{}
-		for fe := range snap.Services {
-			note(fe)
-		}
-		return
-	}
-	for fe := range snap.Changed {
-		note(fe)
-	}
+	w.rangesOf = noteFrontends(w.rangesOf, snap, scoped, func(svc *model.Service) (sourceRanges, bool) {
+		return sourceRanges{svc.Name, svc.External.SourceRanges}, svc.FromOutside() && len(svc.External.SourceRanges) > 0
+	})
 }
 
 // syncRanges writes the source ranges of the programmed external frontends under their
